@@ -1,0 +1,161 @@
+//! Jobs as records: create, update, kill. Keeping N instances running is the
+//! job scheduler's work (the jobs issue); this file validates specs.
+
+use orrery_proto::events::{self as pb, TaskReason};
+
+use super::{check_count, check_name, limits, Event};
+use crate::rejection::Rejection;
+use crate::resources::Resources;
+use crate::state::{Cluster, JobKey};
+
+/// Marathon's constraint operators, and whether each takes a value.
+const OPERATORS: &[(&str, ValueRule)] = &[
+    ("IS", ValueRule::Required),
+    ("LIKE", ValueRule::Required),
+    ("UNLIKE", ValueRule::Required),
+    ("UNIQUE", ValueRule::None),
+    ("CLUSTER", ValueRule::Optional),
+    ("GROUP_BY", ValueRule::OptionalCount),
+    ("MAX_PER", ValueRule::Count),
+];
+
+#[derive(Clone, Copy)]
+enum ValueRule {
+    None,
+    Required,
+    Optional,
+    OptionalCount,
+    Count,
+}
+
+fn check_constraints(constraints: &[pb::Constraint]) -> Result<(), Rejection> {
+    check_count("constraints", constraints.len(), limits::CONSTRAINTS_MAX)?;
+    for (i, con) in constraints.iter().enumerate() {
+        let position = i + 1;
+        let err = |problem: String| Rejection::InvalidConstraint {
+            position,
+            constraint: format!("[{:?}, {:?}, {:?}]", con.field, con.operator, con.value),
+            problem,
+        };
+        if con.field.is_empty() || con.field.len() > limits::NAME_LEN_MAX {
+            return Err(err("the field is empty or too long".to_owned()));
+        }
+        let Some((_, rule)) = OPERATORS.iter().find(|(op, _)| *op == con.operator) else {
+            return Err(err(format!(
+                "unknown operator {:?} (known: IS, LIKE, UNLIKE, UNIQUE, CLUSTER, GROUP_BY, MAX_PER)",
+                con.operator
+            )));
+        };
+        let count_ok = |v: &str| v.parse::<u32>().is_ok_and(|n| n >= 1);
+        match rule {
+            ValueRule::None if !con.value.is_empty() => {
+                return Err(err(format!("{} takes no value", con.operator)))
+            }
+            ValueRule::Required if con.value.is_empty() => {
+                return Err(err(format!("{} needs a value", con.operator)))
+            }
+            ValueRule::Count if !count_ok(&con.value) => {
+                return Err(err(format!("{} needs a positive whole number", con.operator)))
+            }
+            ValueRule::OptionalCount if !con.value.is_empty() && !count_ok(&con.value) => {
+                return Err(err(format!(
+                    "{} takes an optional positive whole number",
+                    con.operator
+                )))
+            }
+            _ => {}
+        }
+        if con.value.len() > limits::NAME_LEN_MAX {
+            return Err(err("the value is too long".to_owned()));
+        }
+    }
+    Ok(())
+}
+
+fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
+    let key = spec.key.as_ref().ok_or(Rejection::InvalidField {
+        field: "job key",
+        problem: "is missing".to_owned(),
+    })?;
+    for (field, v) in [("role", &key.role), ("env", &key.env), ("name", &key.name)] {
+        check_name(field, v, false)?;
+        if v.contains('/') {
+            return Err(Rejection::InvalidField {
+                field,
+                problem: format!("{v:?} may not contain '/'"),
+            });
+        }
+    }
+    if spec.instances == 0 || spec.instances > limits::JOB_INSTANCES_MAX {
+        return Err(Rejection::InvalidField {
+            field: "instances",
+            problem: format!(
+                "{} is not between 1 and {}",
+                spec.instances,
+                limits::JOB_INSTANCES_MAX
+            ),
+        });
+    }
+    let cmd = spec.command.clone().unwrap_or_default();
+    if cmd.shell.is_empty() == cmd.argv.is_empty() {
+        return Err(Rejection::InvalidField {
+            field: "command",
+            problem: "needs exactly one of a shell line or an argv".to_owned(),
+        });
+    }
+    let resources = Resources::from_proto(&spec.resources.clone().unwrap_or_default())?;
+    if resources.cpus_milli == 0 && resources.mem_mb == 0 {
+        return Err(Rejection::InvalidResources {
+            problem: "a job's task must ask for cpus or mem".to_owned(),
+        });
+    }
+    if spec.max_unavailable > spec.instances {
+        return Err(Rejection::InvalidField {
+            field: "sla.max_unavailable",
+            problem: format!(
+                "{} is more than the {} instances",
+                spec.max_unavailable, spec.instances
+            ),
+        });
+    }
+    check_constraints(&spec.constraints)?;
+    Ok(JobKey::from_proto(Some(key)))
+}
+
+pub(super) fn create(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejection> {
+    let key = validate(&spec)?;
+    if c.jobs.contains_key(&key) {
+        return Err(Rejection::JobExists { key: key.to_string() });
+    }
+    Ok(vec![Event::JobCreated(pb::JobCreated { spec: Some(spec) })])
+}
+
+pub(super) fn update(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejection> {
+    let key = validate(&spec)?;
+    if !c.jobs.contains_key(&key) {
+        return Err(Rejection::UnknownJob { key: key.to_string() });
+    }
+    Ok(vec![Event::JobUpdated(pb::JobUpdated { spec: Some(spec) })])
+}
+
+/// Killing a job removes it and asks for every live task of it to be killed.
+pub(super) fn kill(c: &Cluster, key: JobKey) -> Result<Vec<Event>, Rejection> {
+    if !c.jobs.contains_key(&key) {
+        return Err(Rejection::UnknownJob { key: key.to_string() });
+    }
+    let mut events = vec![Event::JobKilled(pb::JobKilled {
+        key: Some(key.to_proto()),
+    })];
+    for t in c
+        .tasks
+        .values()
+        .filter(|t| t.job.as_ref() == Some(&key) && !t.is_terminal() && !t.kill_requested)
+    {
+        events.push(Event::TaskKillRequested(pb::TaskKillRequested {
+            framework_id: t.key.framework_id.0.clone(),
+            task_id: t.key.task_id.0.clone(),
+            reason: TaskReason::ReasonKilledByFramework as i32,
+        }));
+    }
+    Ok(events)
+}

@@ -1,0 +1,68 @@
+//! What a new leader must reconcile after a failover (DESIGN.md: "effects
+//! are idempotent and can be derived again from state"). The actors read
+//! these lists when they become leader and re-drive each item.
+
+use crate::ids::{AgentId, TaskKey};
+use crate::state::{AgentState, Cluster, TaskState};
+
+/// Agents known to the log that have not reregistered with the current
+/// leader; they are marked unreachable if the reregistration timeout passes.
+pub fn awaiting_reregistration(c: &Cluster) -> Vec<AgentId> {
+    let term = c.term();
+    c.agents
+        .values()
+        .filter(|a| {
+            matches!(a.state, AgentState::Registered | AgentState::Disconnected)
+                && a.reregistered_term < term
+        })
+        .map(|a| a.id.clone())
+        .collect()
+}
+
+/// The fraction of recoverable agents that are back, in thousandths
+/// (1000 when there is none to wait for).
+pub fn reregistered_milli(c: &Cluster) -> u64 {
+    let term = c.term();
+    let (mut back, mut total) = (0u64, 0u64);
+    for a in c.agents.values() {
+        if matches!(a.state, AgentState::Registered | AgentState::Disconnected) {
+            total += 1;
+            if a.reregistered_term == term && a.state == AgentState::Registered {
+                back += 1;
+            }
+        }
+    }
+    if total == 0 {
+        1000
+    } else {
+        back * 1000 / total
+    }
+}
+
+/// Launches the agent has not confirmed yet (still STAGING): the leader
+/// re-sends them; agents ignore a second launch of a live task id.
+pub fn unconfirmed_launches(c: &Cluster) -> Vec<TaskKey> {
+    c.tasks
+        .values()
+        .filter(|t| t.state == TaskState::TaskStaging && !t.kill_requested)
+        .map(|t| t.key.clone())
+        .collect()
+}
+
+/// Status updates the framework has not acknowledged: re-sent until it does.
+pub fn unacknowledged_updates(c: &Cluster) -> Vec<TaskKey> {
+    c.tasks
+        .values()
+        .filter(|t| !t.acknowledged && !t.status_uuid.is_empty())
+        .map(|t| t.key.clone())
+        .collect()
+}
+
+/// Kills requested and not yet confirmed by a terminal update: re-sent.
+pub fn pending_kills(c: &Cluster) -> Vec<TaskKey> {
+    c.tasks
+        .values()
+        .filter(|t| t.kill_requested && !t.is_terminal())
+        .map(|t| t.key.clone())
+        .collect()
+}
