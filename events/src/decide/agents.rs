@@ -194,10 +194,11 @@ pub(super) fn disconnect(c: &Cluster, agent_id: AgentId) -> Result<Vec<Event>, R
     if agent.state != AgentState::Registered {
         return Ok(Vec::new());
     }
-    let mut events = vec![Event::AgentDisconnected(pb::AgentDisconnected {
+    // Rescind first: no committed state shows an offer of an inactive agent.
+    let mut events = offers::rescind_on_agent(c, &agent_id, pb::RescindReason::RescindAgentLost);
+    events.push(Event::AgentDisconnected(pb::AgentDisconnected {
         agent_id: agent_id.0.clone(),
-    })];
-    events.extend(offers::rescind_on_agent(c, &agent_id, pb::RescindReason::RescindAgentLost));
+    }));
     Ok(events)
 }
 
@@ -214,11 +215,11 @@ pub(super) fn mark_unreachable(
     if matches!(agent.state, AgentState::Unreachable | AgentState::Gone) {
         return Ok(Vec::new());
     }
-    let mut events = vec![Event::AgentUnreachable(pb::AgentUnreachable {
+    let mut events = offers::rescind_on_agent(c, &agent_id, pb::RescindReason::RescindAgentLost);
+    events.push(Event::AgentUnreachable(pb::AgentUnreachable {
         agent_id: agent_id.0.clone(),
         reason: clip_text(&reason),
-    })];
-    events.extend(offers::rescind_on_agent(c, &agent_id, pb::RescindReason::RescindAgentLost));
+    }));
     for task in c.tasks_on_agent(&agent_id).filter(|t| !t.is_terminal()) {
         let partition_aware = c
             .frameworks

@@ -111,15 +111,11 @@ pub(super) fn teardown(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<Eve
 }
 
 fn remove(c: &Cluster, fw: &Framework, reason: pb::FrameworkRemovalReason) -> Vec<Event> {
-    let mut events = vec![Event::FrameworkRemoved(pb::FrameworkRemoved {
+    let mut events = offers::rescind_for_framework(c, &fw.id, pb::RescindReason::RescindFrameworkGone);
+    events.push(Event::FrameworkRemoved(pb::FrameworkRemoved {
         framework_id: fw.id.0.clone(),
         reason: reason as i32,
-    })];
-    events.extend(offers::rescind_for_framework(
-        c,
-        &fw.id,
-        pb::RescindReason::RescindFrameworkGone,
-    ));
+    }));
     for task in c
         .tasks
         .range(crate::ids::TaskKey::new(fw.id.clone(), "")..)

@@ -186,9 +186,8 @@ pub(super) fn start(c: &Cluster, hostnames: Vec<String>, now_ms: NowMs) -> Resul
     }
     for h in &hostnames {
         let machine = Some(maintenance::machine_proto(&c.hosts[h].machine));
-        events.push(Event::HostDrainStarted(pb::HostDrainStarted {
-            machine: machine.clone(),
-        }));
+        // Rescind first: no state in the log may show an offer of a
+        // draining host (the invariants check after every event).
         for agent_id in c.agents_by_host.get(h).into_iter().flatten() {
             events.extend(offers::rescind_on_agent(
                 c,
@@ -196,6 +195,9 @@ pub(super) fn start(c: &Cluster, hostnames: Vec<String>, now_ms: NowMs) -> Resul
                 pb::RescindReason::RescindHostMaintenance,
             ));
         }
+        events.push(Event::HostDrainStarted(pb::HostDrainStarted {
+            machine: machine.clone(),
+        }));
         if maintenance::live_tasks_on_host(c, h) == 0 {
             events.push(Event::HostDrained(pb::HostDrained { machine }));
         }
@@ -235,9 +237,6 @@ pub(super) fn down(c: &Cluster, machines: Vec<MachineId>, now_ms: NowMs) -> Resu
                 expected: "a machine in the maintenance schedule that is not DOWN",
             });
         }
-        events.push(Event::HostDown(pb::HostDown {
-            machine: Some(maintenance::machine_proto(&host.machine)),
-        }));
         for agent in c
             .agents_by_host
             .get(&hostname)
@@ -254,6 +253,9 @@ pub(super) fn down(c: &Cluster, machines: Vec<MachineId>, now_ms: NowMs) -> Resu
                 now_ms,
             ));
         }
+        events.push(Event::HostDown(pb::HostDown {
+            machine: Some(maintenance::machine_proto(&host.machine)),
+        }));
     }
     Ok(events)
 }
