@@ -81,6 +81,15 @@ pub fn try_apply(cluster: &mut Cluster, envelope: &pb::Envelope) -> Result<(), A
     Ok(())
 }
 
+fn dangling(index: u64, event: &'static str, kind: &'static str, id: impl ToString) -> ApplyError {
+    ApplyError::Dangling {
+        index,
+        event,
+        kind,
+        id: id.to_string(),
+    }
+}
+
 struct Cx<'a> {
     c: &'a mut Cluster,
     index: u64,
@@ -147,22 +156,32 @@ pub(crate) fn config_from(p: Option<&pb::MasterConfig>) -> MasterConfig {
 
 impl Cx<'_> {
     fn dangling(&self, kind: &'static str, id: impl ToString) -> ApplyError {
-        ApplyError::Dangling {
-            index: self.index,
-            event: self.event,
-            kind,
-            id: id.to_string(),
-        }
+        dangling(self.index, self.event, kind, id)
     }
 
     fn agent_mut(&mut self, id: &str) -> Result<&mut Agent, ApplyError> {
-        let err = self.dangling("agent", id);
-        self.c.agents.get_mut(&AgentId::from(id)).ok_or(err)
+        let (index, event) = (self.index, self.event);
+        self.c
+            .agents
+            .get_mut(id)
+            .ok_or_else(|| dangling(index, event, "agent", id))
     }
 
     fn framework_mut(&mut self, id: &str) -> Result<&mut Framework, ApplyError> {
-        let err = self.dangling("framework", id);
-        self.c.frameworks.get_mut(&FrameworkId::from(id)).ok_or(err)
+        let (index, event) = (self.index, self.event);
+        self.c
+            .frameworks
+            .get_mut(id)
+            .ok_or_else(|| dangling(index, event, "framework", id))
+    }
+
+    /// Looks a task up without allocating a key (the hot path of apply).
+    fn task_mut(&mut self, framework_id: &str, task_id: &str) -> Result<&mut Task, ApplyError> {
+        let (index, event) = (self.index, self.event);
+        self.c
+            .tasks
+            .get_mut_by(framework_id, task_id)
+            .ok_or_else(|| dangling(index, event, "task", format!("{framework_id}/{task_id}")))
     }
 
     fn host_mut(&mut self, m: Option<&pb::MachineId>) -> &mut Host {
@@ -305,14 +324,14 @@ impl Cx<'_> {
             Payload::OffersDeclined(e) => {
                 for id in &e.offer_ids {
                     let offer = self.remove_offer(id)?;
-                    self.add_filter(&offer, e.refuse_until_ms);
+                    self.add_filter(offer, e.refuse_until_ms);
                 }
             }
             Payload::OffersAccepted(e) => {
                 for id in &e.offer_ids {
                     let offer = self.remove_offer(id)?;
                     if e.refuse_until_ms > 0 {
-                        self.add_filter(&offer, e.refuse_until_ms);
+                        self.add_filter(offer, e.refuse_until_ms);
                     }
                 }
             }
@@ -327,17 +346,13 @@ impl Cx<'_> {
             Payload::TaskLaunched(e) => self.launch(e)?,
             Payload::TaskStatusUpdated(e) => self.status(e)?,
             Payload::TaskStatusAcknowledged(e) => {
-                let key = TaskKey::new(e.framework_id.as_str(), e.task_id.as_str());
-                let err = self.dangling("task", &key);
-                let t = self.c.tasks.get_mut(&key).ok_or(err)?;
+                let t = self.task_mut(&e.framework_id, &e.task_id)?;
                 if t.status_uuid == e.uuid {
                     t.acknowledged = true;
                 }
             }
             Payload::TaskKillRequested(e) => {
-                let key = TaskKey::new(e.framework_id.as_str(), e.task_id.as_str());
-                let err = self.dangling("task", &key);
-                self.c.tasks.get_mut(&key).ok_or(err)?.kill_requested = true;
+                self.task_mut(&e.framework_id, &e.task_id)?.kill_requested = true;
             }
             Payload::MaintenanceScheduleUpdated(e) => {
                 self.c.schedule = windows_from(&e.windows);
@@ -424,11 +439,14 @@ impl Cx<'_> {
     }
 
     fn remove_offer(&mut self, id: &str) -> Result<Offer, ApplyError> {
-        let oid = OfferId::from(id);
-        let err = self.dangling("offer", id);
-        let offer = self.c.offers.remove(&oid).ok_or(err)?;
+        let (index, event) = (self.index, self.event);
+        let offer = self
+            .c
+            .offers
+            .remove(id)
+            .ok_or_else(|| dangling(index, event, "offer", id))?;
         if let Some(set) = self.c.offers_by_agent.get_mut(&offer.agent_id) {
-            set.remove(&oid);
+            set.remove(id);
             if set.is_empty() {
                 self.c.offers_by_agent.remove(&offer.agent_id);
             }
@@ -442,11 +460,11 @@ impl Cx<'_> {
         Ok(offer)
     }
 
-    fn add_filter(&mut self, offer: &Offer, until_ms: u64) {
+    fn add_filter(&mut self, offer: Offer, until_ms: u64) {
         let e = self
             .c
             .filters
-            .entry((offer.framework_id.clone(), offer.agent_id.clone()))
+            .entry((offer.framework_id, offer.agent_id))
             .or_insert(0);
         *e = (*e).max(until_ms);
     }
@@ -459,11 +477,16 @@ impl Cx<'_> {
             .allocated
             .add(&resources.scalars());
         let agent_id = AgentId::from(e.agent_id.as_str());
-        self.c
-            .tasks_by_agent
-            .entry(agent_id.clone())
-            .or_default()
-            .insert(key.clone());
+        match self.c.tasks_by_agent.get_mut(e.agent_id.as_str()) {
+            Some(set) => {
+                set.insert(key.clone());
+            }
+            None => {
+                self.c
+                    .tasks_by_agent
+                    .insert(agent_id.clone(), [key.clone()].into());
+            }
+        }
         let task = Task {
             key: key.clone(),
             agent_id,
@@ -490,16 +513,15 @@ impl Cx<'_> {
     }
 
     fn status(&mut self, e: &pb::TaskStatusUpdated) -> Result<(), ApplyError> {
-        let key = TaskKey::new(e.framework_id.as_str(), e.task_id.as_str());
-        let err = self.dangling("task", &key);
         let now_ms = self.now_ms;
-        let t = self.c.tasks.get_mut(&key).ok_or(err)?;
+        let t = self.task_mut(&e.framework_id, &e.task_id)?;
         let was = is_terminal(t.state);
         t.state = e.state();
-        t.status_uuid = e.uuid.clone();
+        // clone_from reuses the buffers: status updates are the hot path.
+        t.status_uuid.clone_from(&e.uuid);
         t.acknowledged = false;
         t.reason = e.reason();
-        t.message = e.message.clone();
+        t.message.clone_from(&e.message);
         if e.exit_code.is_some() {
             t.exit_code = e.exit_code;
         }
@@ -516,6 +538,7 @@ impl Cx<'_> {
         if was != now_terminal {
             let resources = t.resources.clone();
             let agent_id = t.agent_id.clone();
+            let framework_id = t.key.framework_id.clone();
             let scalars = resources.scalars();
             if let Some(a) = self.c.agents.get_mut(&agent_id) {
                 if now_terminal {
@@ -524,7 +547,7 @@ impl Cx<'_> {
                     a.used.add(&resources)
                 }
             }
-            if let Some(f) = self.c.frameworks.get_mut(&key.framework_id) {
+            if let Some(f) = self.c.frameworks.get_mut(&framework_id) {
                 if now_terminal {
                     f.allocated.subtract(&scalars)
                 } else {

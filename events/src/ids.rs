@@ -49,6 +49,12 @@ macro_rules! id_type {
             }
         }
 
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl From<&str> for $name {
             fn from(s: &str) -> Self {
                 Self(s.to_owned())
@@ -98,6 +104,58 @@ impl TaskKey {
             framework_id: framework_id.into(),
             task_id: task_id.into(),
         }
+    }
+}
+
+/// A task key seen as two borrowed strings, so that maps keyed by
+/// `TaskKey` can be searched with `(&str, &str)` without allocating.
+/// Ordering must agree with `TaskKey`'s derived order (framework, then task).
+pub trait TaskKeyRef {
+    fn framework(&self) -> &str;
+    fn task(&self) -> &str;
+}
+
+impl TaskKeyRef for TaskKey {
+    fn framework(&self) -> &str {
+        &self.framework_id.0
+    }
+    fn task(&self) -> &str {
+        &self.task_id.0
+    }
+}
+
+impl TaskKeyRef for (&str, &str) {
+    fn framework(&self) -> &str {
+        self.0
+    }
+    fn task(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn TaskKeyRef + 'a> for TaskKey {
+    fn borrow(&self) -> &(dyn TaskKeyRef + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn TaskKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.framework() == other.framework() && self.task() == other.task()
+    }
+}
+
+impl Eq for dyn TaskKeyRef + '_ {}
+
+impl PartialOrd for dyn TaskKeyRef + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn TaskKeyRef + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.framework(), self.task()).cmp(&(other.framework(), other.task()))
     }
 }
 

@@ -114,7 +114,7 @@ fn agents_not_overcommitted(c: &Cluster) -> Result<(), Violation> {
 /// A task names an agent and a framework the log knows (I3: by
 /// construction a task key maps to exactly one agent).
 fn tasks_reference_known_entities(c: &Cluster) -> Result<(), Violation> {
-    for (key, t) in &c.tasks {
+    for (key, t) in c.tasks.iter() {
         if *key != t.key {
             return fail("task key", format!("task stored under {key} says {}", t.key));
         }
@@ -130,7 +130,7 @@ fn tasks_reference_known_entities(c: &Cluster) -> Result<(), Violation> {
 
 /// I6: a task that reached a terminal state stays terminal.
 fn terminal_is_final(c: &Cluster) -> Result<(), Violation> {
-    for (key, t) in &c.tasks {
+    for (key, t) in c.tasks.iter() {
         if t.was_terminal && !t.is_terminal() {
             return fail(
                 "I6 terminal state is final",

@@ -114,6 +114,22 @@ impl PortSet {
         })
     }
 
+    /// Whether any port is in both sets (no allocation).
+    pub fn intersects(&self, other: &PortSet) -> bool {
+        let (mut i, mut j) = (0, 0);
+        while i < self.ranges.len() && j < other.ranges.len() {
+            let (a, b) = (self.ranges[i], other.ranges[j]);
+            if a.1 < b.0 {
+                i += 1;
+            } else if b.1 < a.0 {
+                j += 1;
+            } else {
+                return true;
+            }
+        }
+        false
+    }
+
     pub fn contains_port(&self, port: u32) -> bool {
         self.ranges.iter().any(|&(b, e)| b <= port && port <= e)
     }
@@ -499,6 +515,7 @@ mod tests {
             let d = a.difference(&b);
             prop_assert!(a.contains(&d));
             prop_assert_eq!(d.union(&b).count(), u.count());
+            prop_assert_eq!(a.intersects(&b), (0..2100u32).any(|p| a.contains_port(p) && b.contains_port(p)));
             for w in u.ranges().windows(2) {
                 prop_assert!(w[0].1 + 1 < w[1].0, "ranges stay disjoint and non-adjacent");
             }

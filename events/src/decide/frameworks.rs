@@ -118,9 +118,7 @@ fn remove(c: &Cluster, fw: &Framework, reason: pb::FrameworkRemovalReason) -> Ve
     }));
     for task in c
         .tasks
-        .range(crate::ids::TaskKey::new(fw.id.clone(), "")..)
-        .take_while(|(k, _)| k.framework_id == fw.id)
-        .map(|(_, t)| t)
+        .of_framework(&fw.id)
         .filter(|t| !t.is_terminal() && !t.kill_requested)
     {
         events.push(Event::TaskKillRequested(pb::TaskKillRequested {

@@ -58,7 +58,8 @@ fn owned_offers<'c>(
     let mut offers = Vec::with_capacity(offer_ids.len());
     for id in offer_ids {
         id.validate()?;
-        if !seen.insert(id) {
+        // One offer (the common case) cannot repeat; skip the set.
+        if offer_ids.len() > 1 && !seen.insert(id) {
             return Err(Rejection::DuplicateOffer { offer_id: id.clone() });
         }
         let offer = c
@@ -144,7 +145,7 @@ pub(super) fn accept(
         if !ids.insert(spec.task_id.clone()) || c.tasks.contains_key(&key) {
             return Err(Rejection::DuplicateTaskId { task: key });
         }
-        if !requested.ports.difference(&spec.resources.ports).eq(&requested.ports) {
+        if requested.ports.intersects(&spec.resources.ports) {
             return Err(Rejection::InvalidTask {
                 task: key,
                 problem: "its ports overlap another task's in the same accept".to_owned(),

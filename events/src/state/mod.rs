@@ -12,6 +12,7 @@ pub mod host;
 pub mod job;
 pub mod offer;
 pub mod task;
+pub mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +25,7 @@ pub use job::{Job, JobKey};
 pub use offer::Offer;
 pub use orrery_proto::events::TaskState;
 pub use task::Task;
+pub use tasks::TaskTable;
 
 /// Settings the leader decided with (recorded in `LeaderElected`).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -64,7 +66,7 @@ pub struct Cluster {
     pub role_weights: BTreeMap<String, u64>,
     pub agents: BTreeMap<AgentId, Agent>,
     pub frameworks: BTreeMap<FrameworkId, Framework>,
-    pub tasks: BTreeMap<TaskKey, Task>,
+    pub tasks: TaskTable,
     pub offers: BTreeMap<OfferId, Offer>,
     /// Decline filters: (framework, agent) → refused until (ms).
     pub filters: BTreeMap<(FrameworkId, AgentId), u64>,
@@ -134,7 +136,7 @@ impl Cluster {
                 .or_default()
                 .insert(id.clone());
         }
-        for (key, task) in &self.tasks {
+        for (key, task) in self.tasks.iter() {
             self.tasks_by_agent
                 .entry(task.agent_id.clone())
                 .or_default()
