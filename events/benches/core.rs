@@ -25,17 +25,30 @@ const MIX_EVENTS: usize = 100_000;
 fn populated() -> Scenario {
     let mut s = Scenario::with_leader();
     for i in 0..AGENTS {
-        s.agent(&format!("h{i}"), "cpus:64;mem:262144;disk:100000;ports:[31000-32000]", None);
+        s.agent(
+            &format!("h{i}"),
+            "cpus:64;mem:262144;disk:100000;ports:[31000-32000]",
+            None,
+        );
     }
     let fw = s.framework(Scenario::subscription("bench", "prod"));
-    let offers: Vec<OfferId> = s.allocate().iter().map(|o| OfferId::from(o.offer_id.as_str())).collect();
+    let offers: Vec<OfferId> = s
+        .allocate()
+        .iter()
+        .map(|o| OfferId::from(o.offer_id.as_str()))
+        .collect();
     for (a, offer) in offers.iter().enumerate() {
         let tasks = (0..TASKS_PER_AGENT)
             .map(|k| Scenario::task_spec(&format!("t-{a}-{k}"), "cpus:1;mem:1024"))
             .collect();
         s.accept(&fw, offer, tasks).expect("launch");
     }
-    let keys: Vec<_> = s.cluster.tasks.values().map(|t| (t.agent_id.clone(), t.key.clone())).collect();
+    let keys: Vec<_> = s
+        .cluster
+        .tasks
+        .values()
+        .map(|t| (t.agent_id.clone(), t.key.clone()))
+        .collect();
     let mut batch = Vec::new();
     for (agent, key) in &keys {
         batch.extend(
@@ -66,7 +79,12 @@ fn populated() -> Scenario {
 fn mix_log(base: &Scenario) -> Vec<pb::Envelope> {
     let mut s = base.clone();
     s.log.clear();
-    let keys: Vec<_> = s.cluster.tasks.values().map(|t| (t.agent_id.clone(), t.key.clone())).collect();
+    let keys: Vec<_> = s
+        .cluster
+        .tasks
+        .values()
+        .map(|t| (t.agent_id.clone(), t.key.clone()))
+        .collect();
     let fw = keys[0].1.framework_id.clone();
     let mut n = 0usize;
     let mut round = 0u64;
@@ -88,9 +106,13 @@ fn mix_log(base: &Scenario) -> Vec<pb::Envelope> {
                 healthy: Some(true),
             }));
             if n % 17 < 2 {
-                s.given(Command::Acknowledge { framework_id: key.framework_id.clone(), task_id: key.task_id.clone(), uuid });
+                s.given(Command::Acknowledge {
+                    framework_id: key.framework_id.clone(),
+                    task_id: key.task_id.clone(),
+                    uuid,
+                });
             }
-            if n % 17 == 0 {
+            if n.is_multiple_of(17) {
                 s.advance(6_000);
                 let offers = s.allocate();
                 if let Some(o) = offers.first() {
@@ -144,10 +166,18 @@ fn bench_apply(c: &mut Criterion) {
 fn bench_launch(c: &mut Criterion) {
     let mut s = Scenario::with_leader();
     for i in 0..AGENTS {
-        s.agent(&format!("h{i}"), "cpus:64;mem:262144;disk:100000;ports:[31000-32000]", None);
+        s.agent(
+            &format!("h{i}"),
+            "cpus:64;mem:262144;disk:100000;ports:[31000-32000]",
+            None,
+        );
     }
     let fw = s.framework(Scenario::subscription("bench", "prod"));
-    let offers: Vec<OfferId> = s.allocate().iter().map(|o| OfferId::from(o.offer_id.as_str())).collect();
+    let offers: Vec<OfferId> = s
+        .allocate()
+        .iter()
+        .map(|o| OfferId::from(o.offer_id.as_str()))
+        .collect();
     let now = s.now_ms;
     let mut g = c.benchmark_group("launch");
     g.throughput(Throughput::Elements(offers.len() as u64));

@@ -138,7 +138,9 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
             fw_alloc.insert(&fw.id, fw.allocated.clone());
         }
     }
-    let role_key = |acc: &RoleAcc<'_>| dominant_share(&acc.alloc, &total) * 1000 / u128::from(acc.weight_milli.max(1));
+    let role_key = |acc: &RoleAcc<'_>| {
+        dominant_share(&acc.alloc, &total) * 1000 / u128::from(acc.weight_milli.max(1))
+    };
     let mut role_order: BTreeSet<(ShareKey, &str)> = roles
         .iter()
         .filter(|(_, acc)| !acc.frameworks.is_empty())
@@ -201,7 +203,9 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
         let scalars = free.scalars();
         let acc = roles.get_mut(role).expect("chosen role exists");
         acc.frameworks.remove(&(fkey, fid));
-        let fa = fw_alloc.get_mut(fid).expect("candidate framework has an allocation");
+        let fa = fw_alloc
+            .get_mut(fid)
+            .expect("candidate framework has an allocation");
         fa.add(&scalars);
         acc.frameworks.insert((dominant_share(fa, &total), fid));
         acc.alloc.add(&scalars);
@@ -244,7 +248,10 @@ mod tests {
     #[test]
     fn dominant_share_takes_the_largest_part() {
         let total = Resources::new(10_000, 1000, 0);
-        assert_eq!(dominant_share(&Resources::new(1000, 500, 0), &total), 500_000_000);
+        assert_eq!(
+            dominant_share(&Resources::new(1000, 500, 0), &total),
+            500_000_000
+        );
         assert_eq!(dominant_share(&Resources::default(), &total), 0);
     }
 }

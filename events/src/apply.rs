@@ -19,8 +19,8 @@ use crate::ids::{AgentId, FrameworkId, OfferId, TaskKey};
 use crate::resources::Resources;
 use crate::state::task::is_terminal;
 use crate::state::{
-    Agent, AgentState, Cluster, Domain, Framework, Host, HostState, Job, JobKey, Leader,
-    MachineId, MasterConfig, Offer, Task, Unavailability, Window,
+    Agent, AgentState, Cluster, Domain, Framework, Host, HostState, Job, JobKey, Leader, MachineId,
+    MasterConfig, Offer, Task, Unavailability, Window,
 };
 
 /// Why an envelope could not be applied: the log is not one a correct
@@ -48,10 +48,7 @@ pub fn apply(cluster: &mut Cluster, envelope: &pb::Envelope) {
     }
     #[cfg(debug_assertions)]
     if let Err(v) = crate::invariants::check(cluster) {
-        panic!(
-            "invariant broken after event {}: {v}",
-            envelope.index
-        );
+        panic!("invariant broken after event {}: {v}", envelope.index);
     }
 }
 
@@ -267,22 +264,26 @@ impl Cx<'_> {
                     self.c.seq.next_framework += 1;
                 }
                 let term = self.term;
-                let fw = self.c.frameworks.entry(id.clone()).or_insert_with(|| Framework {
-                    id,
-                    name: String::new(),
-                    role: String::new(),
-                    region_aware: false,
-                    partition_aware: false,
-                    checkpoint: false,
-                    failover_timeout_ms: 0,
-                    principal: e.principal.clone(),
-                    connected: false,
-                    suppressed: false,
-                    disconnected_at_ms: 0,
-                    removed: false,
-                    subscribed_term: term,
-                    allocated: Resources::default(),
-                });
+                let fw = self
+                    .c
+                    .frameworks
+                    .entry(id.clone())
+                    .or_insert_with(|| Framework {
+                        id,
+                        name: String::new(),
+                        role: String::new(),
+                        region_aware: false,
+                        partition_aware: false,
+                        checkpoint: false,
+                        failover_timeout_ms: 0,
+                        principal: e.principal.clone(),
+                        connected: false,
+                        suppressed: false,
+                        disconnected_at_ms: 0,
+                        removed: false,
+                        subscribed_term: term,
+                        allocated: Resources::default(),
+                    });
                 fw.name = e.name.clone();
                 fw.role = e.role.clone();
                 fw.region_aware = region_aware;
@@ -362,7 +363,9 @@ impl Cx<'_> {
                     }
                 }
             }
-            Payload::HostDrainStarted(e) => self.set_host_state(e.machine.as_ref(), HostState::Draining),
+            Payload::HostDrainStarted(e) => {
+                self.set_host_state(e.machine.as_ref(), HostState::Draining)
+            }
             Payload::HostDrained(e) => self.set_host_state(e.machine.as_ref(), HostState::Drained),
             Payload::HostDown(e) => self.set_host_state(e.machine.as_ref(), HostState::Down),
             Payload::HostUp(e) => self.set_host_state(e.machine.as_ref(), HostState::Up),

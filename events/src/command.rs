@@ -15,7 +15,9 @@ pub enum Command {
     /// A replica won an election (the storage layer tells the shell).
     ElectLeader(ElectLeader),
     /// Replace the weighted DRF table: (role, weight).
-    SetRoleWeights { weights: Vec<(String, f64)> },
+    SetRoleWeights {
+        weights: Vec<(String, f64)>,
+    },
 
     RegisterAgent(AgentRegistration),
     ReregisterAgent {
@@ -24,21 +26,39 @@ pub enum Command {
         /// The tasks the agent says it runs.
         tasks: Vec<ReportedTask>,
     },
-    DisconnectAgent { agent_id: AgentId },
+    DisconnectAgent {
+        agent_id: AgentId,
+    },
     /// Decided by the leader's health checker (ping budget exhausted, or
     /// reregistration timeout after a failover).
-    MarkAgentUnreachable { agent_id: AgentId, reason: String },
+    MarkAgentUnreachable {
+        agent_id: AgentId,
+        reason: String,
+    },
     /// The operator retires an agent for good.
-    MarkAgentGone { agent_id: AgentId, reason: String },
+    MarkAgentGone {
+        agent_id: AgentId,
+        reason: String,
+    },
 
     Subscribe(FrameworkSubscription),
-    DisconnectFramework { framework_id: FrameworkId },
+    DisconnectFramework {
+        framework_id: FrameworkId,
+    },
     /// The leader's timer believes the failover timeout passed; decide
     /// checks against `now`.
-    ExpireFramework { framework_id: FrameworkId },
-    Teardown { framework_id: FrameworkId },
-    Suppress { framework_id: FrameworkId },
-    Revive { framework_id: FrameworkId },
+    ExpireFramework {
+        framework_id: FrameworkId,
+    },
+    Teardown {
+        framework_id: FrameworkId,
+    },
+    Suppress {
+        framework_id: FrameworkId,
+    },
+    Revive {
+        framework_id: FrameworkId,
+    },
 
     /// Run one allocation cycle (weighted DRF).
     Allocate,
@@ -70,13 +90,21 @@ pub enum Command {
 
     /// Replace the whole maintenance schedule (Mesos' POST
     /// /maintenance/schedule).
-    UpdateSchedule { windows: Vec<Window> },
+    UpdateSchedule {
+        windows: Vec<Window>,
+    },
     /// Peloton's `host maintenance start`: drain these hosts.
-    StartMaintenance { hostnames: Vec<String> },
+    StartMaintenance {
+        hostnames: Vec<String>,
+    },
     /// Mark drained (or scheduled) machines DOWN (Mesos' /machine/down).
-    MarkMachinesDown { machines: Vec<MachineId> },
+    MarkMachinesDown {
+        machines: Vec<MachineId>,
+    },
     /// Peloton's `host maintenance complete` / Mesos' /machine/up.
-    CompleteMaintenance { hostnames: Vec<String> },
+    CompleteMaintenance {
+        hostnames: Vec<String>,
+    },
 
     CreateJob(orrery_proto::events::JobSpec),
     UpdateJob(orrery_proto::events::JobSpec),

@@ -71,7 +71,10 @@ fn derived_fields_match(c: &Cluster) -> Result<(), Violation> {
         || c.agents_by_host != fresh.agents_by_host
         || c.offers_by_agent != fresh.offers_by_agent
     {
-        return fail("derived indexes", "an index differs from its recomputation".into());
+        return fail(
+            "derived indexes",
+            "an index differs from its recomputation".into(),
+        );
     }
     Ok(())
 }
@@ -83,13 +86,19 @@ fn agents_not_overcommitted(c: &Cluster) -> Result<(), Violation> {
         if !a.total.contains(&committed) {
             return fail(
                 "I5 agent over-committed",
-                format!("agent {id}: used {} + offered {} > total {}", a.used, a.offered, a.total),
+                format!(
+                    "agent {id}: used {} + offered {} > total {}",
+                    a.used, a.offered, a.total
+                ),
             );
         }
         if a.used.ports.count() + a.offered.ports.count() != committed.ports.count() {
             return fail(
                 "I5 port used twice",
-                format!("agent {id}: used ports {} overlap offered {}", a.used.ports, a.offered.ports),
+                format!(
+                    "agent {id}: used ports {} overlap offered {}",
+                    a.used.ports, a.offered.ports
+                ),
             );
         }
     }
@@ -105,7 +114,10 @@ fn agents_not_overcommitted(c: &Cluster) -> Result<(), Violation> {
             }
         }
         if seen.ports.count() != count {
-            return fail("I3/I5 port shared by two tasks", format!("agent {agent_id}"));
+            return fail(
+                "I3/I5 port shared by two tasks",
+                format!("agent {agent_id}"),
+            );
         }
     }
     Ok(())
@@ -116,13 +128,22 @@ fn agents_not_overcommitted(c: &Cluster) -> Result<(), Violation> {
 fn tasks_reference_known_entities(c: &Cluster) -> Result<(), Violation> {
     for (key, t) in c.tasks.iter() {
         if *key != t.key {
-            return fail("task key", format!("task stored under {key} says {}", t.key));
+            return fail(
+                "task key",
+                format!("task stored under {key} says {}", t.key),
+            );
         }
         if !c.agents.contains_key(&t.agent_id) {
-            return fail("task agent", format!("task {key} is on unknown agent {}", t.agent_id));
+            return fail(
+                "task agent",
+                format!("task {key} is on unknown agent {}", t.agent_id),
+            );
         }
         if !c.frameworks.contains_key(&key.framework_id) {
-            return fail("task framework", format!("task {key} has an unknown framework"));
+            return fail(
+                "task framework",
+                format!("task {key} has an unknown framework"),
+            );
         }
     }
     Ok(())
@@ -146,27 +167,47 @@ fn terminal_is_final(c: &Cluster) -> Result<(), Violation> {
 fn offers_respect_maintenance_and_domains(c: &Cluster) -> Result<(), Violation> {
     for (id, o) in &c.offers {
         let Some(agent) = c.agents.get(&o.agent_id) else {
-            return fail("offer agent", format!("offer {id} is of unknown agent {}", o.agent_id));
+            return fail(
+                "offer agent",
+                format!("offer {id} is of unknown agent {}", o.agent_id),
+            );
         };
         let Some(fw) = c.frameworks.get(&o.framework_id) else {
-            return fail("offer framework", format!("offer {id} is to unknown framework"));
+            return fail(
+                "offer framework",
+                format!("offer {id} is to unknown framework"),
+            );
         };
         if agent.state != AgentState::Registered {
             return fail(
                 "offer of inactive agent",
-                format!("offer {id} of agent {} which is {}", agent.id, agent.state.as_str()),
+                format!(
+                    "offer {id} of agent {} which is {}",
+                    agent.id,
+                    agent.state.as_str()
+                ),
             );
         }
         if let Some(h) = c.host_of(agent) {
-            if matches!(h.state, HostState::Draining | HostState::Drained | HostState::Down) {
+            if matches!(
+                h.state,
+                HostState::Draining | HostState::Drained | HostState::Down
+            ) {
                 return fail(
                     "offer of host in maintenance",
-                    format!("offer {id} of host {} which is {}", h.machine.hostname, h.state.as_str()),
+                    format!(
+                        "offer {id} of host {} which is {}",
+                        h.machine.hostname,
+                        h.state.as_str()
+                    ),
                 );
             }
         }
         if fw.removed {
-            return fail("offer to removed framework", format!("offer {id} to {}", fw.id));
+            return fail(
+                "offer to removed framework",
+                format!("offer {id} to {}", fw.id),
+            );
         }
         if !domains::may_offer(c, fw, agent) {
             return fail(

@@ -36,6 +36,7 @@ pub mod codec;
 pub mod command;
 pub mod decide;
 pub mod digest;
+pub mod explain;
 pub mod ids;
 pub mod invariants;
 pub mod projections;
@@ -59,7 +60,12 @@ pub use state::Cluster;
 
 /// Wraps decided events into envelopes that follow `cluster`'s last index,
 /// as the leader does when it proposes a batch.
-pub fn envelopes(cluster: &Cluster, term: u64, proposed_at_ms: u64, events: Vec<Event>) -> Vec<pb::Envelope> {
+pub fn envelopes(
+    cluster: &Cluster,
+    term: u64,
+    proposed_at_ms: u64,
+    events: Vec<Event>,
+) -> Vec<pb::Envelope> {
     events
         .into_iter()
         .zip(cluster.applied_index + 1..)

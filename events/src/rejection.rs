@@ -134,7 +134,9 @@ pub enum Rejection {
         from: &'static str,
         to: &'static str,
     },
-    #[error("acknowledgement {uuid:?} for task {task} does not match its latest update {expected:?}")]
+    #[error(
+        "acknowledgement {uuid:?} for task {task} does not match its latest update {expected:?}"
+    )]
     UnexpectedAcknowledgement {
         task: TaskKey,
         uuid: String,

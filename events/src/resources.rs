@@ -66,10 +66,7 @@ impl PortSet {
     }
 
     pub fn count(&self) -> u64 {
-        self.ranges
-            .iter()
-            .map(|&(b, e)| u64::from(e - b) + 1)
-            .sum()
+        self.ranges.iter().map(|&(b, e)| u64::from(e - b) + 1).sum()
     }
 
     fn insert_range(&mut self, b: u32, e: u32) {
@@ -107,11 +104,10 @@ impl PortSet {
     }
 
     pub fn contains(&self, other: &PortSet) -> bool {
-        other.ranges.iter().all(|&(b, e)| {
-            self.ranges
-                .iter()
-                .any(|&(rb, re)| rb <= b && e <= re)
-        })
+        other
+            .ranges
+            .iter()
+            .all(|&(b, e)| self.ranges.iter().any(|&(rb, re)| rb <= b && e <= re))
     }
 
     /// Whether any port is in both sets (no allocation).
@@ -490,10 +486,7 @@ mod tests {
         assert_eq!(rest.union(&some), all);
         assert!(all.contains(&some));
         assert!(!rest.contains(&some));
-        assert_eq!(
-            all.take_first(3).unwrap().ranges(),
-            &[(100, 102)]
-        );
+        assert_eq!(all.take_first(3).unwrap().ranges(), &[(100, 102)]);
         assert!(some.take_first(20).is_none());
     }
 

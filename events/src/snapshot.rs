@@ -9,11 +9,14 @@ use orrery_proto::events as pb;
 use prost::Message;
 use thiserror::Error;
 
-use crate::apply::{attributes_from, config_from, domain_from, machine_from, unavailability_from, windows_from};
+use crate::apply::{
+    attributes_from, config_from, domain_from, machine_from, unavailability_from, windows_from,
+};
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskKey};
 use crate::resources::Resources;
 use crate::state::{
-    Agent, AgentState, Cluster, Framework, Host, HostState, Job, JobKey, Leader, Offer, Sequences, Task,
+    Agent, AgentState, Cluster, Framework, Host, HostState, Job, JobKey, Leader, Offer, Sequences,
+    Task,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -261,7 +264,13 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
             Ok(pb::AgentStateCode::AgentDisconnected) => AgentState::Disconnected,
             Ok(pb::AgentStateCode::AgentUnreachable) => AgentState::Unreachable,
             Ok(pb::AgentStateCode::AgentGone) => AgentState::Gone,
-            _ => return Err(invalid("agent", &a.agent_id, format!("unknown state {}", a.state))),
+            _ => {
+                return Err(invalid(
+                    "agent",
+                    &a.agent_id,
+                    format!("unknown state {}", a.state),
+                ))
+            }
         };
         let id = AgentId::from(a.agent_id.as_str());
         let agent = Agent {
@@ -313,7 +322,11 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
         let key = TaskKey::new(l.framework_id.as_str(), l.task_id.as_str());
         let state = match pb::TaskState::try_from(t.state) {
             Ok(pb::TaskState::Unspecified) | Err(_) => {
-                return Err(invalid("task", &key.to_string(), format!("unknown state {}", t.state)))
+                return Err(invalid(
+                    "task",
+                    &key.to_string(),
+                    format!("unknown state {}", t.state),
+                ))
             }
             Ok(s) => s,
         };
@@ -350,7 +363,10 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
             agent_id: AgentId::from(o.agent_id.as_str()),
             resources: Resources::from_logged(o.resources.as_ref()),
             expires_at_ms: o.expires_at_ms,
-            unavailability: o.unavailability.as_ref().map(|u| unavailability_from(Some(u))),
+            unavailability: o
+                .unavailability
+                .as_ref()
+                .map(|u| unavailability_from(Some(u))),
         };
         if c.offers.insert(id, offer).is_some() {
             return Err(invalid("offer", &o.offer_id, "appears twice"));
@@ -359,7 +375,10 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
     for f in p.filters {
         let k = f.key.unwrap_or_default();
         c.filters.insert(
-            (FrameworkId::from(k.framework_id.as_str()), AgentId::from(k.agent_id.as_str())),
+            (
+                FrameworkId::from(k.framework_id.as_str()),
+                AgentId::from(k.agent_id.as_str()),
+            ),
             f.refuse_until_ms,
         );
     }
@@ -371,7 +390,13 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
             Ok(pb::HostStateCode::HostStateDraining) => HostState::Draining,
             Ok(pb::HostStateCode::HostStateDrained) => HostState::Drained,
             Ok(pb::HostStateCode::HostStateDown) => HostState::Down,
-            _ => return Err(invalid("host", &machine.hostname, format!("unknown state {}", h.state))),
+            _ => {
+                return Err(invalid(
+                    "host",
+                    &machine.hostname,
+                    format!("unknown state {}", h.state),
+                ))
+            }
         };
         c.hosts.insert(
             machine.hostname.clone(),

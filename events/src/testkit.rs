@@ -7,7 +7,9 @@
 
 use orrery_proto::events::{self as pb, CommandInfo, StatusSource, TaskReason, TaskState};
 
-use crate::command::{AgentRegistration, Command, ElectLeader, FrameworkSubscription, StatusUpdate, TaskSpec};
+use crate::command::{
+    AgentRegistration, Command, ElectLeader, FrameworkSubscription, StatusUpdate, TaskSpec,
+};
 use crate::decide::{decide, Event};
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskId};
 use crate::rejection::Rejection;
@@ -102,7 +104,11 @@ impl Scenario {
         }
     }
 
-    pub fn registration(hostname: &str, resources: &str, domain: Option<(&str, &str)>) -> AgentRegistration {
+    pub fn registration(
+        hostname: &str,
+        resources: &str,
+        domain: Option<(&str, &str)>,
+    ) -> AgentRegistration {
         AgentRegistration {
             hostname: hostname.into(),
             ip: "10.0.0.1".into(),
@@ -116,8 +122,15 @@ impl Scenario {
     }
 
     /// Registers an agent and returns its id.
-    pub fn agent(&mut self, hostname: &str, resources: &str, domain: Option<(&str, &str)>) -> AgentId {
-        let events = self.given(Command::RegisterAgent(Self::registration(hostname, resources, domain)));
+    pub fn agent(
+        &mut self,
+        hostname: &str,
+        resources: &str,
+        domain: Option<(&str, &str)>,
+    ) -> AgentId {
+        let events = self.given(Command::RegisterAgent(Self::registration(
+            hostname, resources, domain,
+        )));
         events
             .iter()
             .find_map(|e| match e {
@@ -180,7 +193,12 @@ impl Scenario {
         }
     }
 
-    pub fn accept(&mut self, fw: &FrameworkId, offer: &OfferId, tasks: Vec<TaskSpec>) -> Result<Vec<Event>, Rejection> {
+    pub fn accept(
+        &mut self,
+        fw: &FrameworkId,
+        offer: &OfferId,
+        tasks: Vec<TaskSpec>,
+    ) -> Result<Vec<Event>, Rejection> {
         self.when(Command::Accept {
             framework_id: fw.clone(),
             offer_ids: vec![offer.clone()],
@@ -189,7 +207,14 @@ impl Scenario {
         })
     }
 
-    pub fn status(&self, agent: &AgentId, fw: &FrameworkId, task: &str, state: TaskState, uuid: &str) -> Command {
+    pub fn status(
+        &self,
+        agent: &AgentId,
+        fw: &FrameworkId,
+        task: &str,
+        state: TaskState,
+        uuid: &str,
+    ) -> Command {
         Command::UpdateStatus(StatusUpdate {
             agent_id: agent.clone(),
             framework_id: fw.clone(),

@@ -16,7 +16,9 @@ use orrery_events::{apply, codec, invariants, Cluster, TaskKey};
 use prost::Message;
 
 fn dir(sub: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(sub)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(sub)
 }
 
 fn bless() -> bool {
@@ -29,17 +31,44 @@ fn samples() -> Vec<Payload> {
         cpus_milli: 1500,
         mem_mb: 2048,
         disk_mb: 100,
-        ports: vec![pb::PortRange { begin: 31000, end: 31009 }],
+        ports: vec![pb::PortRange {
+            begin: 31000,
+            end: 31009,
+        }],
     });
-    let domain = Some(pb::Domain { region: "r1".into(), zone: "z1".into() });
-    let machine = Some(pb::MachineId { hostname: "h1".into(), ip: "10.0.0.1".into() });
-    let unavail = Some(pb::Unavailability { start_ns: 1_700_000_000_000_000_000, duration_ns: Some(3_600_000_000_000) });
+    let domain = Some(pb::Domain {
+        region: "r1".into(),
+        zone: "z1".into(),
+    });
+    let machine = Some(pb::MachineId {
+        hostname: "h1".into(),
+        ip: "10.0.0.1".into(),
+    });
+    let unavail = Some(pb::Unavailability {
+        start_ns: 1_700_000_000_000_000_000,
+        duration_ns: Some(3_600_000_000_000),
+    });
     let spec = Some(pb::JobSpec {
-        key: Some(pb::JobKey { role: "www".into(), env: "prod".into(), name: "hello".into() }),
+        key: Some(pb::JobKey {
+            role: "www".into(),
+            env: "prod".into(),
+            name: "hello".into(),
+        }),
         instances: 3,
-        command: Some(pb::CommandInfo { shell: "echo hi".into(), argv: vec![], environment: vec![pb::EnvironmentVariable { name: "A".into(), value: "b".into() }] }),
+        command: Some(pb::CommandInfo {
+            shell: "echo hi".into(),
+            argv: vec![],
+            environment: vec![pb::EnvironmentVariable {
+                name: "A".into(),
+                value: "b".into(),
+            }],
+        }),
         resources: res.clone(),
-        constraints: vec![pb::Constraint { field: "@zone".into(), operator: "GROUP_BY".into(), value: "3".into() }],
+        constraints: vec![pb::Constraint {
+            field: "@zone".into(),
+            operator: "GROUP_BY".into(),
+            value: "3".into(),
+        }],
         region_aware: true,
         max_unavailable: 1,
         service: true,
@@ -51,15 +80,27 @@ fn samples() -> Vec<Payload> {
             leader_id: 2,
             leader_addr: "127.0.0.1:7002".into(),
             domain: domain.clone(),
-            config: Some(pb::MasterConfig { offer_timeout_ms: 30_000, default_refuse_ms: 5_000, agent_reregister_timeout_ms: 600_000 }),
+            config: Some(pb::MasterConfig {
+                offer_timeout_ms: 30_000,
+                default_refuse_ms: 5_000,
+                agent_reregister_timeout_ms: 600_000,
+            }),
         }),
-        Payload::RoleWeightsSet(pb::RoleWeightsSet { weights: vec![pb::RoleWeight { role: "prod".into(), weight_milli: 3000 }] }),
+        Payload::RoleWeightsSet(pb::RoleWeightsSet {
+            weights: vec![pb::RoleWeight {
+                role: "prod".into(),
+                weight_milli: 3000,
+            }],
+        }),
         Payload::AgentRegistered(pb::AgentRegistered {
             agent_id: "S1".into(),
             hostname: "h1".into(),
             ip: "10.0.0.1".into(),
             resources: res.clone(),
-            attributes: vec![pb::Attribute { name: "rack".into(), value: "r1".into() }],
+            attributes: vec![pb::Attribute {
+                name: "rack".into(),
+                value: "r1".into(),
+            }],
             domain: domain.clone(),
         }),
         Payload::AgentReregistered(pb::AgentReregistered {
@@ -70,23 +111,43 @@ fn samples() -> Vec<Payload> {
             attributes: vec![],
             domain: domain.clone(),
         }),
-        Payload::AgentDisconnected(pb::AgentDisconnected { agent_id: "S1".into() }),
-        Payload::AgentUnreachable(pb::AgentUnreachable { agent_id: "S1".into(), reason: "ping timeout".into() }),
-        Payload::AgentGone(pb::AgentGone { agent_id: "S1".into(), reason: "decommissioned".into() }),
+        Payload::AgentDisconnected(pb::AgentDisconnected {
+            agent_id: "S1".into(),
+        }),
+        Payload::AgentUnreachable(pb::AgentUnreachable {
+            agent_id: "S1".into(),
+            reason: "ping timeout".into(),
+        }),
+        Payload::AgentGone(pb::AgentGone {
+            agent_id: "S1".into(),
+            reason: "decommissioned".into(),
+        }),
         Payload::FrameworkSubscribed(pb::FrameworkSubscribed {
             framework_id: "F1".into(),
             name: "web".into(),
             role: "prod".into(),
-            capabilities: vec![pb::FrameworkCapability::RegionAware as i32, pb::FrameworkCapability::PartitionAware as i32],
+            capabilities: vec![
+                pb::FrameworkCapability::RegionAware as i32,
+                pb::FrameworkCapability::PartitionAware as i32,
+            ],
             checkpoint: true,
             failover_timeout_ms: 60_000,
             principal: "web".into(),
             failover: true,
         }),
-        Payload::FrameworkDisconnected(pb::FrameworkDisconnected { framework_id: "F1".into() }),
-        Payload::FrameworkRemoved(pb::FrameworkRemoved { framework_id: "F1".into(), reason: pb::FrameworkRemovalReason::RemovalTeardown as i32 }),
-        Payload::FrameworkSuppressed(pb::FrameworkSuppressed { framework_id: "F1".into() }),
-        Payload::FrameworkRevived(pb::FrameworkRevived { framework_id: "F1".into() }),
+        Payload::FrameworkDisconnected(pb::FrameworkDisconnected {
+            framework_id: "F1".into(),
+        }),
+        Payload::FrameworkRemoved(pb::FrameworkRemoved {
+            framework_id: "F1".into(),
+            reason: pb::FrameworkRemovalReason::RemovalTeardown as i32,
+        }),
+        Payload::FrameworkSuppressed(pb::FrameworkSuppressed {
+            framework_id: "F1".into(),
+        }),
+        Payload::FrameworkRevived(pb::FrameworkRevived {
+            framework_id: "F1".into(),
+        }),
         Payload::OffersMade(pb::OffersMade {
             offers: vec![pb::Offer {
                 offer_id: "O1".into(),
@@ -97,18 +158,42 @@ fn samples() -> Vec<Payload> {
                 unavailability: unavail,
             }],
         }),
-        Payload::OffersRescinded(pb::OffersRescinded { offer_ids: vec!["O1".into()], reason: pb::RescindReason::RescindOfferTimeout as i32 }),
-        Payload::OffersDeclined(pb::OffersDeclined { framework_id: "F1".into(), offer_ids: vec!["O1".into()], refuse_until_ms: 1_700_000_005_000 }),
-        Payload::OffersAccepted(pb::OffersAccepted { framework_id: "F1".into(), offer_ids: vec!["O1".into()], refuse_until_ms: 1_700_000_005_000 }),
-        Payload::DeclineFiltersExpired(pb::DeclineFiltersExpired { filters: vec![pb::DeclineFilterKey { framework_id: "F1".into(), agent_id: "S1".into() }] }),
+        Payload::OffersRescinded(pb::OffersRescinded {
+            offer_ids: vec!["O1".into()],
+            reason: pb::RescindReason::RescindOfferTimeout as i32,
+        }),
+        Payload::OffersDeclined(pb::OffersDeclined {
+            framework_id: "F1".into(),
+            offer_ids: vec!["O1".into()],
+            refuse_until_ms: 1_700_000_005_000,
+        }),
+        Payload::OffersAccepted(pb::OffersAccepted {
+            framework_id: "F1".into(),
+            offer_ids: vec!["O1".into()],
+            refuse_until_ms: 1_700_000_005_000,
+        }),
+        Payload::DeclineFiltersExpired(pb::DeclineFiltersExpired {
+            filters: vec![pb::DeclineFilterKey {
+                framework_id: "F1".into(),
+                agent_id: "S1".into(),
+            }],
+        }),
         Payload::TaskLaunched(pb::TaskLaunched {
             framework_id: "F1".into(),
             task_id: "t1".into(),
             agent_id: "S1".into(),
             name: "hello-0".into(),
             resources: res,
-            command: Some(pb::CommandInfo { shell: String::new(), argv: vec!["sleep".into(), "10".into()], environment: vec![] }),
-            job: Some(pb::JobKey { role: "www".into(), env: "prod".into(), name: "hello".into() }),
+            command: Some(pb::CommandInfo {
+                shell: String::new(),
+                argv: vec!["sleep".into(), "10".into()],
+                environment: vec![],
+            }),
+            job: Some(pb::JobKey {
+                role: "www".into(),
+                env: "prod".into(),
+                name: "hello".into(),
+            }),
             instance: 2,
         }),
         Payload::TaskStatusUpdated(pb::TaskStatusUpdated {
@@ -123,18 +208,41 @@ fn samples() -> Vec<Payload> {
             exit_code: Some(3),
             healthy: Some(false),
         }),
-        Payload::TaskStatusAcknowledged(pb::TaskStatusAcknowledged { framework_id: "F1".into(), task_id: "t1".into(), uuid: "u-1".into() }),
-        Payload::TaskKillRequested(pb::TaskKillRequested { framework_id: "F1".into(), task_id: "t1".into(), reason: pb::TaskReason::ReasonKilledByFramework as i32 }),
-        Payload::MaintenanceScheduleUpdated(pb::MaintenanceScheduleUpdated {
-            windows: vec![pb::MaintenanceWindow { machines: vec![machine.clone().unwrap()], unavailability: unavail }],
+        Payload::TaskStatusAcknowledged(pb::TaskStatusAcknowledged {
+            framework_id: "F1".into(),
+            task_id: "t1".into(),
+            uuid: "u-1".into(),
         }),
-        Payload::HostDrainStarted(pb::HostDrainStarted { machine: machine.clone() }),
-        Payload::HostDrained(pb::HostDrained { machine: machine.clone() }),
-        Payload::HostDown(pb::HostDown { machine: machine.clone() }),
+        Payload::TaskKillRequested(pb::TaskKillRequested {
+            framework_id: "F1".into(),
+            task_id: "t1".into(),
+            reason: pb::TaskReason::ReasonKilledByFramework as i32,
+        }),
+        Payload::MaintenanceScheduleUpdated(pb::MaintenanceScheduleUpdated {
+            windows: vec![pb::MaintenanceWindow {
+                machines: vec![machine.clone().unwrap()],
+                unavailability: unavail,
+            }],
+        }),
+        Payload::HostDrainStarted(pb::HostDrainStarted {
+            machine: machine.clone(),
+        }),
+        Payload::HostDrained(pb::HostDrained {
+            machine: machine.clone(),
+        }),
+        Payload::HostDown(pb::HostDown {
+            machine: machine.clone(),
+        }),
         Payload::HostUp(pb::HostUp { machine }),
         Payload::JobCreated(pb::JobCreated { spec: spec.clone() }),
         Payload::JobUpdated(pb::JobUpdated { spec }),
-        Payload::JobKilled(pb::JobKilled { key: Some(pb::JobKey { role: "www".into(), env: "prod".into(), name: "hello".into() }) }),
+        Payload::JobKilled(pb::JobKilled {
+            key: Some(pb::JobKey {
+                role: "www".into(),
+                env: "prod".into(),
+                name: "hello".into(),
+            }),
+        }),
     ]
 }
 
@@ -145,30 +253,63 @@ fn every_event_has_a_golden_encoding_that_still_decodes() {
     let mut missing = Vec::new();
     for (i, payload) in samples().into_iter().enumerate() {
         let name = codec::event_name(&payload);
-        let env = pb::Envelope { index: i as u64 + 1, term: 3, proposed_at_ms: 1_700_000_000_000, payload: Some(payload) };
+        let env = pb::Envelope {
+            index: i as u64 + 1,
+            term: 3,
+            proposed_at_ms: 1_700_000_000_000,
+            payload: Some(payload),
+        };
         let path = dir.join(format!("{:03}-{name}.bin", i + 1));
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let decoded = codec::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                assert_eq!(decoded, env, "{} no longer decodes to the same event", path.display());
+                let decoded =
+                    codec::decode(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(
+                    decoded,
+                    env,
+                    "{} no longer decodes to the same event",
+                    path.display()
+                );
             }
             Err(_) if bless() => std::fs::write(&path, codec::encode(&env)).unwrap(),
             Err(_) => missing.push(path.display().to_string()),
         }
     }
-    assert!(missing.is_empty(), "missing golden files (run once with ORRERY_BLESS=1): {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "missing golden files (run once with ORRERY_BLESS=1): {missing:?}"
+    );
 }
 
 /// A whole log from a run of the core: must replay, with the invariants,
 /// to the same facts. Length-prefixed (u32 LE) envelopes.
 fn scenario_log() -> Vec<pb::Envelope> {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1;mem:64;ports:[31000-31000]")]).unwrap();
+    s.accept(
+        &fw,
+        &offer,
+        vec![Scenario::task_spec(
+            "t1",
+            "cpus:1;mem:64;ports:[31000-31000]",
+        )],
+    )
+    .unwrap();
     s.given(s.status(&agent, &fw, "t1", pb::TaskState::TaskRunning, "u1"));
-    s.given(Command::Acknowledge { framework_id: fw.clone(), task_id: "t1".into(), uuid: "u1".into() });
-    s.given(Command::StartMaintenance { hostnames: vec!["h1".into()] });
+    s.given(Command::Acknowledge {
+        framework_id: fw.clone(),
+        task_id: "t1".into(),
+        uuid: "u1".into(),
+    });
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
     s.given(s.status(&agent, &fw, "t1", pb::TaskState::TaskKilled, "u2"));
-    s.given(Command::MarkMachinesDown { machines: vec![MachineId { hostname: "h1".into(), ip: String::new() }] });
+    s.given(Command::MarkMachinesDown {
+        machines: vec![MachineId {
+            hostname: "h1".into(),
+            ip: String::new(),
+        }],
+    });
     s.log
 }
 

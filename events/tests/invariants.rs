@@ -9,7 +9,9 @@ use orrery_events::testkit::Scenario;
 use orrery_events::{invariants, try_apply, ApplyError, TaskKey};
 
 fn broken(s: &Scenario) -> &'static str {
-    invariants::check(&s.cluster).expect_err("the edit must be caught").invariant
+    invariants::check(&s.cluster)
+        .expect_err("the edit must be caught")
+        .invariant
 }
 
 #[test]
@@ -21,7 +23,8 @@ fn a_healthy_state_passes() {
 #[test]
 fn overcommit_is_caught() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:4;mem:10")]).unwrap();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:4;mem:10")])
+        .unwrap();
     let key = TaskKey::new(fw, "t");
     // Make the task larger than the agent, keeping the caches consistent.
     s.cluster.tasks.get_mut(&key).unwrap().resources.cpus_milli = 9000;
@@ -40,7 +43,8 @@ fn drifting_caches_are_caught() {
 #[test]
 fn leaving_a_terminal_state_is_caught() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:1")]).unwrap();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:1")])
+        .unwrap();
     s.given(s.status(&agent, &fw, "t", pb::TaskState::TaskFinished, "u1"));
     let t = s.cluster.tasks.get_mut(&TaskKey::new(fw, "t")).unwrap();
     t.state = pb::TaskState::TaskRunning;
@@ -68,9 +72,14 @@ fn a_remote_offer_to_a_region_unaware_framework_is_caught() {
 #[test]
 fn a_task_on_an_unknown_agent_is_caught() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:1")]).unwrap();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:1")])
+        .unwrap();
     s.given(s.status(&agent, &fw, "t", pb::TaskState::TaskFinished, "u1"));
-    s.cluster.tasks.get_mut(&TaskKey::new(fw, "t")).unwrap().agent_id = "S404".into();
+    s.cluster
+        .tasks
+        .get_mut(&TaskKey::new(fw, "t"))
+        .unwrap()
+        .agent_id = "S404".into();
     s.cluster.rebuild_derived();
     assert_eq!(broken(&s), "task agent");
 }
@@ -83,14 +92,33 @@ fn apply_refuses_gaps_and_dangling_references() {
         index: next + 1,
         term: 1,
         proposed_at_ms: 0,
-        payload: Some(Payload::AgentDisconnected(pb::AgentDisconnected { agent_id: "S1".into() })),
+        payload: Some(Payload::AgentDisconnected(pb::AgentDisconnected {
+            agent_id: "S1".into(),
+        })),
     };
-    assert_eq!(try_apply(&mut s.cluster, &gap), Err(ApplyError::Gap { expected: next, found: next + 1 }));
+    assert_eq!(
+        try_apply(&mut s.cluster, &gap),
+        Err(ApplyError::Gap {
+            expected: next,
+            found: next + 1
+        })
+    );
     let dangling = pb::Envelope { index: next, ..gap };
     let mut env = dangling.clone();
-    env.payload = Some(Payload::AgentDisconnected(pb::AgentDisconnected { agent_id: "S404".into() }));
-    assert!(matches!(try_apply(&mut s.cluster, &env), Err(ApplyError::Dangling { kind: "agent", .. })));
-    let none = pb::Envelope { payload: None, ..dangling };
-    assert_eq!(try_apply(&mut s.cluster, &none), Err(ApplyError::NoPayload { index: next }));
+    env.payload = Some(Payload::AgentDisconnected(pb::AgentDisconnected {
+        agent_id: "S404".into(),
+    }));
+    assert!(matches!(
+        try_apply(&mut s.cluster, &env),
+        Err(ApplyError::Dangling { kind: "agent", .. })
+    ));
+    let none = pb::Envelope {
+        payload: None,
+        ..dangling
+    };
+    assert_eq!(
+        try_apply(&mut s.cluster, &none),
+        Err(ApplyError::NoPayload { index: next })
+    );
     let _ = Command::Allocate;
 }

@@ -12,7 +12,9 @@ use orrery_events::command::{Command, ElectLeader, ReportedTask, StatusUpdate};
 use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
 use orrery_events::state::{Domain, MachineId, Unavailability, Window};
 use orrery_events::testkit::{default_config, Scenario};
-use orrery_events::{apply, decide, digest, invariants, snapshot, Cluster, FrameworkId, OfferId, Resources, TaskId};
+use orrery_events::{
+    apply, decide, digest, invariants, snapshot, Cluster, FrameworkId, OfferId, Resources, TaskId,
+};
 use proptest::prelude::*;
 
 const CASES: u32 = 64;
@@ -20,33 +22,101 @@ const STEPS_MAX: usize = 240;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Elect { region: u8 },
-    Register { host: u8, cpus: u8, region: u8, zone: u8 },
-    Reregister { agent: u8, report_all: bool },
-    Disconnect { agent: u8 },
-    Unreachable { agent: u8 },
-    Gone { agent: u8 },
-    Subscribe { role: u8, region_aware: bool, partition_aware: bool },
-    Failover { fw: u8 },
-    DisconnectFw { fw: u8 },
-    ExpireFw { fw: u8 },
-    Teardown { fw: u8 },
-    Suppress { fw: u8 },
-    Revive { fw: u8 },
+    Elect {
+        region: u8,
+    },
+    Register {
+        host: u8,
+        cpus: u8,
+        region: u8,
+        zone: u8,
+    },
+    Reregister {
+        agent: u8,
+        report_all: bool,
+    },
+    Disconnect {
+        agent: u8,
+    },
+    Unreachable {
+        agent: u8,
+    },
+    Gone {
+        agent: u8,
+    },
+    Subscribe {
+        role: u8,
+        region_aware: bool,
+        partition_aware: bool,
+    },
+    Failover {
+        fw: u8,
+    },
+    DisconnectFw {
+        fw: u8,
+    },
+    ExpireFw {
+        fw: u8,
+    },
+    Teardown {
+        fw: u8,
+    },
+    Suppress {
+        fw: u8,
+    },
+    Revive {
+        fw: u8,
+    },
     Allocate,
     ExpireOffers,
-    Accept { offer: u8, tasks: u8, cpus_tenths: u8, ports: u8, refuse: Option<u8> },
-    AcceptForeign { offer: u8, fw: u8 },
-    Decline { offer: u8, refuse: u8 },
-    Status { task: u8, state: u8, dup: bool },
-    Ack { task: u8, stale: bool },
-    Kill { task: u8 },
-    Schedule { hosts: Vec<u8>, start: u8 },
-    StartMaintenance { host: u8 },
-    Down { host: u8 },
-    Complete { host: u8 },
-    Advance { ms: u32 },
-    Garbage { which: u8, text: String, number: f64 },
+    Accept {
+        offer: u8,
+        tasks: u8,
+        cpus_tenths: u8,
+        ports: u8,
+        refuse: Option<u8>,
+    },
+    AcceptForeign {
+        offer: u8,
+        fw: u8,
+    },
+    Decline {
+        offer: u8,
+        refuse: u8,
+    },
+    Status {
+        task: u8,
+        state: u8,
+        dup: bool,
+    },
+    Ack {
+        task: u8,
+        stale: bool,
+    },
+    Kill {
+        task: u8,
+    },
+    Schedule {
+        hosts: Vec<u8>,
+        start: u8,
+    },
+    StartMaintenance {
+        host: u8,
+    },
+    Down {
+        host: u8,
+    },
+    Complete {
+        host: u8,
+    },
+    Advance {
+        ms: u32,
+    },
+    Garbage {
+        which: u8,
+        text: String,
+        number: f64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -106,15 +176,36 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
             term: c.term() + 1,
             leader_id: u64::from(region % 3),
             leader_addr: "m".into(),
-            domain: Some(Domain { region: "r0".into(), zone: "z0".into() }),
+            domain: Some(Domain {
+                region: "r0".into(),
+                zone: "z0".into(),
+            }),
             config: default_config(),
         }),
-        Op::Register { host, cpus, region, zone } => {
-            let mut reg = Scenario::registration(&host_name(host), &format!("cpus:{cpus};mem:{};disk:100;ports:[31000-31005]", u32::from(cpus) * 256), None);
-            reg.domain = Some(Domain { region: format!("r{region}"), zone: format!("z{zone}") });
+        Op::Register {
+            host,
+            cpus,
+            region,
+            zone,
+        } => {
+            let mut reg = Scenario::registration(
+                &host_name(host),
+                &format!(
+                    "cpus:{cpus};mem:{};disk:100;ports:[31000-31005]",
+                    u32::from(cpus) * 256
+                ),
+                None,
+            );
+            reg.domain = Some(Domain {
+                region: format!("r{region}"),
+                zone: format!("z{zone}"),
+            });
             Command::RegisterAgent(reg)
         }
-        Op::Reregister { agent: i, report_all } => {
+        Op::Reregister {
+            agent: i,
+            report_all,
+        } => {
             let id = agent(i)?;
             let a = &c.agents[&id];
             let mut reg = Scenario::registration(&a.hostname, "", None);
@@ -123,14 +214,34 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
             let tasks = c
                 .tasks_on_agent(&id)
                 .filter(|t| report_all || t.key.task_id.0.len() % 2 == 0)
-                .map(|t| ReportedTask { framework_id: t.key.framework_id.clone(), task_id: t.key.task_id.clone(), state: TaskState::TaskRunning })
+                .map(|t| ReportedTask {
+                    framework_id: t.key.framework_id.clone(),
+                    task_id: t.key.task_id.clone(),
+                    state: TaskState::TaskRunning,
+                })
                 .collect();
-            Command::ReregisterAgent { agent_id: id, registration: reg, tasks }
+            Command::ReregisterAgent {
+                agent_id: id,
+                registration: reg,
+                tasks,
+            }
         }
-        Op::Disconnect { agent: i } => Command::DisconnectAgent { agent_id: agent(i)? },
-        Op::Unreachable { agent: i } => Command::MarkAgentUnreachable { agent_id: agent(i)?, reason: "ping".into() },
-        Op::Gone { agent: i } => Command::MarkAgentGone { agent_id: agent(i)?, reason: "gone".into() },
-        Op::Subscribe { role, region_aware, partition_aware } => {
+        Op::Disconnect { agent: i } => Command::DisconnectAgent {
+            agent_id: agent(i)?,
+        },
+        Op::Unreachable { agent: i } => Command::MarkAgentUnreachable {
+            agent_id: agent(i)?,
+            reason: "ping".into(),
+        },
+        Op::Gone { agent: i } => Command::MarkAgentGone {
+            agent_id: agent(i)?,
+            reason: "gone".into(),
+        },
+        Op::Subscribe {
+            role,
+            region_aware,
+            partition_aware,
+        } => {
             let mut sub = Scenario::subscription("fw", &format!("role{role}"));
             sub.region_aware = region_aware;
             sub.partition_aware = partition_aware;
@@ -146,19 +257,36 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
             sub.principal = f.principal.clone();
             Command::Subscribe(sub)
         }
-        Op::DisconnectFw { fw: i } => Command::DisconnectFramework { framework_id: fw(i)? },
-        Op::ExpireFw { fw: i } => Command::ExpireFramework { framework_id: fw(i)? },
-        Op::Teardown { fw: i } => Command::Teardown { framework_id: fw(i)? },
-        Op::Suppress { fw: i } => Command::Suppress { framework_id: fw(i)? },
-        Op::Revive { fw: i } => Command::Revive { framework_id: fw(i)? },
+        Op::DisconnectFw { fw: i } => Command::DisconnectFramework {
+            framework_id: fw(i)?,
+        },
+        Op::ExpireFw { fw: i } => Command::ExpireFramework {
+            framework_id: fw(i)?,
+        },
+        Op::Teardown { fw: i } => Command::Teardown {
+            framework_id: fw(i)?,
+        },
+        Op::Suppress { fw: i } => Command::Suppress {
+            framework_id: fw(i)?,
+        },
+        Op::Revive { fw: i } => Command::Revive {
+            framework_id: fw(i)?,
+        },
         Op::Allocate => Command::Allocate,
         Op::ExpireOffers => Command::ExpireOffers,
-        Op::Accept { offer: i, tasks, cpus_tenths, ports, refuse } => {
+        Op::Accept {
+            offer: i,
+            tasks,
+            cpus_tenths,
+            ports,
+            refuse,
+        } => {
             let id = offer(i)?;
             let o = &c.offers[&id];
             let launches = (0..tasks)
                 .map(|k| {
-                    let mut spec = Scenario::task_spec(&format!("t{}-{k}", c.applied_index), "mem:16");
+                    let mut spec =
+                        Scenario::task_spec(&format!("t{}-{k}", c.applied_index), "mem:16");
                     spec.resources.cpus_milli = u64::from(cpus_tenths) * 100;
                     if ports > 0 {
                         if let Some(p) = o.resources.ports.take_first(u64::from(ports)) {
@@ -170,7 +298,12 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                     spec
                 })
                 .collect();
-            Command::Accept { framework_id: o.framework_id.clone(), offer_ids: vec![id], launches, refuse_seconds: refuse.map(f64::from) }
+            Command::Accept {
+                framework_id: o.framework_id.clone(),
+                offer_ids: vec![id],
+                launches,
+                refuse_seconds: refuse.map(f64::from),
+            }
         }
         Op::AcceptForeign { offer: i, fw: f } => Command::Accept {
             framework_id: fw(f)?,
@@ -180,9 +313,17 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
         },
         Op::Decline { offer: i, refuse } => {
             let id = offer(i)?;
-            Command::Decline { framework_id: c.offers[&id].framework_id.clone(), offer_ids: vec![id], refuse_seconds: Some(f64::from(refuse)) }
+            Command::Decline {
+                framework_id: c.offers[&id].framework_id.clone(),
+                offer_ids: vec![id],
+                refuse_seconds: Some(f64::from(refuse)),
+            }
         }
-        Op::Status { task: i, state, dup } => {
+        Op::Status {
+            task: i,
+            state,
+            dup,
+        } => {
             let t = task(i)?;
             let state = TaskState::try_from(i32::from(state)).unwrap_or(TaskState::TaskRunning);
             Command::UpdateStatus(StatusUpdate {
@@ -190,7 +331,11 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                 framework_id: t.key.framework_id.clone(),
                 task_id: t.key.task_id.clone(),
                 state,
-                uuid: if dup && !t.status_uuid.is_empty() { t.status_uuid.clone() } else { format!("u{}", c.applied_index) },
+                uuid: if dup && !t.status_uuid.is_empty() {
+                    t.status_uuid.clone()
+                } else {
+                    format!("u{}", c.applied_index)
+                },
                 reason: TaskReason::ReasonCommandExited,
                 message: String::new(),
                 source: StatusSource::SourceExecutor,
@@ -203,24 +348,53 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
             Command::Acknowledge {
                 framework_id: t.key.framework_id.clone(),
                 task_id: t.key.task_id.clone(),
-                uuid: if stale { "stale".into() } else { t.status_uuid.clone() },
+                uuid: if stale {
+                    "stale".into()
+                } else {
+                    t.status_uuid.clone()
+                },
             }
         }
         Op::Kill { task: i } => {
             let t = task(i)?;
-            Command::Kill { framework_id: t.key.framework_id.clone(), task_id: t.key.task_id.clone() }
+            Command::Kill {
+                framework_id: t.key.framework_id.clone(),
+                task_id: t.key.task_id.clone(),
+            }
         }
         Op::Schedule { hosts, start } => Command::UpdateSchedule {
             windows: vec![Window {
-                machines: hosts.iter().map(|&h| MachineId { hostname: host_name(h), ip: String::new() }).collect(),
-                unavailability: Unavailability { start_ns: u64::from(start) * 1_000_000_000, duration_ns: None },
+                machines: hosts
+                    .iter()
+                    .map(|&h| MachineId {
+                        hostname: host_name(h),
+                        ip: String::new(),
+                    })
+                    .collect(),
+                unavailability: Unavailability {
+                    start_ns: u64::from(start) * 1_000_000_000,
+                    duration_ns: None,
+                },
             }],
         },
-        Op::StartMaintenance { host } => Command::StartMaintenance { hostnames: vec![host_name(host)] },
-        Op::Down { host } => Command::MarkMachinesDown { machines: vec![MachineId { hostname: host_name(host), ip: String::new() }] },
-        Op::Complete { host } => Command::CompleteMaintenance { hostnames: vec![host_name(host)] },
+        Op::StartMaintenance { host } => Command::StartMaintenance {
+            hostnames: vec![host_name(host)],
+        },
+        Op::Down { host } => Command::MarkMachinesDown {
+            machines: vec![MachineId {
+                hostname: host_name(host),
+                ip: String::new(),
+            }],
+        },
+        Op::Complete { host } => Command::CompleteMaintenance {
+            hostnames: vec![host_name(host)],
+        },
         Op::Advance { .. } => return None,
-        Op::Garbage { which, text, number } => match which % 8 {
+        Op::Garbage {
+            which,
+            text,
+            number,
+        } => match which % 8 {
             0 => Command::RegisterAgent(orrery_events::command::AgentRegistration {
                 hostname: text.clone(),
                 ip: text,
@@ -228,8 +402,14 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                 attributes: vec![],
                 domain: None,
             }),
-            1 => Command::Decline { framework_id: FrameworkId::from(text.as_str()), offer_ids: vec![OfferId::from(text.as_str())], refuse_seconds: Some(number) },
-            2 => Command::SetRoleWeights { weights: vec![(text, number)] },
+            1 => Command::Decline {
+                framework_id: FrameworkId::from(text.as_str()),
+                offer_ids: vec![OfferId::from(text.as_str())],
+                refuse_seconds: Some(number),
+            },
+            2 => Command::SetRoleWeights {
+                weights: vec![(text, number)],
+            },
             3 => Command::Accept {
                 framework_id: nth(c.frameworks.keys().cloned(), which).unwrap_or_default(),
                 offer_ids: nth(c.offers.keys().cloned(), which).into_iter().collect(),
@@ -237,7 +417,10 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                     task_id: TaskId::from(text.as_str()),
                     name: text.clone(),
                     resources: Resources::new(u64::MAX, u64::MAX, 0),
-                    command: pb::CommandInfo { shell: text, ..Default::default() },
+                    command: pb::CommandInfo {
+                        shell: text,
+                        ..Default::default()
+                    },
                     job: None,
                     instance: 0,
                 }],
@@ -255,15 +438,31 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                 exit_code: None,
                 healthy: None,
             }),
-            5 => Command::StartMaintenance { hostnames: vec![text.clone(), text] },
+            5 => Command::StartMaintenance {
+                hostnames: vec![text.clone(), text],
+            },
             6 => Command::CreateJob(pb::JobSpec {
-                key: Some(pb::JobKey { role: text.clone(), env: text.clone(), name: text.clone() }),
+                key: Some(pb::JobKey {
+                    role: text.clone(),
+                    env: text.clone(),
+                    name: text.clone(),
+                }),
                 instances: number as u32,
-                command: Some(pb::CommandInfo { shell: text.clone(), ..Default::default() }),
-                constraints: vec![pb::Constraint { field: text.clone(), operator: text.clone(), value: text }],
+                command: Some(pb::CommandInfo {
+                    shell: text.clone(),
+                    ..Default::default()
+                }),
+                constraints: vec![pb::Constraint {
+                    field: text.clone(),
+                    operator: text.clone(),
+                    value: text,
+                }],
                 ..Default::default()
             }),
-            _ => Command::Kill { framework_id: text.as_str().into(), task_id: text.as_str().into() },
+            _ => Command::Kill {
+                framework_id: text.as_str().into(),
+                task_id: text.as_str().into(),
+            },
         },
     })
 }
@@ -284,7 +483,9 @@ fn run(ops: &[Op], split: usize) -> Result<(), TestCaseError> {
             s.advance(u64::from(*ms));
             continue;
         }
-        let Some(cmd) = command(&s.cluster, op) else { continue };
+        let Some(cmd) = command(&s.cluster, op) else {
+            continue;
+        };
         // (d) decide never panics: a panic fails the case.
         if let Ok(events) = decide(&s.cluster, cmd, s.now_ms) {
             s.commit(events);

@@ -5,7 +5,9 @@ use orrery_events::command::{Command, ElectLeader, FrameworkSubscription, Report
 use orrery_events::pb::{self, TaskState};
 use orrery_events::state::{AgentState, HostState, MachineId, Unavailability, Window};
 use orrery_events::testkit::{default_config, Scenario};
-use orrery_events::{decide, digest, AgentId, Event, FrameworkId, OfferId, Rejection, TaskId, TaskKey};
+use orrery_events::{
+    decide, digest, AgentId, Event, FrameworkId, OfferId, Rejection, TaskId, TaskKey,
+};
 
 fn rejected(s: &Scenario, cmd: Command) -> Rejection {
     let before = digest(&s.cluster);
@@ -16,8 +18,19 @@ fn rejected(s: &Scenario, cmd: Command) -> Rejection {
 
 fn running(s: &mut Scenario, agent: &AgentId, fw: &FrameworkId, task: &str) {
     let offer = s.offer_for(fw, agent).expect("an offer");
-    s.accept(fw, &offer, vec![Scenario::task_spec(task, "cpus:1;mem:128")]).unwrap();
-    s.given(s.status(agent, fw, task, TaskState::TaskRunning, &format!("{task}-u1")));
+    s.accept(
+        fw,
+        &offer,
+        vec![Scenario::task_spec(task, "cpus:1;mem:128")],
+    )
+    .unwrap();
+    s.given(s.status(
+        agent,
+        fw,
+        task,
+        TaskState::TaskRunning,
+        &format!("{task}-u1"),
+    ));
 }
 
 // --- leader ----------------------------------------------------------------
@@ -35,15 +48,27 @@ fn an_older_term_cannot_take_over() {
             config: default_config(),
         }),
     );
-    assert_eq!(r, Rejection::StaleTerm { term: 1, current: 1 });
+    assert_eq!(
+        r,
+        Rejection::StaleTerm {
+            term: 1,
+            current: 1
+        }
+    );
 }
 
 #[test]
 fn a_new_leader_rescinds_offers_and_waits_for_frameworks() {
     let (mut s, agent, fw, _offer) = Scenario::one_offer();
     s.elect(2, Some(("r1", "z1")));
-    assert!(s.cluster.offers.is_empty(), "the old leader's offers are rescinded");
-    assert!(!s.cluster.frameworks[&fw].connected, "frameworks must resubscribe");
+    assert!(
+        s.cluster.offers.is_empty(),
+        "the old leader's offers are rescinded"
+    );
+    assert!(
+        !s.cluster.frameworks[&fw].connected,
+        "frameworks must resubscribe"
+    );
     // The agent has not reregistered with term 2: no offers of it yet.
     assert_eq!(
         orrery_events::projections::recovery::awaiting_reregistration(&s.cluster),
@@ -54,7 +79,10 @@ fn a_new_leader_rescinds_offers_and_waits_for_frameworks() {
 #[test]
 fn commands_need_a_leader() {
     let s = Scenario::new();
-    let r = rejected(&s, Command::RegisterAgent(Scenario::registration("h1", "cpus:1", None)));
+    let r = rejected(
+        &s,
+        Command::RegisterAgent(Scenario::registration("h1", "cpus:1", None)),
+    );
     assert_eq!(r, Rejection::NoLeader);
 }
 
@@ -62,14 +90,29 @@ fn commands_need_a_leader() {
 fn role_weights_are_validated() {
     let mut s = Scenario::with_leader();
     assert!(matches!(
-        rejected(&s, Command::SetRoleWeights { weights: vec![("a".into(), f64::NAN)] }),
-        Rejection::InvalidField { field: "weight", .. }
+        rejected(
+            &s,
+            Command::SetRoleWeights {
+                weights: vec![("a".into(), f64::NAN)]
+            }
+        ),
+        Rejection::InvalidField {
+            field: "weight",
+            ..
+        }
     ));
     assert!(matches!(
-        rejected(&s, Command::SetRoleWeights { weights: vec![("a".into(), 1.0), ("a".into(), 2.0)] }),
+        rejected(
+            &s,
+            Command::SetRoleWeights {
+                weights: vec![("a".into(), 1.0), ("a".into(), 2.0)]
+            }
+        ),
         Rejection::InvalidField { field: "role", .. }
     ));
-    s.given(Command::SetRoleWeights { weights: vec![("a".into(), 3.0)] });
+    s.given(Command::SetRoleWeights {
+        weights: vec![("a".into(), 3.0)],
+    });
     assert_eq!(s.cluster.role_weight_milli("a"), 3000);
     assert_eq!(s.cluster.role_weight_milli("b"), 1000);
 }
@@ -93,7 +136,10 @@ fn bad_registrations_are_refused_by_name() {
     reg.hostname = "bad host".into();
     assert!(matches!(
         rejected(&s, Command::RegisterAgent(reg)),
-        Rejection::InvalidField { field: "hostname", .. }
+        Rejection::InvalidField {
+            field: "hostname",
+            ..
+        }
     ));
     let mut reg = Scenario::registration("h1", "cpus:1", None);
     reg.ip = "not-an-ip".into();
@@ -105,7 +151,10 @@ fn bad_registrations_are_refused_by_name() {
     reg.attributes = (0..200).map(|i| (format!("a{i}"), "v".into())).collect();
     assert!(matches!(
         rejected(&s, Command::RegisterAgent(reg)),
-        Rejection::TooMany { what: "attributes", .. }
+        Rejection::TooMany {
+            what: "attributes",
+            ..
+        }
     ));
 }
 
@@ -119,7 +168,9 @@ fn an_agent_with_a_domain_is_refused_by_a_master_without_one() {
     );
     assert_eq!(
         r,
-        Rejection::AgentDomainWithoutMasterDomain { region: "r1".into() }
+        Rejection::AgentDomainWithoutMasterDomain {
+            region: "r1".into()
+        }
     );
     // An agent without a domain is local and welcome.
     s.agent("h1", "cpus:1", None);
@@ -135,7 +186,11 @@ fn reregistration_reconciles_reported_tasks() {
     // The agent comes back reporting only t1: t2 is LOST.
     s.given(Command::ReregisterAgent {
         agent_id: agent.clone(),
-        registration: Scenario::registration("h1", "cpus:4;mem:8192;disk:1000;ports:[31000-31010]", None),
+        registration: Scenario::registration(
+            "h1",
+            "cpus:4;mem:8192;disk:1000;ports:[31000-31010]",
+            None,
+        ),
         tasks: vec![ReportedTask {
             framework_id: fw.clone(),
             task_id: TaskId::from("t1"),
@@ -146,7 +201,10 @@ fn reregistration_reconciles_reported_tasks() {
     let t2 = &s.cluster.tasks[&TaskKey::new(fw.clone(), "t2")];
     assert_eq!(t1.state, TaskState::TaskRunning);
     assert_eq!(t2.state, TaskState::TaskLost);
-    assert_eq!(t2.reason, pb::TaskReason::ReasonAgentReregisteredWithoutTask);
+    assert_eq!(
+        t2.reason,
+        pb::TaskReason::ReasonAgentReregisteredWithoutTask
+    );
 }
 
 #[test]
@@ -160,7 +218,10 @@ fn reregistration_may_not_change_identity_or_shrink() {
     };
     assert!(matches!(
         rejected(&s, rereg("h2", "cpus:4;mem:1024")),
-        Rejection::AgentIdentityMismatch { what: "hostname", .. }
+        Rejection::AgentIdentityMismatch {
+            what: "hostname",
+            ..
+        }
     ));
     assert!(matches!(
         rejected(&s, rereg("h1", "cpus:2;mem:1024")),
@@ -186,7 +247,10 @@ fn reregistration_may_not_change_identity_or_shrink() {
 fn a_gone_agent_cannot_reregister() {
     let mut s = Scenario::with_leader();
     let a = s.agent("h1", "cpus:4", None);
-    s.given(Command::MarkAgentGone { agent_id: a.clone(), reason: "decommissioned".into() });
+    s.given(Command::MarkAgentGone {
+        agent_id: a.clone(),
+        reason: "decommissioned".into(),
+    });
     let r = rejected(
         &s,
         Command::ReregisterAgent {
@@ -205,7 +269,10 @@ fn a_fresh_registration_on_a_live_host_retires_the_old_agent() {
     let new = s.agent("h1", "cpus:4;mem:8192", None);
     assert_ne!(new, agent);
     assert_eq!(s.cluster.agents[&agent].state, AgentState::Gone);
-    assert_eq!(s.cluster.tasks[&TaskKey::new(fw, "t1")].state, TaskState::TaskLost);
+    assert_eq!(
+        s.cluster.tasks[&TaskKey::new(fw, "t1")].state,
+        TaskState::TaskLost
+    );
 }
 
 #[test]
@@ -217,25 +284,52 @@ fn unreachable_agent_tasks_are_lost_or_unreachable_by_capability() {
     aware.partition_aware = true;
     let aware = s.framework(aware);
     s.allocate();
-    let o = s.offer_for(&plain, &agent).or_else(|| s.offer_for(&aware, &agent)).unwrap();
+    let o = s
+        .offer_for(&plain, &agent)
+        .or_else(|| s.offer_for(&aware, &agent))
+        .unwrap();
     let owner = s.cluster.offers[&o].framework_id.clone();
-    s.accept(&owner, &o, vec![Scenario::task_spec("t", "cpus:1;mem:10")]).unwrap();
+    s.accept(&owner, &o, vec![Scenario::task_spec("t", "cpus:1;mem:10")])
+        .unwrap();
     s.advance(6_000);
     s.allocate();
-    let other = if owner == plain { aware.clone() } else { plain.clone() };
-    let o2 = s.offer_for(&other, &agent).expect("the other framework gets the rest");
-    s.accept(&other, &o2, vec![Scenario::task_spec("t", "cpus:1;mem:10")]).unwrap();
-    s.given(Command::MarkAgentUnreachable { agent_id: agent.clone(), reason: "ping timeout".into() });
-    assert_eq!(s.cluster.tasks[&TaskKey::new(plain, "t")].state, TaskState::TaskLost);
-    assert_eq!(s.cluster.tasks[&TaskKey::new(aware.clone(), "t")].state, TaskState::TaskUnreachable);
+    let other = if owner == plain {
+        aware.clone()
+    } else {
+        plain.clone()
+    };
+    let o2 = s
+        .offer_for(&other, &agent)
+        .expect("the other framework gets the rest");
+    s.accept(&other, &o2, vec![Scenario::task_spec("t", "cpus:1;mem:10")])
+        .unwrap();
+    s.given(Command::MarkAgentUnreachable {
+        agent_id: agent.clone(),
+        reason: "ping timeout".into(),
+    });
+    assert_eq!(
+        s.cluster.tasks[&TaskKey::new(plain, "t")].state,
+        TaskState::TaskLost
+    );
+    assert_eq!(
+        s.cluster.tasks[&TaskKey::new(aware.clone(), "t")].state,
+        TaskState::TaskUnreachable
+    );
     assert!(s.cluster.offers.is_empty());
     // Back: the partition-aware task is RUNNING again.
     s.given(Command::ReregisterAgent {
         agent_id: agent.clone(),
         registration: Scenario::registration("h1", "cpus:4;mem:8192", None),
-        tasks: vec![ReportedTask { framework_id: aware.clone(), task_id: TaskId::from("t"), state: TaskState::TaskRunning }],
+        tasks: vec![ReportedTask {
+            framework_id: aware.clone(),
+            task_id: TaskId::from("t"),
+            state: TaskState::TaskRunning,
+        }],
     });
-    assert_eq!(s.cluster.tasks[&TaskKey::new(aware, "t")].state, TaskState::TaskRunning);
+    assert_eq!(
+        s.cluster.tasks[&TaskKey::new(aware, "t")].state,
+        TaskState::TaskRunning
+    );
 }
 
 // --- frameworks ------------------------------------------------------------
@@ -247,10 +341,15 @@ fn failover_keeps_the_id_and_requires_the_same_principal() {
     let mut again = Scenario::subscription("web", "prod");
     again.framework_id = Some(fw.clone());
     again.principal = "mallory".into();
-    assert!(matches!(rejected(&s, Command::Subscribe(again.clone())), Rejection::PrincipalMismatch { .. }));
+    assert!(matches!(
+        rejected(&s, Command::Subscribe(again.clone())),
+        Rejection::PrincipalMismatch { .. }
+    ));
     again.principal = "web-principal".into();
     let events = s.given(Command::Subscribe(again));
-    assert!(matches!(&events[0], Event::FrameworkSubscribed(e) if e.failover && e.framework_id == fw.0));
+    assert!(
+        matches!(&events[0], Event::FrameworkSubscribed(e) if e.failover && e.framework_id == fw.0)
+    );
     assert_eq!(s.cluster.frameworks.len(), 1);
 }
 
@@ -258,13 +357,22 @@ fn failover_keeps_the_id_and_requires_the_same_principal() {
 fn subscribe_validates_and_knows_its_frameworks() {
     let s = Scenario::with_leader();
     let mut bad = Scenario::subscription("web", "a/b");
-    assert!(matches!(rejected(&s, Command::Subscribe(bad.clone())), Rejection::InvalidField { field: "role", .. }));
+    assert!(matches!(
+        rejected(&s, Command::Subscribe(bad.clone())),
+        Rejection::InvalidField { field: "role", .. }
+    ));
     bad.role = "ok".into();
     bad.name = String::new();
-    assert!(matches!(rejected(&s, Command::Subscribe(bad)), Rejection::InvalidField { .. }));
+    assert!(matches!(
+        rejected(&s, Command::Subscribe(bad)),
+        Rejection::InvalidField { .. }
+    ));
     let mut unknown = Scenario::subscription("web", "r");
     unknown.framework_id = Some(FrameworkId::from("F77"));
-    assert!(matches!(rejected(&s, Command::Subscribe(unknown)), Rejection::UnknownFramework { .. }));
+    assert!(matches!(
+        rejected(&s, Command::Subscribe(unknown)),
+        Rejection::UnknownFramework { .. }
+    ));
 }
 
 #[test]
@@ -272,31 +380,58 @@ fn a_framework_is_removed_only_after_its_failover_timeout() {
     let (mut s, agent, fw, _) = Scenario::one_offer();
     running(&mut s, &agent, &fw, "t1");
     assert!(matches!(
-        rejected(&s, Command::ExpireFramework { framework_id: fw.clone() }),
+        rejected(
+            &s,
+            Command::ExpireFramework {
+                framework_id: fw.clone()
+            }
+        ),
         Rejection::FrameworkConnected { .. }
     ));
-    s.given(Command::DisconnectFramework { framework_id: fw.clone() });
+    s.given(Command::DisconnectFramework {
+        framework_id: fw.clone(),
+    });
     s.advance(59_999);
     assert_eq!(
-        rejected(&s, Command::ExpireFramework { framework_id: fw.clone() }),
-        Rejection::FailoverNotExpired { framework_id: fw.clone(), remaining_ms: 1 }
+        rejected(
+            &s,
+            Command::ExpireFramework {
+                framework_id: fw.clone()
+            }
+        ),
+        Rejection::FailoverNotExpired {
+            framework_id: fw.clone(),
+            remaining_ms: 1
+        }
     );
     s.advance(1);
-    s.given(Command::ExpireFramework { framework_id: fw.clone() });
+    s.given(Command::ExpireFramework {
+        framework_id: fw.clone(),
+    });
     assert!(s.cluster.frameworks[&fw].removed);
     assert!(s.cluster.tasks[&TaskKey::new(fw.clone(), "t1")].kill_requested);
     let mut back = Scenario::subscription("web", "prod");
     back.framework_id = Some(fw.clone());
-    assert_eq!(rejected(&s, Command::Subscribe(back)), Rejection::FrameworkRemoved { framework_id: fw });
+    assert_eq!(
+        rejected(&s, Command::Subscribe(back)),
+        Rejection::FrameworkRemoved { framework_id: fw }
+    );
 }
 
 #[test]
 fn a_disconnected_framework_cannot_accept() {
     let (mut s, _agent, fw, offer) = Scenario::one_offer();
-    s.given(Command::DisconnectFramework { framework_id: fw.clone() });
+    s.given(Command::DisconnectFramework {
+        framework_id: fw.clone(),
+    });
     let r = rejected(
         &s,
-        Command::Accept { framework_id: fw.clone(), offer_ids: vec![offer], launches: vec![], refuse_seconds: None },
+        Command::Accept {
+            framework_id: fw.clone(),
+            offer_ids: vec![offer],
+            launches: vec![],
+            refuse_seconds: None,
+        },
     );
     // Disconnecting rescinded the offer; the framework check comes first.
     assert_eq!(r, Rejection::FrameworkNotConnected { framework_id: fw });
@@ -305,16 +440,33 @@ fn a_disconnected_framework_cannot_accept() {
 #[test]
 fn suppress_stops_offers_and_revive_clears_filters() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.given(Command::Decline { framework_id: fw.clone(), offer_ids: vec![offer], refuse_seconds: Some(3600.0) });
+    s.given(Command::Decline {
+        framework_id: fw.clone(),
+        offer_ids: vec![offer],
+        refuse_seconds: Some(3600.0),
+    });
     assert!(s.allocate().is_empty(), "the decline filter holds");
-    s.given(Command::Suppress { framework_id: fw.clone() });
-    s.given(Command::Revive { framework_id: fw.clone() });
+    s.given(Command::Suppress {
+        framework_id: fw.clone(),
+    });
+    s.given(Command::Revive {
+        framework_id: fw.clone(),
+    });
     let offers = s.allocate();
     assert_eq!(offers.len(), 1, "revive cleared the filter");
     assert_eq!(offers[0].agent_id, agent.0);
-    s.given(Command::Suppress { framework_id: fw.clone() });
-    s.given(Command::Decline { framework_id: fw.clone(), offer_ids: vec![OfferId::from(offers[0].offer_id.as_str())], refuse_seconds: Some(0.0) });
-    assert!(s.allocate().is_empty(), "a suppressed framework gets nothing");
+    s.given(Command::Suppress {
+        framework_id: fw.clone(),
+    });
+    s.given(Command::Decline {
+        framework_id: fw.clone(),
+        offer_ids: vec![OfferId::from(offers[0].offer_id.as_str())],
+        refuse_seconds: Some(0.0),
+    });
+    assert!(
+        s.allocate().is_empty(),
+        "a suppressed framework gets nothing"
+    );
 }
 
 // --- offers and launches -----------------------------------------------------
@@ -322,7 +474,15 @@ fn suppress_stops_offers_and_revive_clears_filters() {
 #[test]
 fn a_launch_uses_the_offer_and_the_rest_is_filtered_briefly() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1;mem:512;ports:[31000-31001]")]).unwrap();
+    s.accept(
+        &fw,
+        &offer,
+        vec![Scenario::task_spec(
+            "t1",
+            "cpus:1;mem:512;ports:[31000-31001]",
+        )],
+    )
+    .unwrap();
     let a = &s.cluster.agents[&agent];
     assert_eq!(a.used.cpus_milli, 1000);
     assert!(a.offered.is_empty());
@@ -353,51 +513,117 @@ fn accept_refusals() {
         Rejection::DuplicateOffer { .. }
     ));
     assert!(matches!(
-        rejected(&s, accept(vec![offer.clone()], vec![Scenario::task_spec("big", "cpus:5;mem:1")])),
-        Rejection::ResourcesExceedOffer { .. }
-    ));
-    assert!(matches!(
-        rejected(&s, accept(vec![offer.clone()], vec![Scenario::task_spec("p", "cpus:1;ports:[40000-40000]")])),
+        rejected(
+            &s,
+            accept(
+                vec![offer.clone()],
+                vec![Scenario::task_spec("big", "cpus:5;mem:1")]
+            )
+        ),
         Rejection::ResourcesExceedOffer { .. }
     ));
     assert!(matches!(
         rejected(
             &s,
-            accept(vec![offer.clone()], vec![Scenario::task_spec("d", "cpus:1"), Scenario::task_spec("d", "cpus:1")])
+            accept(
+                vec![offer.clone()],
+                vec![Scenario::task_spec("p", "cpus:1;ports:[40000-40000]")]
+            )
+        ),
+        Rejection::ResourcesExceedOffer { .. }
+    ));
+    assert!(matches!(
+        rejected(
+            &s,
+            accept(
+                vec![offer.clone()],
+                vec![
+                    Scenario::task_spec("d", "cpus:1"),
+                    Scenario::task_spec("d", "cpus:1")
+                ]
+            )
         ),
         Rejection::DuplicateTaskId { .. }
     ));
     assert!(matches!(
-        rejected(&s, accept(vec![offer.clone()], vec![Scenario::task_spec("none", "disk:10")])),
+        rejected(
+            &s,
+            accept(
+                vec![offer.clone()],
+                vec![Scenario::task_spec("none", "disk:10")]
+            )
+        ),
         Rejection::InvalidTask { .. }
     ));
     assert!(matches!(
-        rejected(&s, accept(vec![offer.clone()], vec![Scenario::task_spec("a/b", "cpus:1")])),
-        Rejection::InvalidId { kind: "task id", .. }
+        rejected(
+            &s,
+            accept(
+                vec![offer.clone()],
+                vec![Scenario::task_spec("a/b", "cpus:1")]
+            )
+        ),
+        Rejection::InvalidId {
+            kind: "task id",
+            ..
+        }
     ));
     assert!(matches!(
         rejected(&s, accept(vec![], vec![])),
-        Rejection::InvalidField { field: "offer_ids", .. }
+        Rejection::InvalidField {
+            field: "offer_ids",
+            ..
+        }
     ));
-    let too_many = (0..1001).map(|i| Scenario::task_spec(&format!("t{i}"), "cpus:0.001")).collect();
-    assert!(matches!(rejected(&s, accept(vec![offer.clone()], too_many)), Rejection::TooMany { .. }));
-    let nan = Command::Accept { framework_id: fw.clone(), offer_ids: vec![offer.clone()], launches: vec![], refuse_seconds: Some(-1.0) };
-    assert!(matches!(rejected(&s, nan), Rejection::InvalidField { field: "refuse_seconds", .. }));
+    let too_many = (0..1001)
+        .map(|i| Scenario::task_spec(&format!("t{i}"), "cpus:0.001"))
+        .collect();
+    assert!(matches!(
+        rejected(&s, accept(vec![offer.clone()], too_many)),
+        Rejection::TooMany { .. }
+    ));
+    let nan = Command::Accept {
+        framework_id: fw.clone(),
+        offer_ids: vec![offer.clone()],
+        launches: vec![],
+        refuse_seconds: Some(-1.0),
+    };
+    assert!(matches!(
+        rejected(&s, nan),
+        Rejection::InvalidField {
+            field: "refuse_seconds",
+            ..
+        }
+    ));
     // Another framework cannot use the offer.
     let thief = s.framework(Scenario::subscription("thief", "other"));
     assert!(matches!(
-        rejected(&s, Command::Accept { framework_id: thief, offer_ids: vec![offer.clone()], launches: vec![], refuse_seconds: None }),
+        rejected(
+            &s,
+            Command::Accept {
+                framework_id: thief,
+                offer_ids: vec![offer.clone()],
+                launches: vec![],
+                refuse_seconds: None
+            }
+        ),
         Rejection::OfferNotOwned { .. }
     ));
     // A task id is never reused, even after the task finished.
-    s.given(Command::Teardown { framework_id: FrameworkId::from("F2") });
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")]).unwrap();
+    s.given(Command::Teardown {
+        framework_id: FrameworkId::from("F2"),
+    });
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")])
+        .unwrap();
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskFinished, "u1"));
     s.advance(10_000);
     s.allocate();
     let again = s.offer_for(&fw, &agent).unwrap();
     assert!(matches!(
-        rejected(&s, accept(vec![again], vec![Scenario::task_spec("t1", "cpus:1")])),
+        rejected(
+            &s,
+            accept(vec![again], vec![Scenario::task_spec("t1", "cpus:1")])
+        ),
         Rejection::DuplicateTaskId { .. }
     ));
 }
@@ -408,10 +634,22 @@ fn one_accept_uses_one_agent() {
     s.agent("h1", "cpus:1;mem:100", None);
     s.agent("h2", "cpus:1;mem:100", None);
     let fw = s.framework(Scenario::subscription("web", "prod"));
-    let offers: Vec<OfferId> = s.allocate().iter().map(|o| OfferId::from(o.offer_id.as_str())).collect();
+    let offers: Vec<OfferId> = s
+        .allocate()
+        .iter()
+        .map(|o| OfferId::from(o.offer_id.as_str()))
+        .collect();
     assert_eq!(offers.len(), 2);
     assert!(matches!(
-        rejected(&s, Command::Accept { framework_id: fw, offer_ids: offers, launches: vec![], refuse_seconds: None }),
+        rejected(
+            &s,
+            Command::Accept {
+                framework_id: fw,
+                offer_ids: offers,
+                launches: vec![],
+                refuse_seconds: None
+            }
+        ),
         Rejection::OffersSpanAgents { .. }
     ));
 }
@@ -421,7 +659,13 @@ fn offers_expire_after_the_offer_timeout() {
     let mut s = Scenario::new();
     let mut config = default_config();
     config.offer_timeout_ms = 10_000;
-    s.given(Command::ElectLeader(ElectLeader { term: 1, leader_id: 1, leader_addr: "m".into(), domain: None, config }));
+    s.given(Command::ElectLeader(ElectLeader {
+        term: 1,
+        leader_id: 1,
+        leader_addr: "m".into(),
+        domain: None,
+        config,
+    }));
     s.agent("h1", "cpus:1;mem:100", None);
     s.framework(Scenario::subscription("web", "prod"));
     assert_eq!(s.allocate().len(), 1);
@@ -429,25 +673,45 @@ fn offers_expire_after_the_offer_timeout() {
     assert!(s.given(Command::ExpireOffers).is_empty());
     s.advance(1);
     let events = s.given(Command::ExpireOffers);
-    assert!(matches!(&events[0], Event::OffersRescinded(r) if r.reason == pb::RescindReason::RescindOfferTimeout as i32));
+    assert!(
+        matches!(&events[0], Event::OffersRescinded(r) if r.reason == pb::RescindReason::RescindOfferTimeout as i32)
+    );
     assert!(s.cluster.offers.is_empty());
 }
 
 #[test]
 fn offers_wait_for_agents_after_a_failover() {
     let mut s = Scenario::with_leader();
-    let agents: Vec<AgentId> = (0..5).map(|i| s.agent(&format!("h{i}"), "cpus:1;mem:100", None)).collect();
+    let agents: Vec<AgentId> = (0..5)
+        .map(|i| s.agent(&format!("h{i}"), "cpus:1;mem:100", None))
+        .collect();
     let fw = s.framework(Scenario::subscription("web", "prod"));
     s.elect(2, Some(("r1", "z1")));
     let mut sub = Scenario::subscription("web", "prod");
     sub.framework_id = Some(fw);
     s.given(Command::Subscribe(sub));
     for a in &agents[..3] {
-        s.given(Command::ReregisterAgent { agent_id: a.clone(), registration: Scenario::registration(&s.cluster.agents[a].hostname.clone(), "cpus:1;mem:100", None), tasks: vec![] });
+        s.given(Command::ReregisterAgent {
+            agent_id: a.clone(),
+            registration: Scenario::registration(
+                &s.cluster.agents[a].hostname.clone(),
+                "cpus:1;mem:100",
+                None,
+            ),
+            tasks: vec![],
+        });
     }
     assert!(s.allocate().is_empty(), "3 of 5 is below 80%: hold back");
-    s.given(Command::ReregisterAgent { agent_id: agents[3].clone(), registration: Scenario::registration("h3", "cpus:1;mem:100", None), tasks: vec![] });
-    assert_eq!(s.allocate().len(), 4, "4 of 5 reached 80%: offer those back");
+    s.given(Command::ReregisterAgent {
+        agent_id: agents[3].clone(),
+        registration: Scenario::registration("h3", "cpus:1;mem:100", None),
+        tasks: vec![],
+    });
+    assert_eq!(
+        s.allocate().len(),
+        4,
+        "4 of 5 reached 80%: offer those back"
+    );
 }
 
 // --- fault domains -----------------------------------------------------------
@@ -473,21 +737,44 @@ fn remote_agents_are_offered_only_to_region_aware_frameworks() {
 #[test]
 fn status_updates_move_forward_and_duplicates_are_idempotent() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")]).unwrap();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")])
+        .unwrap();
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u1"));
-    assert!(s.given(s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u1")).is_empty(), "a retry is a no-op");
+    assert!(
+        s.given(s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u1"))
+            .is_empty(),
+        "a retry is a no-op"
+    );
     assert!(matches!(
-        rejected(&s, s.status(&agent, &fw, "t1", TaskState::TaskStarting, "u2")),
+        rejected(
+            &s,
+            s.status(&agent, &fw, "t1", TaskState::TaskStarting, "u2")
+        ),
         Rejection::StatusRegression { .. }
     ));
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskFailed, "u3"));
-    assert_eq!(s.cluster.agents[&agent].used.cpus_milli, 0, "resources released at terminal state, before the ack");
+    assert_eq!(
+        s.cluster.agents[&agent].used.cpus_milli, 0,
+        "resources released at terminal state, before the ack"
+    );
     assert!(matches!(
-        rejected(&s, s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u4")),
+        rejected(
+            &s,
+            s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u4")
+        ),
         Rejection::TaskTerminal { .. }
     ));
     assert!(matches!(
-        rejected(&s, s.status(&AgentId::from("S9"), &fw, "t1", TaskState::TaskRunning, "u5")),
+        rejected(
+            &s,
+            s.status(
+                &AgentId::from("S9"),
+                &fw,
+                "t1",
+                TaskState::TaskRunning,
+                "u5"
+            )
+        ),
         Rejection::TaskOnOtherAgent { .. }
     ));
     assert!(matches!(
@@ -495,7 +782,10 @@ fn status_updates_move_forward_and_duplicates_are_idempotent() {
         Rejection::InvalidStatus { .. }
     ));
     assert!(matches!(
-        rejected(&s, s.status(&agent, &fw, "nope", TaskState::TaskRunning, "u6")),
+        rejected(
+            &s,
+            s.status(&agent, &fw, "nope", TaskState::TaskRunning, "u6")
+        ),
         Rejection::UnknownTask { .. }
     ));
 }
@@ -503,10 +793,18 @@ fn status_updates_move_forward_and_duplicates_are_idempotent() {
 #[test]
 fn acknowledgements_match_the_latest_update() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")]).unwrap();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")])
+        .unwrap();
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskRunning, "u1"));
-    let ack = |uuid: &str| Command::Acknowledge { framework_id: fw.clone(), task_id: TaskId::from("t1"), uuid: uuid.into() };
-    assert!(matches!(rejected(&s, ack("stale")), Rejection::UnexpectedAcknowledgement { .. }));
+    let ack = |uuid: &str| Command::Acknowledge {
+        framework_id: fw.clone(),
+        task_id: TaskId::from("t1"),
+        uuid: uuid.into(),
+    };
+    assert!(matches!(
+        rejected(&s, ack("stale")),
+        Rejection::UnexpectedAcknowledgement { .. }
+    ));
     s.given(ack("u1"));
     assert!(s.cluster.tasks[&TaskKey::new(fw.clone(), "t1")].acknowledged);
     assert!(s.given(ack("u1")).is_empty(), "a duplicate ack is a no-op");
@@ -516,11 +814,18 @@ fn acknowledgements_match_the_latest_update() {
 #[test]
 fn kill_is_idempotent_and_unknown_tasks_are_named() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
-    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")]).unwrap();
-    let kill = |t: &str| Command::Kill { framework_id: fw.clone(), task_id: TaskId::from(t) };
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t1", "cpus:1")])
+        .unwrap();
+    let kill = |t: &str| Command::Kill {
+        framework_id: fw.clone(),
+        task_id: TaskId::from(t),
+    };
     assert_eq!(s.given(kill("t1")).len(), 1);
     assert!(s.given(kill("t1")).is_empty());
-    assert!(matches!(rejected(&s, kill("ghost")), Rejection::UnknownTask { .. }));
+    assert!(matches!(
+        rejected(&s, kill("ghost")),
+        Rejection::UnknownTask { .. }
+    ));
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskKilled, "u1"));
     assert!(s.given(kill("t1")).is_empty());
 }
@@ -529,8 +834,17 @@ fn kill_is_idempotent_and_unknown_tasks_are_named() {
 
 fn window(hosts: &[(&str, &str)], start_ns: u64) -> Window {
     Window {
-        machines: hosts.iter().map(|(h, ip)| MachineId { hostname: (*h).into(), ip: (*ip).into() }).collect(),
-        unavailability: Unavailability { start_ns, duration_ns: Some(3_600_000_000_000) },
+        machines: hosts
+            .iter()
+            .map(|(h, ip)| MachineId {
+                hostname: (*h).into(),
+                ip: (*ip).into(),
+            })
+            .collect(),
+        unavailability: Unavailability {
+            start_ns,
+            duration_ns: Some(3_600_000_000_000),
+        },
     }
 }
 
@@ -541,20 +855,36 @@ fn drain_stops_offers_then_drained_down_and_up() {
     s.advance(10_000);
     s.allocate();
     assert!(s.offer_for(&fw, &agent).is_some());
-    s.given(Command::StartMaintenance { hostnames: vec!["h1".into()] });
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Draining);
-    assert!(s.cluster.offers.is_empty(), "offers of a draining host are rescinded");
+    assert!(
+        s.cluster.offers.is_empty(),
+        "offers of a draining host are rescinded"
+    );
     s.advance(10_000);
-    assert!(s.allocate().is_empty(), "no new placement on a draining host");
+    assert!(
+        s.allocate().is_empty(),
+        "no new placement on a draining host"
+    );
     // The last task ends: DRAINED.
     s.given(s.status(&agent, &fw, "t1", TaskState::TaskKilled, "k1"));
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Drained);
-    s.given(Command::MarkMachinesDown { machines: vec![MachineId { hostname: "h1".into(), ip: String::new() }] });
+    s.given(Command::MarkMachinesDown {
+        machines: vec![MachineId {
+            hostname: "h1".into(),
+            ip: String::new(),
+        }],
+    });
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Down);
     assert_eq!(s.cluster.agents[&agent].state, AgentState::Gone);
     // A DOWN host's agent cannot come back, and a new one cannot register.
     assert!(matches!(
-        rejected(&s, Command::RegisterAgent(Scenario::registration("h1", "cpus:4", None))),
+        rejected(
+            &s,
+            Command::RegisterAgent(Scenario::registration("h1", "cpus:4", None))
+        ),
         Rejection::HostInMaintenance { .. }
     ));
     // A DOWN machine must stay in the schedule.
@@ -562,7 +892,9 @@ fn drain_stops_offers_then_drained_down_and_up() {
         rejected(&s, Command::UpdateSchedule { windows: vec![] }),
         Rejection::DownMachineUnscheduled { .. }
     ));
-    s.given(Command::CompleteMaintenance { hostnames: vec!["h1".into()] });
+    s.given(Command::CompleteMaintenance {
+        hostnames: vec!["h1".into()],
+    });
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Up);
     assert!(s.cluster.schedule.is_empty());
     s.agent("h1", "cpus:4;mem:8192", None);
@@ -575,39 +907,90 @@ fn maintenance_refusals() {
     s.agent("h1", "cpus:1", None);
     s.agent("h2", "cpus:1", None);
     assert!(matches!(
-        rejected(&s, Command::StartMaintenance { hostnames: vec!["nope".into()] }),
+        rejected(
+            &s,
+            Command::StartMaintenance {
+                hostnames: vec!["nope".into()]
+            }
+        ),
         Rejection::UnknownHost { .. }
     ));
     assert!(matches!(
-        rejected(&s, Command::CompleteMaintenance { hostnames: vec!["h1".into()] }),
+        rejected(
+            &s,
+            Command::CompleteMaintenance {
+                hostnames: vec!["h1".into()]
+            }
+        ),
         Rejection::InvalidHostTransition { .. }
     ));
     assert!(matches!(
-        rejected(&s, Command::UpdateSchedule { windows: vec![window(&[("h1", "")], 1), window(&[("h1", "")], 2)] }),
+        rejected(
+            &s,
+            Command::UpdateSchedule {
+                windows: vec![window(&[("h1", "")], 1), window(&[("h1", "")], 2)]
+            }
+        ),
         Rejection::MachineListedTwice { .. }
     ));
     assert!(matches!(
-        rejected(&s, Command::UpdateSchedule { windows: vec![window(&[("", "")], 1)] }),
-        Rejection::InvalidField { field: "machine_id", .. }
+        rejected(
+            &s,
+            Command::UpdateSchedule {
+                windows: vec![window(&[("", "")], 1)]
+            }
+        ),
+        Rejection::InvalidField {
+            field: "machine_id",
+            ..
+        }
     ));
     assert!(matches!(
-        rejected(&s, Command::UpdateSchedule { windows: vec![window(&[("h1", "999.1.1.1")], 1)] }),
+        rejected(
+            &s,
+            Command::UpdateSchedule {
+                windows: vec![window(&[("h1", "999.1.1.1")], 1)]
+            }
+        ),
         Rejection::InvalidField { field: "ip", .. }
     ));
     let mut overflow = window(&[("h1", "")], u64::MAX);
     overflow.unavailability.duration_ns = Some(10);
     assert!(matches!(
-        rejected(&s, Command::UpdateSchedule { windows: vec![overflow] }),
-        Rejection::InvalidField { field: "unavailability", .. }
+        rejected(
+            &s,
+            Command::UpdateSchedule {
+                windows: vec![overflow]
+            }
+        ),
+        Rejection::InvalidField {
+            field: "unavailability",
+            ..
+        }
     ));
     // Not in the schedule: cannot go down.
     assert!(matches!(
-        rejected(&s, Command::MarkMachinesDown { machines: vec![MachineId { hostname: "h2".into(), ip: String::new() }] }),
+        rejected(
+            &s,
+            Command::MarkMachinesDown {
+                machines: vec![MachineId {
+                    hostname: "h2".into(),
+                    ip: String::new()
+                }]
+            }
+        ),
         Rejection::InvalidHostTransition { .. }
     ));
-    s.given(Command::StartMaintenance { hostnames: vec!["h1".into()] });
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
     assert!(matches!(
-        rejected(&s, Command::StartMaintenance { hostnames: vec!["h1".into()] }),
+        rejected(
+            &s,
+            Command::StartMaintenance {
+                hostnames: vec!["h1".into()]
+            }
+        ),
         Rejection::InvalidHostTransition { .. }
     ));
 }
@@ -617,17 +1000,28 @@ fn scheduled_offers_carry_unavailability() {
     let mut s = Scenario::with_leader();
     s.agent("h1", "cpus:1;mem:10", None);
     s.framework(Scenario::subscription("web", "prod"));
-    s.given(Command::UpdateSchedule { windows: vec![window(&[("h1", "10.0.0.1")], 5_000)] });
+    s.given(Command::UpdateSchedule {
+        windows: vec![window(&[("h1", "10.0.0.1")], 5_000)],
+    });
     let offers = s.allocate();
-    assert_eq!(offers[0].unavailability.as_ref().map(|u| u.start_ns), Some(5_000));
+    assert_eq!(
+        offers[0].unavailability.as_ref().map(|u| u.start_ns),
+        Some(5_000)
+    );
 }
 
 #[test]
 fn removing_a_draining_machine_from_the_schedule_brings_it_up() {
     let mut s = Scenario::with_leader();
     s.agent("h1", "cpus:1", None);
-    s.given(Command::StartMaintenance { hostnames: vec!["h1".into()] });
-    assert_eq!(s.cluster.hosts["h1"].state, HostState::Drained, "no tasks: drained at once");
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    assert_eq!(
+        s.cluster.hosts["h1"].state,
+        HostState::Drained,
+        "no tasks: drained at once"
+    );
     s.given(Command::UpdateSchedule { windows: vec![] });
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Up);
 }
@@ -636,11 +1030,25 @@ fn removing_a_draining_machine_from_the_schedule_brings_it_up() {
 
 fn job_spec(name: &str) -> pb::JobSpec {
     pb::JobSpec {
-        key: Some(pb::JobKey { role: "www".into(), env: "prod".into(), name: name.into() }),
+        key: Some(pb::JobKey {
+            role: "www".into(),
+            env: "prod".into(),
+            name: name.into(),
+        }),
         instances: 3,
-        command: Some(orrery_events::testkit::shell("python3 -m http.server $PORT0")),
-        resources: Some(orrery_events::Resources::parse("cpus:0.5;mem:128").unwrap().to_proto()),
-        constraints: vec![pb::Constraint { field: "@zone".into(), operator: "GROUP_BY".into(), value: "3".into() }],
+        command: Some(orrery_events::testkit::shell(
+            "python3 -m http.server $PORT0",
+        )),
+        resources: Some(
+            orrery_events::Resources::parse("cpus:0.5;mem:128")
+                .unwrap()
+                .to_proto(),
+        ),
+        constraints: vec![pb::Constraint {
+            field: "@zone".into(),
+            operator: "GROUP_BY".into(),
+            value: "3".into(),
+        }],
         max_unavailable: 1,
         service: true,
         ..Default::default()
@@ -651,37 +1059,69 @@ fn job_spec(name: &str) -> pb::JobSpec {
 fn jobs_are_validated_created_updated_and_killed() {
     let mut s = Scenario::with_leader();
     s.given(Command::CreateJob(job_spec("hello")));
-    assert!(matches!(rejected(&s, Command::CreateJob(job_spec("hello"))), Rejection::JobExists { .. }));
+    assert!(matches!(
+        rejected(&s, Command::CreateJob(job_spec("hello"))),
+        Rejection::JobExists { .. }
+    ));
     let mut bad = job_spec("bad");
-    bad.constraints.push(pb::Constraint { field: "hostname".into(), operator: "NEAR".into(), value: String::new() });
+    bad.constraints.push(pb::Constraint {
+        field: "hostname".into(),
+        operator: "NEAR".into(),
+        value: String::new(),
+    });
     assert_eq!(
-        match rejected(&s, Command::CreateJob(bad)) { Rejection::InvalidConstraint { position, .. } => position, r => panic!("{r:?}") },
+        match rejected(&s, Command::CreateJob(bad)) {
+            Rejection::InvalidConstraint { position, .. } => position,
+            r => panic!("{r:?}"),
+        },
         2,
         "the position of the bad constraint is named"
     );
     let mut bad = job_spec("bad");
     bad.instances = 0;
-    assert!(matches!(rejected(&s, Command::CreateJob(bad)), Rejection::InvalidField { field: "instances", .. }));
+    assert!(matches!(
+        rejected(&s, Command::CreateJob(bad)),
+        Rejection::InvalidField {
+            field: "instances",
+            ..
+        }
+    ));
     let mut more = job_spec("hello");
     more.instances = 5;
     s.given(Command::UpdateJob(more));
     let key = orrery_events::state::JobKey::new("www", "prod", "hello");
     assert_eq!(s.cluster.jobs[&key].version, 2);
-    assert!(matches!(rejected(&s, Command::UpdateJob(job_spec("other"))), Rejection::UnknownJob { .. }));
+    assert!(matches!(
+        rejected(&s, Command::UpdateJob(job_spec("other"))),
+        Rejection::UnknownJob { .. }
+    ));
     s.given(Command::KillJob(key.clone()));
     assert!(s.cluster.jobs.is_empty());
-    assert!(matches!(rejected(&s, Command::KillJob(key)), Rejection::UnknownJob { .. }));
+    assert!(matches!(
+        rejected(&s, Command::KillJob(key)),
+        Rejection::UnknownJob { .. }
+    ));
 }
 
 #[test]
 fn unknown_ids_are_named() {
     let s = Scenario::with_leader();
     assert!(matches!(
-        rejected(&s, Command::DisconnectAgent { agent_id: AgentId::from("S1") }),
+        rejected(
+            &s,
+            Command::DisconnectAgent {
+                agent_id: AgentId::from("S1")
+            }
+        ),
         Rejection::UnknownAgent { .. }
     ));
     assert!(matches!(
-        rejected(&s, Command::Teardown { framework_id: FrameworkId::from("F1") }),
+        rejected(
+            &s,
+            Command::Teardown {
+                framework_id: FrameworkId::from("F1")
+            }
+        ),
         Rejection::UnknownFramework { .. }
     ));
     let _ = FrameworkSubscription::clone;

@@ -1,1 +1,50 @@
-fn main() {}
+//! # orrery: the command-line entry point
+//!
+//! Owns argument parsing (clap), exit codes (0 ok, 1 refused, 2 bad usage)
+//! and wiring. Business rules live in `orrery-events`; this file only
+//! turns flags into calls.
+//!
+//! # Layout
+//! - `dev`: the first-run experience. Until the master and agent daemons
+//!   exist (later issues), it drives the real core in-process against one
+//!   simulated agent sized like this machine and prints the event log it
+//!   writes, with the state digest checked by a replay.
+
+mod dev;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Orrery: a cluster manager. Agents offer resources, frameworks and jobs
+/// place work, and every change is an event in one replicated log.
+#[derive(Debug, Parser)]
+#[command(name = "orrery", version, about, propagate_version = true)]
+struct Cli {
+    /// Print one JSON document instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run Orrery on this machine for a first look (see README: what `dev`
+    /// runs today, and what it will run).
+    Dev(dev::DevArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Dev(args) => dev::run(&args, cli.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orrery: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -7,7 +7,8 @@ use orrery_proto::events::{self as pb, TaskReason, TaskState};
 
 use super::tasks::master_status;
 use super::{
-    check_count, check_hostname, check_ip, check_name, clip_text, limits, require_leader, Event, NowMs,
+    check_count, check_hostname, check_ip, check_name, clip_text, limits, require_leader, Event,
+    NowMs,
 };
 use crate::command::{AgentRegistration, ReportedTask};
 use crate::ids::{AgentId, TaskKey};
@@ -73,7 +74,11 @@ fn to_proto(reg: &AgentRegistration) -> (pb::Resources, Vec<pb::Attribute>, Opti
 /// A new agent. If a live agent already holds the hostname, that agent
 /// restarted without its checkpoint (or on a new machine under the same
 /// name): it is retired first, so no two identities share one host.
-pub(super) fn register(c: &Cluster, reg: AgentRegistration, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+pub(super) fn register(
+    c: &Cluster,
+    reg: AgentRegistration,
+    now_ms: NowMs,
+) -> Result<Vec<Event>, Rejection> {
     validate(c, &reg)?;
     let mut events = Vec::new();
     for old in c
@@ -118,9 +123,12 @@ pub(super) fn reregister(
     agent_id.validate()?;
     validate(c, &reg)?;
     check_count("reported tasks", reported.len(), limits::REPORTED_TASKS_MAX)?;
-    let agent = c.agents.get(&agent_id).ok_or_else(|| Rejection::UnknownAgent {
-        agent_id: agent_id.clone(),
-    })?;
+    let agent = c
+        .agents
+        .get(&agent_id)
+        .ok_or_else(|| Rejection::UnknownAgent {
+            agent_id: agent_id.clone(),
+        })?;
     if agent.state == AgentState::Gone {
         return Err(Rejection::AgentGone { agent_id });
     }
@@ -244,17 +252,34 @@ pub(super) fn mark_unreachable(
     Ok(events)
 }
 
-pub(super) fn mark_gone(c: &Cluster, agent_id: AgentId, reason: String, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+pub(super) fn mark_gone(
+    c: &Cluster,
+    agent_id: AgentId,
+    reason: String,
+    now_ms: NowMs,
+) -> Result<Vec<Event>, Rejection> {
     let agent = known(c, &agent_id)?;
     if agent.state == AgentState::Gone {
         return Ok(Vec::new());
     }
-    Ok(retire(c, agent, &clip_text(&reason), TaskReason::ReasonAgentRemoved, now_ms))
+    Ok(retire(
+        c,
+        agent,
+        &clip_text(&reason),
+        TaskReason::ReasonAgentRemoved,
+        now_ms,
+    ))
 }
 
 /// Retires an agent: offers rescinded, live tasks GONE (PARTITION_AWARE) or
 /// LOST, then `AgentGone`.
-pub(crate) fn retire(c: &Cluster, agent: &Agent, why: &str, reason: TaskReason, now_ms: NowMs) -> Vec<Event> {
+pub(crate) fn retire(
+    c: &Cluster,
+    agent: &Agent,
+    why: &str,
+    reason: TaskReason,
+    now_ms: NowMs,
+) -> Vec<Event> {
     let mut events = offers::rescind_on_agent(c, &agent.id, pb::RescindReason::RescindAgentLost);
     for task in c.tasks_on_agent(&agent.id).filter(|t| !t.is_terminal()) {
         let partition_aware = c
@@ -276,7 +301,9 @@ pub(crate) fn retire(c: &Cluster, agent: &Agent, why: &str, reason: TaskReason, 
 }
 
 fn known<'c>(c: &'c Cluster, agent_id: &AgentId) -> Result<&'c Agent, Rejection> {
-    c.agents.get(agent_id).ok_or_else(|| Rejection::UnknownAgent {
-        agent_id: agent_id.clone(),
-    })
+    c.agents
+        .get(agent_id)
+        .ok_or_else(|| Rejection::UnknownAgent {
+            agent_id: agent_id.clone(),
+        })
 }

@@ -90,7 +90,11 @@ pub(super) fn disconnect(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<E
 
 /// The failover timeout passed with no new scheduler instance: the
 /// framework is removed and its tasks are killed (Mesos semantics).
-pub(super) fn expire(c: &Cluster, framework_id: FrameworkId, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+pub(super) fn expire(
+    c: &Cluster,
+    framework_id: FrameworkId,
+    now_ms: NowMs,
+) -> Result<Vec<Event>, Rejection> {
     let fw = known(c, &framework_id)?;
     if fw.connected {
         return Err(Rejection::FrameworkConnected { framework_id });
@@ -102,7 +106,11 @@ pub(super) fn expire(c: &Cluster, framework_id: FrameworkId, now_ms: NowMs) -> R
             remaining_ms: deadline - now_ms,
         });
     }
-    Ok(remove(c, fw, pb::FrameworkRemovalReason::RemovalFailoverTimeout))
+    Ok(remove(
+        c,
+        fw,
+        pb::FrameworkRemovalReason::RemovalFailoverTimeout,
+    ))
 }
 
 pub(super) fn teardown(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<Event>, Rejection> {
@@ -111,7 +119,8 @@ pub(super) fn teardown(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<Eve
 }
 
 fn remove(c: &Cluster, fw: &Framework, reason: pb::FrameworkRemovalReason) -> Vec<Event> {
-    let mut events = offers::rescind_for_framework(c, &fw.id, pb::RescindReason::RescindFrameworkGone);
+    let mut events =
+        offers::rescind_for_framework(c, &fw.id, pb::RescindReason::RescindFrameworkGone);
     events.push(Event::FrameworkRemoved(pb::FrameworkRemoved {
         framework_id: fw.id.0.clone(),
         reason: reason as i32,
@@ -154,9 +163,12 @@ pub(super) fn revive(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<Event
 
 /// A framework that exists and has not been removed.
 pub(super) fn known<'c>(c: &'c Cluster, id: &FrameworkId) -> Result<&'c Framework, Rejection> {
-    let fw = c.frameworks.get(id).ok_or_else(|| Rejection::UnknownFramework {
-        framework_id: id.clone(),
-    })?;
+    let fw = c
+        .frameworks
+        .get(id)
+        .ok_or_else(|| Rejection::UnknownFramework {
+            framework_id: id.clone(),
+        })?;
     if fw.removed {
         return Err(Rejection::FrameworkRemoved {
             framework_id: id.clone(),

@@ -55,7 +55,10 @@ fn check_constraints(constraints: &[pb::Constraint]) -> Result<(), Rejection> {
                 return Err(err(format!("{} needs a value", con.operator)))
             }
             ValueRule::Count if !count_ok(&con.value) => {
-                return Err(err(format!("{} needs a positive whole number", con.operator)))
+                return Err(err(format!(
+                    "{} needs a positive whole number",
+                    con.operator
+                )))
             }
             ValueRule::OptionalCount if !con.value.is_empty() && !count_ok(&con.value) => {
                 return Err(err(format!(
@@ -125,7 +128,9 @@ fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
 pub(super) fn create(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejection> {
     let key = validate(&spec)?;
     if c.jobs.contains_key(&key) {
-        return Err(Rejection::JobExists { key: key.to_string() });
+        return Err(Rejection::JobExists {
+            key: key.to_string(),
+        });
     }
     Ok(vec![Event::JobCreated(pb::JobCreated { spec: Some(spec) })])
 }
@@ -133,7 +138,9 @@ pub(super) fn create(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejec
 pub(super) fn update(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejection> {
     let key = validate(&spec)?;
     if !c.jobs.contains_key(&key) {
-        return Err(Rejection::UnknownJob { key: key.to_string() });
+        return Err(Rejection::UnknownJob {
+            key: key.to_string(),
+        });
     }
     Ok(vec![Event::JobUpdated(pb::JobUpdated { spec: Some(spec) })])
 }
@@ -141,7 +148,9 @@ pub(super) fn update(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejec
 /// Killing a job removes it and asks for every live task of it to be killed.
 pub(super) fn kill(c: &Cluster, key: JobKey) -> Result<Vec<Event>, Rejection> {
     if !c.jobs.contains_key(&key) {
-        return Err(Rejection::UnknownJob { key: key.to_string() });
+        return Err(Rejection::UnknownJob {
+            key: key.to_string(),
+        });
     }
     let mut events = vec![Event::JobKilled(pb::JobKilled {
         key: Some(key.to_proto()),

@@ -49,7 +49,10 @@ pub(super) fn elect(c: &Cluster, cmd: ElectLeader) -> Result<Vec<Event>, Rejecti
     Ok(events)
 }
 
-pub(super) fn set_role_weights(c: &Cluster, weights: Vec<(String, f64)>) -> Result<Vec<Event>, Rejection> {
+pub(super) fn set_role_weights(
+    c: &Cluster,
+    weights: Vec<(String, f64)>,
+) -> Result<Vec<Event>, Rejection> {
     let _ = c;
     check_count("role weights", weights.len(), limits::ROLES_MAX)?;
     let mut table = std::collections::BTreeMap::new();

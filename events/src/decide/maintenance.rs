@@ -84,7 +84,8 @@ pub(super) fn update_schedule(c: &Cluster, windows: Vec<Window>) -> Result<Vec<E
         }
         for m in &w.machines {
             check_machine(m)?;
-            let twice = (!m.hostname.is_empty() && !hostnames.insert(m.hostname.to_ascii_lowercase()))
+            let twice = (!m.hostname.is_empty()
+                && !hostnames.insert(m.hostname.to_ascii_lowercase()))
                 || (!m.ip.is_empty() && !ips.insert(m.ip.clone()));
             if twice {
                 return Err(Rejection::MachineListedTwice {
@@ -147,7 +148,9 @@ fn check_hostnames(c: &Cluster, hostnames: &[String]) -> Result<(), Rejection> {
             });
         }
         if !c.hosts.contains_key(h) {
-            return Err(Rejection::UnknownHost { hostname: h.clone() });
+            return Err(Rejection::UnknownHost {
+                hostname: h.clone(),
+            });
         }
     }
     Ok(())
@@ -155,7 +158,11 @@ fn check_hostnames(c: &Cluster, hostnames: &[String]) -> Result<(), Rejection> {
 
 /// `orrery host maintenance start`: the hosts join the schedule (starting
 /// now, unbounded) if they are not in it, and start draining.
-pub(super) fn start(c: &Cluster, hostnames: Vec<String>, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+pub(super) fn start(
+    c: &Cluster,
+    hostnames: Vec<String>,
+    now_ms: NowMs,
+) -> Result<Vec<Event>, Rejection> {
     check_hostnames(c, &hostnames)?;
     for h in &hostnames {
         let host = &c.hosts[h];
@@ -207,7 +214,11 @@ pub(super) fn start(c: &Cluster, hostnames: Vec<String>, now_ms: NowMs) -> Resul
 
 /// Mesos' /machine/down: scheduled machines go DOWN; their agents are shut
 /// out (retired; their tasks, if any are left, are LOST).
-pub(super) fn down(c: &Cluster, machines: Vec<MachineId>, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+pub(super) fn down(
+    c: &Cluster,
+    machines: Vec<MachineId>,
+    now_ms: NowMs,
+) -> Result<Vec<Event>, Rejection> {
     check_count("machines", machines.len(), limits::HOSTS_PER_CALL_MAX)?;
     if machines.is_empty() {
         return Err(Rejection::InvalidField {
@@ -229,7 +240,9 @@ pub(super) fn down(c: &Cluster, machines: Vec<MachineId>, now_ms: NowMs) -> Resu
         let host = c
             .hosts
             .get(&hostname)
-            .ok_or_else(|| Rejection::UnknownHost { hostname: hostname.clone() })?;
+            .ok_or_else(|| Rejection::UnknownHost {
+                hostname: hostname.clone(),
+            })?;
         if maintenance::window_of(c, &hostname).is_none() || host.state == HostState::Down {
             return Err(Rejection::InvalidHostTransition {
                 hostname,

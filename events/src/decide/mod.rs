@@ -81,7 +81,9 @@ pub fn decide(cluster: &Cluster, command: Command, now_ms: NowMs) -> Result<Vec<
         Command::MarkAgentUnreachable { agent_id, reason } => {
             agents::mark_unreachable(c, agent_id, reason, now_ms)
         }
-        Command::MarkAgentGone { agent_id, reason } => agents::mark_gone(c, agent_id, reason, now_ms),
+        Command::MarkAgentGone { agent_id, reason } => {
+            agents::mark_gone(c, agent_id, reason, now_ms)
+        }
         Command::Subscribe(sub) => frameworks::subscribe(c, sub),
         Command::DisconnectFramework { framework_id } => frameworks::disconnect(c, framework_id),
         Command::ExpireFramework { framework_id } => frameworks::expire(c, framework_id, now_ms),
@@ -137,7 +139,10 @@ pub(crate) fn check_name(field: &'static str, s: &str, allow_empty: bool) -> Res
     } else if s.len() > limits::NAME_LEN_MAX {
         Some(format!("is longer than {} bytes", limits::NAME_LEN_MAX))
     } else if s.chars().any(char::is_control) {
-        Some(format!("{:?} contains a control character", truncate_for_message(s)))
+        Some(format!(
+            "{:?} contains a control character",
+            truncate_for_message(s)
+        ))
     } else {
         None
     };
@@ -150,8 +155,7 @@ pub(crate) fn check_name(field: &'static str, s: &str, allow_empty: bool) -> Res
 pub(crate) fn check_hostname(s: &str) -> Result<(), Rejection> {
     let ok = !s.is_empty()
         && s.len() <= limits::HOSTNAME_LEN_MAX
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
     if ok {
         Ok(())

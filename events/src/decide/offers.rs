@@ -60,12 +60,13 @@ fn owned_offers<'c>(
         id.validate()?;
         // One offer (the common case) cannot repeat; skip the set.
         if offer_ids.len() > 1 && !seen.insert(id) {
-            return Err(Rejection::DuplicateOffer { offer_id: id.clone() });
+            return Err(Rejection::DuplicateOffer {
+                offer_id: id.clone(),
+            });
         }
-        let offer = c
-            .offers
-            .get(id)
-            .ok_or_else(|| Rejection::UnknownOffer { offer_id: id.clone() })?;
+        let offer = c.offers.get(id).ok_or_else(|| Rejection::UnknownOffer {
+            offer_id: id.clone(),
+        })?;
         if offer.framework_id != *framework_id {
             return Err(Rejection::OfferNotOwned {
                 offer_id: id.clone(),
@@ -106,9 +107,12 @@ pub(super) fn accept(
     }
     let refuse = refuse_ms(c, refuse_seconds)?;
     // Re-check what the offer promised.
-    let agent = c.agents.get(&agent_id).ok_or_else(|| Rejection::UnknownAgent {
-        agent_id: agent_id.clone(),
-    })?;
+    let agent = c
+        .agents
+        .get(&agent_id)
+        .ok_or_else(|| Rejection::UnknownAgent {
+            agent_id: agent_id.clone(),
+        })?;
     if !agent.is_active() {
         return Err(Rejection::AgentNotActive {
             agent_id,
@@ -137,7 +141,11 @@ pub(super) fn accept(
     events.push(Event::OffersAccepted(pb::OffersAccepted {
         framework_id: framework_id.0.clone(),
         offer_ids: offer_ids.iter().map(|id| id.0.clone()).collect(),
-        refuse_until_ms: if refuse == 0 { 0 } else { now_ms.saturating_add(refuse) },
+        refuse_until_ms: if refuse == 0 {
+            0
+        } else {
+            now_ms.saturating_add(refuse)
+        },
     }));
     for spec in launches {
         let key = TaskKey::new(framework_id.clone(), spec.task_id.clone());
@@ -189,7 +197,9 @@ fn validate_task(key: &TaskKey, spec: &TaskSpec) -> Result<(), Rejection> {
     }
     let cmd = &spec.command;
     if cmd.shell.is_empty() == cmd.argv.is_empty() {
-        return Err(invalid("its command needs exactly one of a shell line or an argv"));
+        return Err(invalid(
+            "its command needs exactly one of a shell line or an argv",
+        ));
     }
     if cmd.shell.len() > limits::TEXT_LEN_MAX
         || cmd.argv.len() > 1024
@@ -199,8 +209,14 @@ fn validate_task(key: &TaskKey, spec: &TaskSpec) -> Result<(), Rejection> {
         return Err(invalid("its command is too large"));
     }
     for v in &cmd.environment {
-        if v.name.is_empty() || v.name.contains('=') || v.name.contains('\0') || v.value.contains('\0') {
-            return Err(invalid("an environment variable name is empty or holds '=' or NUL"));
+        if v.name.is_empty()
+            || v.name.contains('=')
+            || v.name.contains('\0')
+            || v.value.contains('\0')
+        {
+            return Err(invalid(
+                "an environment variable name is empty or holds '=' or NUL",
+            ));
         }
     }
     Ok(())

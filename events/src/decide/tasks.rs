@@ -51,7 +51,11 @@ fn task<'c>(c: &'c Cluster, key: &TaskKey) -> Result<&'c Task, Rejection> {
 
 /// Kill is idempotent: a task already terminal or already being killed
 /// gives no new event.
-pub(super) fn kill(c: &Cluster, framework_id: FrameworkId, task_id: TaskId) -> Result<Vec<Event>, Rejection> {
+pub(super) fn kill(
+    c: &Cluster,
+    framework_id: FrameworkId,
+    task_id: TaskId,
+) -> Result<Vec<Event>, Rejection> {
     framework_id.validate()?;
     task_id.validate()?;
     known(c, &framework_id)?;
@@ -77,7 +81,9 @@ pub(super) fn update_status(c: &Cluster, u: StatusUpdate) -> Result<Vec<Event>, 
         problem,
     };
     if u.uuid.is_empty() || u.uuid.len() > 128 {
-        return Err(invalid("the uuid is empty or longer than 128 bytes".to_owned()));
+        return Err(invalid(
+            "the uuid is empty or longer than 128 bytes".to_owned(),
+        ));
     }
     if u.source == pb::StatusSource::Unspecified {
         return Err(invalid("the source is unspecified".to_owned()));
@@ -124,11 +130,15 @@ pub(super) fn update_status(c: &Cluster, u: StatusUpdate) -> Result<Vec<Event>, 
         if let Some(agent) = c.agents.get(&u.agent_id) {
             if let Some(host) = c.host_of(agent) {
                 if host.state == HostState::Draining
-                    && crate::projections::maintenance::live_tasks_on_host(c, &host.machine.hostname)
-                        == 1
+                    && crate::projections::maintenance::live_tasks_on_host(
+                        c,
+                        &host.machine.hostname,
+                    ) == 1
                 {
                     events.push(Event::HostDrained(pb::HostDrained {
-                        machine: Some(crate::projections::maintenance::machine_proto(&host.machine)),
+                        machine: Some(crate::projections::maintenance::machine_proto(
+                            &host.machine,
+                        )),
                     }));
                 }
             }
@@ -160,9 +170,11 @@ pub(super) fn acknowledge(
     if t.acknowledged {
         return Ok(Vec::new());
     }
-    Ok(vec![Event::TaskStatusAcknowledged(pb::TaskStatusAcknowledged {
-        framework_id: key.framework_id.0,
-        task_id: key.task_id.0,
-        uuid,
-    })])
+    Ok(vec![Event::TaskStatusAcknowledged(
+        pb::TaskStatusAcknowledged {
+            framework_id: key.framework_id.0,
+            task_id: key.task_id.0,
+            uuid,
+        },
+    )])
 }

@@ -17,9 +17,9 @@ pub fn machine_proto(m: &MachineId) -> pb::MachineId {
 pub fn window_of<'c>(c: &'c Cluster, hostname: &str) -> Option<&'c Window> {
     let ip = c.hosts.get(hostname).map(|h| h.machine.ip.as_str());
     c.schedule.iter().find(|w| {
-        w.machines.iter().any(|m| {
-            m.hostname == hostname || (m.hostname.is_empty() && Some(m.ip.as_str()) == ip)
-        })
+        w.machines
+            .iter()
+            .any(|m| m.hostname == hostname || (m.hostname.is_empty() && Some(m.ip.as_str()) == ip))
     })
 }
 
@@ -43,7 +43,10 @@ pub fn live_tasks_on_host(c: &Cluster, hostname: &str) -> usize {
 }
 
 /// Hosts in the given states, in hostname order (`orrery host query`).
-pub fn hosts_in<'c>(c: &'c Cluster, states: &'c [HostState]) -> impl Iterator<Item = &'c crate::state::Host> + 'c {
+pub fn hosts_in<'c>(
+    c: &'c Cluster,
+    states: &'c [HostState],
+) -> impl Iterator<Item = &'c crate::state::Host> + 'c {
     c.hosts
         .values()
         .filter(move |h| states.is_empty() || states.contains(&h.state))

@@ -55,7 +55,11 @@ pub fn rescind_on_agent(c: &Cluster, agent_id: &AgentId, reason: pb::RescindReas
 }
 
 /// Rescinds every outstanding offer made to a framework.
-pub fn rescind_for_framework(c: &Cluster, framework_id: &FrameworkId, reason: pb::RescindReason) -> Vec<Event> {
+pub fn rescind_for_framework(
+    c: &Cluster,
+    framework_id: &FrameworkId,
+    reason: pb::RescindReason,
+) -> Vec<Event> {
     let ids = c
         .offers
         .values()

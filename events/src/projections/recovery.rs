@@ -32,11 +32,7 @@ pub fn reregistered_milli(c: &Cluster) -> u64 {
             }
         }
     }
-    if total == 0 {
-        1000
-    } else {
-        back * 1000 / total
-    }
+    (back * 1000).checked_div(total).unwrap_or(1000)
 }
 
 /// Launches the agent has not confirmed yet (still STAGING): the leader

@@ -135,9 +135,21 @@ mod tests {
                 }
             }
         }
-        assert!(may_transition(TaskState::TaskUnreachable, TaskState::TaskRunning));
-        assert!(may_transition(TaskState::TaskRunning, TaskState::TaskRunning));
-        assert!(!may_transition(TaskState::TaskRunning, TaskState::TaskStarting));
-        assert!(!may_transition(TaskState::TaskKilling, TaskState::TaskRunning));
+        assert!(may_transition(
+            TaskState::TaskUnreachable,
+            TaskState::TaskRunning
+        ));
+        assert!(may_transition(
+            TaskState::TaskRunning,
+            TaskState::TaskRunning
+        ));
+        assert!(!may_transition(
+            TaskState::TaskRunning,
+            TaskState::TaskStarting
+        ));
+        assert!(!may_transition(
+            TaskState::TaskKilling,
+            TaskState::TaskRunning
+        ));
     }
 }

@@ -58,7 +58,8 @@ impl TaskTable {
     }
 
     pub fn get_mut_by(&mut self, framework_id: &str, task_id: &str) -> Option<&mut Task> {
-        self.by_key.get_mut(&(framework_id, task_id) as &dyn TaskKeyRef)
+        self.by_key
+            .get_mut(&(framework_id, task_id) as &dyn TaskKeyRef)
     }
 
     pub fn get_mut(&mut self, key: &TaskKey) -> Option<&mut Task> {
@@ -88,7 +89,10 @@ impl TaskTable {
     }
 
     /// The tasks of one framework, in task-id order.
-    pub fn of_framework<'a>(&'a self, framework_id: &'a FrameworkId) -> impl Iterator<Item = &'a Task> + 'a {
+    pub fn of_framework<'a>(
+        &'a self,
+        framework_id: &'a FrameworkId,
+    ) -> impl Iterator<Item = &'a Task> + 'a {
         self.order
             .range(TaskKey::new(framework_id.clone(), TaskId::default())..)
             .take_while(move |k| k.framework_id == *framework_id)
@@ -132,7 +136,10 @@ mod tests {
         let keys: Vec<String> = t.keys().map(|k| k.to_string()).collect();
         assert_eq!(keys, ["F1/a", "F1/b", "F10/a", "F2/a"]);
         let f1_id = FrameworkId::from("F1");
-        let f1: Vec<&str> = t.of_framework(&f1_id).map(|t| t.key.task_id.as_str()).collect();
+        let f1: Vec<&str> = t
+            .of_framework(&f1_id)
+            .map(|t| t.key.task_id.as_str())
+            .collect();
         assert_eq!(f1, ["a", "b"]);
     }
 
