@@ -1,19 +1,30 @@
-//! Generates the prost code for every `.proto` under `proto/`.
+//! Generates the prost (and tonic) code for every `.proto` under `proto/`.
 //!
 //! protoc comes from the `protoc-bin-vendored` crate so that a fresh machine
 //! (and CI) needs no system install of protobuf-compiler.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free: build scripts are single-threaded; prost-build reads PROTOC.
+    // Build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    let files = ["proto/events.proto"];
-    for f in files {
+    for f in ["proto/events.proto", "proto/raft.proto"] {
         println!("cargo:rerun-if-changed={f}");
     }
+    // The log's schema: messages only. BTreeMap keeps encoding order
+    // deterministic, which the state digest relies on.
     let mut config = prost_build::Config::new();
-    // BTreeMap keeps encoding order deterministic, which the state digest relies on.
     config.btree_map(["."]);
-    config.compile_protos(&files, &["proto"])?;
+    config.compile_protos(&["proto/events.proto"], &["proto"])?;
+    // Master <-> master: the messages alone (for crates without tonic) ...
+    let messages = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("messages");
+    std::fs::create_dir_all(&messages)?;
+    prost_build::Config::new()
+        .out_dir(&messages)
+        .compile_protos(&["proto/raft.proto"], &["proto"])?;
+    // ... and with tonic services (compiled in with the `grpc` feature).
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&["proto/raft.proto"], &["proto"])?;
     Ok(())
 }

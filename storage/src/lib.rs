@@ -2,13 +2,31 @@
 //!
 //! Owns the durable, replicated, append-only log of Orrery. It is
 //! domain-agnostic: it stores opaque bytes (encoded `Envelope`s) at gap-free
-//! indexes and feeds them, in order, to a `StateMachine`. It must not know
+//! indexes and feeds them, in order, to a [`StateMachine`]. It must not know
 //! what an event means.
 //!
-//! Planned backends (see DESIGN.md): `raft` (openraft with a checksummed,
-//! fsynced on-disk log and protobuf snapshots; the default), `tikv`
-//! (tikv-client; the log as ordered keys, leadership by a lease key) and
-//! `memory` (tests), all held to one conformance suite.
+//! # Layout
+//! - [`api`]: the [`EventLog`] trait every backend implements, the
+//!   [`StateMachine`] trait it feeds, and the errors split by who reacts
+//!   ([`AppendError`] for callers, [`Fatal`] for the replica).
+//! - [`subscription`]: a stream of committed events that resumes exactly.
+//! - [`memory`]: a single-replica in-memory backend for tests.
+//! - [`raft`]: the default backend — openraft 0.9 (storage-v2) over the
+//!   `raft-log` crate on local disk, snapshots as protobuf files, raft RPCs
+//!   over tonic, and the start-up rules that refuse a wiped or foreign data
+//!   dir.
+//! - [`conformance`] (feature `conformance`): one suite every backend passes.
 //!
-//! **Not finished**: this crate is a placeholder until the storage issue
-//! lands; nothing here stores anything yet.
+//! **Not finished**: the `tikv` backend (its own issue).
+
+pub mod api;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod memory;
+pub mod raft;
+pub mod subscription;
+
+pub use api::{
+    AppendError, AppendedRange, EventLog, Fatal, LeaderInfo, LoggedEvent, ReadError, StateMachine,
+};
+pub use subscription::Subscription;
