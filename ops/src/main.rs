@@ -5,12 +5,16 @@
 //! turns flags into calls.
 //!
 //! # Layout
+//! - `master`: one replica of the master group (today: its share of the
+//!   replicated log).
 //! - `dev`: the first-run experience. Until the master and agent daemons
 //!   exist (later issues), it drives the real core in-process against one
 //!   simulated agent sized like this machine and prints the event log it
 //!   writes, with the state digest checked by a replay.
 
 mod dev;
+mod logging;
+mod master;
 
 use std::process::ExitCode;
 
@@ -33,12 +37,16 @@ enum Cmd {
     /// Run Orrery on this machine for a first look (see README: what `dev`
     /// runs today, and what it will run).
     Dev(dev::DevArgs),
+    /// Run one replica of the master group (1, 3 or 5 replicas share one
+    /// replicated log).
+    Master(master::MasterArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
+        Cmd::Master(args) => master::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

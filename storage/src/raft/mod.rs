@@ -59,6 +59,33 @@ pub const LEADER_METADATA: &str = "orrery-leader";
 /// bootstrapping (the initial membership and the first leader's blank).
 const BOOTSTRAP_ENTRIES_MAX: u64 = 2;
 
+/// Who may append pre-built events through the `Log` gRPC service. The
+/// master's own actors append through [`EventLog::append`], which this does
+/// not restrict.
+#[derive(Clone, Default)]
+pub enum RawAppends {
+    /// Refused (the default for a master: events come from `decide`).
+    #[default]
+    Refused,
+    /// Accepted as they are (benchmarks, storage tests).
+    Accepted,
+    /// Accepted when the check passes.
+    Checked(AppendCheck),
+}
+
+/// Checks one pre-built event; `Err` says why it is refused.
+pub type AppendCheck = Arc<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
+
+impl std::fmt::Debug for RawAppends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RawAppends::Refused => "Refused",
+            RawAppends::Accepted => "Accepted",
+            RawAppends::Checked(_) => "Checked",
+        })
+    }
+}
+
 /// How a master replica runs its part of the log.
 #[derive(Clone, Debug)]
 pub struct RaftConfig {
@@ -78,6 +105,7 @@ pub struct RaftConfig {
     pub keep_after_snapshot_entries: u64,
     /// Start from an empty data dir as an existing member (see module doc).
     pub rebuild: bool,
+    pub raw_appends: RawAppends,
 }
 
 impl RaftConfig {
@@ -98,6 +126,7 @@ impl RaftConfig {
             snapshot_every_entries: 10_000,
             keep_after_snapshot_entries: 1_000,
             rebuild: false,
+            raw_appends: RawAppends::Refused,
         }
     }
 
@@ -706,6 +735,10 @@ impl<S: StateMachine> RaftNode<S> {
 
     pub fn status(&self) -> pb::StatusResponse {
         self.inner.status()
+    }
+
+    pub(crate) fn raw_appends(&self) -> &RawAppends {
+        &self.inner.config.raw_appends
     }
 
     /// Waits until this replica knows a leader (any), up to `timeout`.

@@ -155,6 +155,19 @@ impl<S: StateMachine> pb::log_server::Log for LogService<S> {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let req = request.into_inner();
+        match self.node.raw_appends() {
+            super::RawAppends::Refused => return Err(Status::permission_denied(
+                "this master does not take pre-built events (start it with --accept-raw-appends)",
+            )),
+            super::RawAppends::Accepted => {}
+            super::RawAppends::Checked(check) => {
+                for (i, e) in req.events.iter().enumerate() {
+                    check(e).map_err(|why| {
+                        Status::invalid_argument(format!("event #{i} of the batch: {why}"))
+                    })?;
+                }
+            }
+        }
         match self.node.append(req.events).await {
             Ok(range) => Ok(Response::new(pb::AppendResponse {
                 first_index: *range.start(),

@@ -1,0 +1,317 @@
+//! Helpers for tests that run real `orrery` processes: free loopback ports,
+//! temp dirs, and children that are killed when the test ends, pass or fail.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use orrery_events::pb::{self, envelope::Payload};
+use orrery_proto::raft as rpb;
+use orrery_proto::raft::log_client::LogClient;
+use orrery_proto::raft::raft_client::RaftClient;
+
+pub const ELECTION_MS: u64 = 500;
+
+/// Multi-process tests take this lock so that their timing claims (a new
+/// leader within two election timeouts) are not measured while a dozen other
+/// replicas compete for the same two cores.
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub const HEARTBEAT_MS: u64 = 100;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A group of master processes in one temp dir; every child is killed on drop.
+#[derive(Debug)]
+pub struct Masters {
+    pub dir: tempfile::TempDir,
+    pub addrs: BTreeMap<u64, String>,
+    pub procs: Mutex<BTreeMap<u64, Child>>,
+    pub extra: Vec<String>,
+}
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        let procs = std::mem::take(&mut *self.procs.lock().unwrap_or_else(|e| e.into_inner()));
+        for (_, mut c) in procs {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Masters {
+    pub fn new(n: u64, extra: &[&str]) -> Self {
+        let addrs = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            addrs,
+            procs: Mutex::new(BTreeMap::new()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn peers(&self) -> String {
+        self.addrs
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("m{id}"))
+    }
+
+    pub fn log_path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("m{id}.log"))
+    }
+
+    pub fn command(&self, id: u64, more: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.args([
+            "master",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &self.addrs[&id],
+            "--peers",
+            &self.peers(),
+        ])
+        .arg("--data-dir")
+        .arg(self.data_dir(id))
+        .args([
+            "--election-timeout",
+            &format!("{ELECTION_MS}ms"),
+            "--heartbeat",
+            &format!("{HEARTBEAT_MS}ms"),
+        ])
+        .arg("--accept-raw-appends")
+        .args(&self.extra)
+        .args(more);
+        cmd
+    }
+
+    pub fn start(&self, id: u64, more: &[&str]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(id))
+            .expect("log file");
+        let child = self
+            .command(id, more)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn orrery master");
+        self.procs.lock().unwrap().insert(id, child);
+    }
+
+    pub fn start_all(&self) {
+        let ids: Vec<u64> = self.addrs.keys().copied().collect();
+        for id in ids {
+            self.start(id, &[]);
+        }
+    }
+
+    pub fn kill9(&self, id: u64) {
+        let child = self.procs.lock().unwrap().remove(&id);
+        if let Some(mut c) = child {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    pub fn signal(&self, id: u64, sig: &str) {
+        let pid = self.procs.lock().unwrap()[&id].id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success());
+    }
+
+    pub fn logs(&self) -> String {
+        self.addrs
+            .keys()
+            .map(|id| {
+                format!(
+                    "--- master {id} ---\n{}",
+                    std::fs::read_to_string(self.log_path(*id)).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub async fn status(&self, id: u64) -> Option<rpb::StatusResponse> {
+        let mut c = RaftClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .ok()?;
+        tokio::time::timeout(Duration::from_millis(500), c.status(rpb::StatusRequest {}))
+            .await
+            .ok()?
+            .ok()
+            .map(|r| r.into_inner())
+    }
+
+    /// The leader a majority of the given replicas agree on, with its term.
+    pub async fn leader_among(&self, ids: &[u64], timeout: Duration) -> Option<(u64, u64)> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut votes: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+            for id in ids {
+                if let Some(st) = self.status(*id).await {
+                    if let Some(l) = st.leader_id {
+                        *votes.entry((l, st.vote.map_or(0, |v| v.term))).or_default() += 1;
+                    }
+                }
+            }
+            if let Some((&(l, t), _)) = votes.iter().find(|(_, &n)| n * 2 > self.addrs.len()) {
+                if ids.contains(&l) {
+                    return Some((l, t));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub async fn append(
+        &self,
+        id: u64,
+        events: Vec<Vec<u8>>,
+    ) -> Result<rpb::AppendResponse, tonic::Status> {
+        let mut c = LogClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        c.append(rpb::AppendRequest { events })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn read_all(&self, id: u64) -> Vec<rpb::LoggedEvent> {
+        let mut c = LogClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .expect("connect");
+        let mut out = Vec::new();
+        let mut from = 1;
+        loop {
+            let batch = c
+                .read(rpb::ReadRequest {
+                    from_index: from,
+                    to_index: 0,
+                    max_events: 5000,
+                })
+                .await
+                .expect("read")
+                .into_inner()
+                .events;
+            if batch.is_empty() {
+                return out;
+            }
+            from = batch.last().expect("non-empty").index + 1;
+            out.extend(batch);
+        }
+    }
+
+    /// Waits until every given replica applied the same events with the same
+    /// state digest; returns the event count.
+    pub async fn converged(&self, ids: &[u64], timeout: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for id in ids {
+                match self.status(*id).await {
+                    Some(st) => seen.push((st.last_event_index, st.app_digest)),
+                    None => seen.push((u64::MAX, vec![])),
+                }
+            }
+            if seen.windows(2).all(|w| w[0] == w[1]) && seen[0].0 != u64::MAX {
+                return Ok(seen[0].0);
+            }
+            last = format!(
+                "{:?}",
+                seen.iter()
+                    .map(|(i, d)| (i, d.iter().take(4).collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("replicas {ids:?} did not converge: {last}"))
+    }
+}
+
+/// A self-contained event (RoleWeightsSet) that names itself by `n`.
+pub fn event(n: u64) -> Vec<u8> {
+    orrery_events::codec::encode(&pb::Envelope {
+        index: 0,
+        term: 0,
+        proposed_at_ms: n,
+        payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
+            weights: vec![pb::RoleWeight {
+                role: format!("role-{n}"),
+                weight_milli: 1000,
+            }],
+        })),
+    })
+}
+
+/// Takes a child out of the group (the caller waits for it).
+pub fn take(m: &Masters, id: u64) -> Option<Child> {
+    m.procs.lock().unwrap().remove(&id)
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+pub fn file_contains(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle))
+}
+
+impl Masters {
+    /// Appends through whoever leads now, retrying through elections.
+    pub async fn append_via_leader(
+        &self,
+        events: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<rpb::AppendResponse, String> {
+        let ids: Vec<u64> = self.addrs.keys().copied().collect();
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some((l, _)) = self.leader_among(&ids, Duration::from_millis(500)).await {
+                match self.append(l, events.clone()).await {
+                    Ok(r) => return Ok(r),
+                    Err(s) => last = s.message().to_owned(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("no leader took the append: {last}"))
+    }
+}

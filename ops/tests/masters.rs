@@ -1,0 +1,396 @@
+//! Real `orrery master` processes on loopback (3 replicas, temp dirs):
+//! leader kill -9, restart and catch-up, an isolated or paused leader, a
+//! follower rebuilt from a snapshot, and the start-up refusals.
+//! Children are killed when a test ends, pass or fail (see common.rs).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Appends one event at a time to whoever leads, following the leader hint;
+/// records what was acknowledged.
+fn spawn_writer(
+    m: Arc<Masters>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u64>>>,
+    next: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let ids: Vec<u64> = m.addrs.keys().copied().collect();
+        let rotate = |t: u64| ids[(ids.iter().position(|i| *i == t).unwrap_or(0) + 1) % ids.len()];
+        let mut target = ids[0];
+        while !stop.load(Ordering::Relaxed) {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            match tokio::time::timeout(Duration::from_secs(2), m.append(target, vec![event(n)]))
+                .await
+            {
+                Ok(Ok(_)) => acked.lock().unwrap().push(n),
+                Ok(Err(status)) => {
+                    let hint = status
+                        .metadata()
+                        .get("orrery-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|a| {
+                            m.addrs
+                                .iter()
+                                .find(|(_, x)| x.as_str() == a)
+                                .map(|(id, _)| *id)
+                        });
+                    target = hint.unwrap_or_else(|| rotate(target));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => target = rotate(target),
+            }
+        }
+    })
+}
+
+fn payload_ids(events: &[orrery_proto::raft::LoggedEvent]) -> BTreeSet<u64> {
+    events
+        .iter()
+        .filter_map(|e| orrery_events::codec::decode(&e.payload).ok())
+        .map(|env| env.proposed_at_ms)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_loses_no_acknowledged_event_and_it_catches_up() {
+    let _serial = SERIAL.lock().await;
+    let m = Arc::new(Masters::new(3, &[]));
+    m.start_all();
+    let all = [1, 2, 3];
+    let (leader, term) = m
+        .leader_among(&all, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicU64::new(1));
+    let writer = spawn_writer(m.clone(), stop.clone(), acked.clone(), next.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = acked.lock().unwrap().len();
+    assert!(
+        before > 10,
+        "the writer made progress before the kill ({before})\n{}",
+        m.logs()
+    );
+
+    // kill -9 the leader mid-burst.
+    m.kill9(leader);
+    let killed_at = Instant::now();
+    let survivors: Vec<u64> = all.iter().copied().filter(|i| *i != leader).collect();
+    let mut new_leader = None;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        if let Some((l, t)) = m.leader_among(&survivors, Duration::from_millis(100)).await {
+            if t > term && l != leader {
+                new_leader = Some(l);
+                break;
+            }
+        }
+    }
+    let elected_in = killed_at.elapsed();
+    let new_leader =
+        new_leader.unwrap_or_else(|| panic!("no new leader after the kill\n{}", m.logs()));
+    // Two election timeouts (each at most 2 × ELECTION_MS), plus 500 ms for
+    // process scheduling and this test's polling on a loaded 2-core machine.
+    let bound = Duration::from_millis(2 * 2 * ELECTION_MS + 500);
+    assert!(
+        elected_in <= bound,
+        "a new leader took {elected_in:?} (bound {bound:?})"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let acked: BTreeSet<u64> = acked.lock().unwrap().iter().copied().collect();
+    assert!(acked.len() > before, "writes resumed on the new leader");
+    let logged = payload_ids(&m.read_all(new_leader).await);
+    let lost: Vec<&u64> = acked.difference(&logged).collect();
+    assert!(lost.is_empty(), "acknowledged events lost: {lost:?}");
+
+    // Restart the old leader: it rejoins and catches up to the same state.
+    m.start(leader, &[]);
+    let n = m
+        .converged(&all, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    assert!(n as usize >= acked.len());
+    eprintln!(
+        "new leader elected in {elected_in:?}; {} events acknowledged, {n} in the log",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_or_paused_leader_commits_nothing() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(3, &[]);
+    m.start_all();
+    let all = [1, 2, 3];
+    let (leader, term) = m
+        .leader_among(&all, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    for n in 1..=5 {
+        m.append(leader, vec![event(n)])
+            .await
+            .expect("append while healthy");
+    }
+    let followers: Vec<u64> = all.iter().copied().filter(|i| *i != leader).collect();
+
+    // 1. Cut the leader off (its followers paused): nothing is acknowledged.
+    for f in &followers {
+        m.signal(*f, "-STOP");
+    }
+    let r = tokio::time::timeout(Duration::from_secs(3), m.append(leader, vec![event(100)])).await;
+    assert!(
+        !matches!(r, Ok(Ok(_))),
+        "an isolated leader acknowledged an append: {r:?}"
+    );
+    for f in &followers {
+        m.signal(*f, "-CONT");
+    }
+    m.converged(&all, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+
+    // 2. Pause the leader past the election timeout: the others elect a new
+    // one; when the old leader resumes, its leadership has no effect.
+    let (leader, term) = m
+        .leader_among(&all, Duration::from_secs(20))
+        .await
+        .map_or((leader, term), |x| x);
+    m.signal(leader, "-STOP");
+    let others: Vec<u64> = all.iter().copied().filter(|i| *i != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new_leader = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while the old one was paused\n{}",
+            m.logs()
+        );
+        if let Some((l, t)) = m.leader_among(&others, Duration::from_millis(200)).await {
+            if t > term && l != leader {
+                break l;
+            }
+        }
+    };
+    for n in 200..210 {
+        m.append(new_leader, vec![event(n)])
+            .await
+            .expect("append to the new leader");
+    }
+    m.signal(leader, "-CONT");
+    // The resumed replica no longer acknowledges appends as leader.
+    let mut stale_acked = Vec::new();
+    for n in 300..303 {
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(3), m.append(leader, vec![event(n)])).await
+        {
+            stale_acked.push((n, r.term));
+        }
+    }
+    for (n, t) in &stale_acked {
+        assert!(
+            *t > term,
+            "event {n} was acknowledged under the stale term {t}"
+        );
+    }
+    m.converged(&all, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    let logged = payload_ids(&m.read_all(new_leader).await);
+    for n in 200..210 {
+        assert!(
+            logged.contains(&n),
+            "event {n}, acknowledged by the new leader, is in the log"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_rebuilt_from_a_snapshot_reaches_the_same_digest() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(
+        3,
+        &["--snapshot-every", "50", "--keep-after-snapshot", "10"],
+    );
+    m.start_all();
+    let all = [1, 2, 3];
+    let (leader, _) = m
+        .leader_among(&all, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    let follower = all.iter().copied().find(|i| *i != leader).unwrap();
+    m.kill9(follower);
+    for n in 1..=400 {
+        m.append(leader, vec![event(n)]).await.expect("append");
+    }
+    let st = m.status(leader).await.expect("status");
+    assert!(
+        st.purged.is_some(),
+        "the leader purged its log behind a snapshot"
+    );
+    m.start(follower, &[]);
+    m.converged(&all, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    let fst = m.status(follower).await.expect("status");
+    assert!(
+        fst.snapshot_last_log_id.is_some(),
+        "the follower caught up through a snapshot"
+    );
+
+    // Wipe it: an empty data dir for a known member is refused ...
+    m.kill9(follower);
+    std::fs::remove_dir_all(m.data_dir(follower)).unwrap();
+    m.start(follower, &[]);
+    let mut child = take(&m, follower).expect("started");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "a wiped replica must refuse to start ({status:?})"
+    );
+    assert!(
+        file_contains(&m.log_path(follower), "--rebuild"),
+        "the refusal says how to rebuild\n{}",
+        m.logs()
+    );
+    // ... and --rebuild brings it back to the same state.
+    m.start(follower, &["--rebuild"]);
+    for n in 401..=420 {
+        m.append_via_leader(vec![event(n)], Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    }
+    let (_, rebuilt_term) = m
+        .leader_among(&all, Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    eprintln!("after --rebuild the leader's term is {rebuilt_term}");
+    m.converged(&all, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_node_or_cluster_is_refused() {
+    let _serial = SERIAL.lock().await;
+    // A single-replica cluster A writes its data dir ...
+    let a = Masters::new(1, &[]);
+    a.start_all();
+    a.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    a.append(1, vec![event(1)]).await.expect("append");
+    a.kill9(1);
+    // ... which master 2 may not use.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args([
+            "master",
+            "--id",
+            "2",
+            "--listen",
+            &a.addrs[&1],
+            "--peers",
+            &format!("2={}", a.addrs[&1]),
+        ])
+        .arg("--data-dir")
+        .arg(a.data_dir(1))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to master 1"), "{err}");
+
+    // Cluster B (3 replicas) runs; its master 1 comes back with A's data dir.
+    let b = Masters::new(3, &[]);
+    b.start_all();
+    b.leader_among(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    b.kill9(1);
+    std::fs::remove_dir_all(b.data_dir(1)).unwrap();
+    std::fs::rename(a.data_dir(1), b.data_dir(1)).unwrap();
+    let out = b.command(1, &[]).output().expect("run");
+    assert!(
+        !out.status.success(),
+        "a replica with another cluster's data dir must refuse to start"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to cluster"), "{err}");
+}
+
+#[test]
+fn bad_flags_are_refused_with_the_flag_named() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .arg("master")
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, err) = run(&[
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1,2=127.0.0.1:2",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("1, 3 or 5"), "{err}");
+    let (code, err) = run(&[
+        "--id",
+        "4",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--id 4 is not in --peers"), "{err}");
+    let (code, err) = run(&[
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=nowhere",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--peers"), "{err}");
+    let (code, err) = run(&[
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--data-dir",
+        d,
+        "--election-timeout",
+        "soon",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--election-timeout"), "{err}");
+    let (code, _) = run(&["--id", "x"]);
+    assert_eq!(code, Some(2), "bad usage exits 2");
+}
