@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    for f in ["proto/events.proto", "proto/raft.proto"] {
+    for f in ["proto/events.proto", "proto/raft.proto", "proto/etcd.proto"] {
         println!("cargo:rerun-if-changed={f}");
     }
     // The log's schema: messages only. BTreeMap keeps encoding order
@@ -26,5 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["proto/raft.proto"], &["proto"])?;
+    // etcd's KV API, client only, for `orrery bench log`'s peer run.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .compile_protos(&["proto/etcd.proto"], &["proto"])?;
     Ok(())
 }

@@ -12,6 +12,7 @@
 //!   simulated agent sized like this machine and prints the event log it
 //!   writes, with the state digest checked by a replay.
 
+mod bench_log;
 mod dev;
 mod logging;
 mod master;
@@ -40,6 +41,16 @@ enum Cmd {
     /// Run one replica of the master group (1, 3 or 5 replicas share one
     /// replicated log).
     Master(master::MasterArgs),
+    /// Benchmarks (see README and BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Durable appends/s and commit latency of the replicated log, with etcd
+    /// side by side.
+    Log(bench_log::BenchLogArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(args) => master::run(&args),
+        Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

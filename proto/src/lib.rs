@@ -31,6 +31,14 @@ pub mod raft {
     include!(concat!(env!("OUT_DIR"), "/orrery.raft.v1.rs"));
 }
 
+/// A client for the subset of etcd's v3 KV API that `orrery bench log`
+/// uses for its side-by-side peer run (package `etcdserverpb`).
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod etcd {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
 /// The event log's schema: package `orrery.events.v1`.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod events {

@@ -13,9 +13,18 @@ use orrery_storage::raft::{RaftConfig, RaftNode};
 use orrery_storage::{EventLog, Fatal};
 
 fn config(dir: &Path) -> RaftConfig {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
-    let mut c = RaftConfig::new(1, addr.parse().unwrap(), BTreeMap::from([(1, addr)]), dir.to_path_buf());
+    let mut c = RaftConfig::new(
+        1,
+        addr.parse().unwrap(),
+        BTreeMap::from([(1, addr)]),
+        dir.to_path_buf(),
+    );
     c.election_timeout_ms = 300;
     c.heartbeat_ms = 50;
     c
@@ -31,7 +40,9 @@ async fn start(dir: &Path) -> Result<RaftNode<CheckingMachine>, Fatal> {
 async fn written_log(dir: &Path) -> PathBuf {
     let node = start(dir).await.expect("start");
     for i in 0..50u64 {
-        node.append(vec![format!("event-{i}").into_bytes()]).await.expect("append");
+        node.append(vec![format!("event-{i}").into_bytes()])
+            .await
+            .expect("append");
     }
     node.shutdown().await;
     drop(node);
@@ -69,11 +80,21 @@ async fn a_torn_partial_record_at_the_tail_is_truncated() {
     let bytes = std::fs::read(&chunk).unwrap();
     let mut torn = bytes[..12.min(bytes.len())].to_vec();
     torn.truncate(7);
-    let mut f = std::fs::OpenOptions::new().append(true).open(&chunk).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&chunk)
+        .unwrap();
     std::io::Write::write_all(&mut f, &torn).unwrap();
     drop(f);
-    assert!(applied_after_restart(dir.path()).await >= 50, "every acknowledged event survives");
-    assert_eq!(std::fs::metadata(&chunk).unwrap().len(), good, "the torn bytes were cut off, and only they");
+    assert!(
+        applied_after_restart(dir.path()).await >= 50,
+        "every acknowledged event survives"
+    );
+    assert_eq!(
+        std::fs::metadata(&chunk).unwrap().len(),
+        good,
+        "the torn bytes were cut off, and only they"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +102,10 @@ async fn trailing_zeros_at_the_tail_are_truncated() {
     let dir = tempfile::tempdir().unwrap();
     let chunk = written_log(dir.path()).await;
     let good = std::fs::metadata(&chunk).unwrap().len();
-    let mut f = std::fs::OpenOptions::new().append(true).open(&chunk).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&chunk)
+        .unwrap();
     std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
     drop(f);
     assert!(applied_after_restart(dir.path()).await >= 50);
@@ -105,6 +129,12 @@ async fn a_corrupt_record_in_the_middle_stops_the_replica() {
         Err(e) => e.to_string(),
     };
     assert!(err.contains("corrupt raft log"), "{err}");
-    assert!(err.contains(&dir.path().join("raft").display().to_string()), "the error names the log: {err}");
-    assert!(err.contains("--rebuild"), "the error says how to recover: {err}");
+    assert!(
+        err.contains(&dir.path().join("raft").display().to_string()),
+        "the error names the log: {err}"
+    );
+    assert!(
+        err.contains("--rebuild"),
+        "the error says how to recover: {err}"
+    );
 }

@@ -1,0 +1,453 @@
+//! `orrery bench log`: durable appends per second and commit latency of the
+//! replicated log, with etcd as the peer in the same run.
+//!
+//! Orrery: 1 or 3 in-process replicas of the `raft` backend on loopback,
+//! each with its own data dir (fsync on every acknowledged append), clients
+//! appending over gRPC to the leader's `Log` service. etcd: the same number
+//! of real `etcd` processes on loopback (fsync on, its default), clients
+//! writing the same payloads through etcd's v3 gRPC KV API (a tonic client
+//! generated from `proto/etcd.proto`; the `etcd-client` crate would need a
+//! system protoc to build) — one `Put` per event for batch size 1, one `Txn`
+//! of puts (one raft entry) per batch.
+//!
+//! Every cell runs for `--duration` with `--writers` concurrent clients, each
+//! appending batches of `--batch` events of `--event-bytes` bytes and waiting
+//! for the acknowledgement. Latency is per acknowledged append (a batch).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use hdrhistogram::Histogram;
+use orrery_proto::etcd as epb;
+use orrery_proto::etcd::kv_client::KvClient;
+use orrery_proto::raft as rpb;
+use orrery_proto::raft::log_client::LogClient;
+use orrery_storage::raft::{RaftConfig, RaftNode, RawAppends};
+use orrery_storage::{EventLog, LoggedEvent, StateMachine};
+
+#[derive(Debug, Args)]
+pub struct BenchLogArgs {
+    /// How long each cell runs.
+    #[arg(long, default_value = "5s")]
+    duration: String,
+    /// Replica counts to measure (comma-separated: 1, 3 or 5).
+    #[arg(long, default_value = "1,3")]
+    replicas: String,
+    /// Events per append.
+    #[arg(long, default_value = "1,64")]
+    batch: String,
+    /// Concurrent writers.
+    #[arg(long, default_value = "1,64")]
+    writers: String,
+    /// Bytes per event.
+    #[arg(long, default_value_t = 256)]
+    event_bytes: usize,
+    /// The etcd binary for the side-by-side run; `off` to skip.
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: String,
+    /// Where the data dirs go (default: a temp dir, removed afterwards).
+    /// Put it on the disk you want to measure.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// The state machine for the benchmark: counts (the log is what is timed).
+#[derive(Debug, Default)]
+struct Counter(u64);
+
+impl StateMachine for Counter {
+    fn apply(&mut self, _e: &LoggedEvent) -> Result<(), String> {
+        self.0 += 1;
+        Ok(())
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+    fn restore(&mut self, b: &[u8]) -> Result<(), String> {
+        self.0 = u64::from_le_bytes(
+            b.try_into()
+                .map_err(|_| "a counter snapshot is 8 bytes".to_string())?,
+        );
+        Ok(())
+    }
+    fn digest(&self) -> Vec<u8> {
+        self.snapshot()
+    }
+}
+
+fn list(flag: &str, text: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("{flag} {text:?}: `{s}` is not a positive number"))
+        })
+        .collect()
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[derive(Debug, Clone)]
+struct Cell {
+    system: &'static str,
+    replicas: usize,
+    batch: usize,
+    writers: usize,
+    events_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+/// Runs `writers` loops of `append` for `duration`; returns the cell.
+async fn drive<F, Fut>(
+    duration: Duration,
+    writers: usize,
+    batch: usize,
+    append: F,
+) -> (f64, Histogram<u64>, u64)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static + Clone,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for w in 0..writers {
+        let stop = stop.clone();
+        let append = append.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("a histogram");
+            let (mut events, mut errors, mut seq) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                seq += 1;
+                match append(w, seq).await {
+                    Ok(()) => {
+                        let _ = hist.record(t.elapsed().as_micros() as u64);
+                        events += batch as u64;
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (hist, events, errors)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut hist = Histogram::<u64>::new(3).expect("a histogram");
+    let (mut events, mut errors) = (0, 0);
+    for t in tasks {
+        if let Ok((h, e, x)) = t.await {
+            let _ = hist.add(h);
+            events += e;
+            errors += x;
+        }
+    }
+    (events as f64 / start.elapsed().as_secs_f64(), hist, errors)
+}
+
+fn cell(
+    system: &'static str,
+    replicas: usize,
+    batch: usize,
+    writers: usize,
+    r: (f64, Histogram<u64>, u64),
+) -> Cell {
+    let (rate, hist, errors) = r;
+    Cell {
+        system,
+        replicas,
+        batch,
+        writers,
+        events_per_s: rate,
+        p50_ms: hist.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        errors,
+    }
+}
+
+async fn orrery_cluster(root: &Path, n: usize) -> Result<(Vec<RaftNode<Counter>>, String)> {
+    let mut peers = BTreeMap::new();
+    for id in 1..=n as u64 {
+        peers.insert(id, format!("127.0.0.1:{}", free_port()?));
+    }
+    let mut nodes = Vec::new();
+    let mut starting = Vec::new();
+    for (id, addr) in &peers {
+        let mut c = RaftConfig::new(
+            *id,
+            addr.parse()?,
+            peers.clone(),
+            root.join(format!("orrery-{n}-{id}")),
+        );
+        c.raw_appends = RawAppends::Accepted;
+        c.snapshot_every_entries = 100_000;
+        starting.push(tokio::spawn(RaftNode::start(c, Counter::default())));
+    }
+    for s in starting {
+        nodes.push(s.await?.map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let leader = nodes[0]
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((nodes, peers[&leader].clone()))
+}
+
+struct Etcd {
+    children: Vec<Child>,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn etcd_cluster(bin: &str, root: &Path, n: usize) -> Result<Etcd> {
+    let mut members = Vec::new();
+    for i in 0..n {
+        members.push((format!("e{i}"), free_port()?, free_port()?));
+    }
+    let initial = members
+        .iter()
+        .map(|(name, _, peer)| format!("{name}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut etcd = Etcd {
+        children: Vec::new(),
+        endpoint: format!("127.0.0.1:{}", members[0].1),
+    };
+    for (name, client, peer) in &members {
+        let child = Command::new(bin)
+            .args(["--name", name])
+            .arg("--data-dir")
+            .arg(root.join(format!("etcd-{n}-{name}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args([
+                "--quota-backend-bytes",
+                "8589934592",
+                "--logger",
+                "zap",
+                "--log-level",
+                "error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        etcd.children.push(child);
+    }
+    Ok(etcd)
+}
+
+fn print_table(cells: &[Cell]) {
+    println!(
+        "{:<8} {:>8} {:>6} {:>8} {:>14} {:>10} {:>10} {:>7}",
+        "system", "replicas", "batch", "writers", "events/s", "p50 ms", "p99 ms", "errors"
+    );
+    for c in cells {
+        println!(
+            "{:<8} {:>8} {:>6} {:>8} {:>14.0} {:>10.2} {:>10.2} {:>7}",
+            c.system, c.replicas, c.batch, c.writers, c.events_per_s, c.p50_ms, c.p99_ms, c.errors
+        );
+    }
+}
+
+pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
+    let duration = crate::master::parse_duration("--duration", &args.duration)?;
+    let replicas = list("--replicas", &args.replicas)?;
+    let batches = list("--batch", &args.batch)?;
+    let writers = list("--writers", &args.writers)?;
+    if args.event_bytes == 0 || args.event_bytes > 1 << 20 {
+        bail!(
+            "--event-bytes {} must be between 1 and 1048576",
+            args.event_bytes
+        );
+    }
+    for r in &replicas {
+        if ![1, 3, 5].contains(r) {
+            bail!("--replicas: {r} is not 1, 3 or 5");
+        }
+    }
+    let etcd_bin = match args.etcd.as_str() {
+        "off" => None,
+        path if Path::new(path).exists() => Some(path.to_owned()),
+        path => {
+            eprintln!("note: {path} not found; measuring Orrery only (ops/bench/log.sh installs etcd-server)");
+            None
+        }
+    };
+    let tmp;
+    let root = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().context("creating a temp dir")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let payload = Arc::new(vec![0x5au8; args.event_bytes]);
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut cells = Vec::new();
+    rt.block_on(async {
+        for &n in &replicas {
+            let (nodes, leader) = orrery_cluster(&root, n).await?;
+            for &b in &batches {
+                for &w in &writers {
+                    let clients: Vec<LogClient<tonic::transport::Channel>> = {
+                        let mut v = Vec::new();
+                        for _ in 0..w.min(8) {
+                            v.push(
+                                LogClient::connect(format!("http://{leader}"))
+                                    .await?
+                                    .max_decoding_message_size(64 << 20)
+                                    .max_encoding_message_size(64 << 20),
+                            );
+                        }
+                        v
+                    };
+                    let clients = Arc::new(clients);
+                    let payload = payload.clone();
+                    let r = drive(duration, w, b, move |wi, _seq| {
+                        let mut c = clients[wi % clients.len()].clone();
+                        let events = vec![payload.as_ref().clone(); b];
+                        async move {
+                            c.append(rpb::AppendRequest { events })
+                                .await
+                                .map(|_| ())
+                                .map_err(|e| e.to_string())
+                        }
+                    })
+                    .await;
+                    let c = cell("orrery", n, b, w, r);
+                    eprintln!("{c:?}");
+                    cells.push(c);
+                }
+            }
+            let applied = nodes[0].last_applied();
+            for node in &nodes {
+                node.shutdown().await;
+            }
+            eprintln!("orrery {n} replica(s): {applied} events in the log");
+            if let Some(bin) = &etcd_bin {
+                let etcd = etcd_cluster(bin, &root, n)?;
+                let mut client = None;
+                for _ in 0..100 {
+                    if let Ok(c) = KvClient::connect(format!("http://{}", etcd.endpoint)).await {
+                        let mut c = c
+                            .max_decoding_message_size(64 << 20)
+                            .max_encoding_message_size(64 << 20);
+                        let ready = c
+                            .put(epb::PutRequest {
+                                key: b"bench/ready".to_vec(),
+                                value: b"1".to_vec(),
+                                ..Default::default()
+                            })
+                            .await;
+                        if ready.is_ok() {
+                            client = Some(c);
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let client = client.context("etcd did not become ready in 20 s")?;
+                for &b in &batches {
+                    for &w in &writers {
+                        let client = client.clone();
+                        let payload = payload.clone();
+                        let r = drive(duration, w, b, move |wi, seq| {
+                            let mut c = client.clone();
+                            let payload = payload.clone();
+                            async move {
+                                let put = |key: String| epb::PutRequest {
+                                    key: key.into_bytes(),
+                                    value: payload.as_ref().clone(),
+                                    ..Default::default()
+                                };
+                                if b == 1 {
+                                    c.put(put(format!("bench/{wi}/{seq}")))
+                                        .await
+                                        .map(|_| ())
+                                        .map_err(|e| e.to_string())
+                                } else {
+                                    let success = (0..b)
+                                        .map(|k| epb::RequestOp {
+                                            request: Some(epb::request_op::Request::RequestPut(
+                                                put(format!("bench/{wi}/{seq}/{k}")),
+                                            )),
+                                        })
+                                        .collect();
+                                    c.txn(epb::TxnRequest {
+                                        compare: vec![],
+                                        success,
+                                        failure: vec![],
+                                    })
+                                    .await
+                                    .map(|_| ())
+                                    .map_err(|e| e.to_string())
+                                }
+                            }
+                        })
+                        .await;
+                        let c = cell("etcd", n, b, w, r);
+                        eprintln!("{c:?}");
+                        cells.push(c);
+                    }
+                }
+                drop(etcd);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    if json {
+        let rows: Vec<serde_json::Value> = cells
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "system": c.system, "replicas": c.replicas, "batch": c.batch, "writers": c.writers,
+                    "events_per_s": c.events_per_s, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms, "errors": c.errors,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&cells);
+    }
+    Ok(())
+}
