@@ -12,6 +12,7 @@
 //!   simulated agent sized like this machine and prints the event log it
 //!   writes, with the state digest checked by a replay.
 
+mod bench_alloc;
 mod bench_log;
 mod dev;
 mod logging;
@@ -51,6 +52,8 @@ enum BenchCmd {
     /// Durable appends/s and commit latency of the replicated log, with etcd
     /// side by side.
     Log(bench_log::BenchLogArgs),
+    /// One allocation cycle at 10k and 20k agents, and committed placements/s.
+    Alloc(bench_alloc::BenchAllocArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(args) => master::run(&args),
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
+        Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
