@@ -103,7 +103,15 @@ pub type AppendedRange = RangeInclusive<u64>;
 pub const APPEND_EVENTS_MAX: usize = 100_000;
 pub const APPEND_BYTES_MAX: usize = 64 << 20;
 
+/// Refuses an empty batch or one over the limits.
 pub fn check_batch(events: &[Vec<u8>]) -> Result<(), AppendError> {
+    if events.is_empty() {
+        return Err(AppendError::TooLarge {
+            count: 0,
+            bytes: 0,
+            limit: "an append needs at least one event",
+        });
+    }
     let bytes: usize = events.iter().map(Vec::len).sum();
     if events.len() > APPEND_EVENTS_MAX || bytes > APPEND_BYTES_MAX {
         return Err(AppendError::TooLarge {

@@ -117,13 +117,6 @@ impl<S: StateMachine> EventSource for Inner<S> {
 impl<S: StateMachine> EventLog for MemoryLog<S> {
     async fn append(&self, events: Vec<Vec<u8>>) -> Result<AppendedRange, AppendError> {
         check_batch(&events)?;
-        if events.is_empty() {
-            return Err(AppendError::TooLarge {
-                count: 0,
-                bytes: 0,
-                limit: "an append needs at least one event",
-            });
-        }
         let mut disk = lock(&self.inner.disk);
         let mut machine = lock(&self.inner.machine);
         let first = disk.snapshot.as_ref().map_or(0, |(i, _)| *i) + disk.events.len() as u64 + 1;

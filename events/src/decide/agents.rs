@@ -14,7 +14,7 @@ use crate::command::{AgentRegistration, ReportedTask};
 use crate::ids::{AgentId, TaskKey};
 use crate::projections::offers;
 use crate::rejection::Rejection;
-use crate::state::{Agent, AgentState, Cluster, HostState};
+use crate::state::{Agent, AgentState, Cluster, HostState, Task};
 
 fn validate(c: &Cluster, reg: &AgentRegistration) -> Result<(), Rejection> {
     check_hostname(&reg.hostname)?;
@@ -229,11 +229,7 @@ pub(super) fn mark_unreachable(
         reason: clip_text(&reason),
     }));
     for task in c.tasks_on_agent(&agent_id).filter(|t| !t.is_terminal()) {
-        let partition_aware = c
-            .frameworks
-            .get(&task.key.framework_id)
-            .is_some_and(|f| f.partition_aware);
-        let state = if partition_aware {
+        let state = if partition_aware(c, task) {
             TaskState::TaskUnreachable
         } else {
             TaskState::TaskLost
@@ -282,11 +278,7 @@ pub(crate) fn retire(
 ) -> Vec<Event> {
     let mut events = offers::rescind_on_agent(c, &agent.id, pb::RescindReason::RescindAgentLost);
     for task in c.tasks_on_agent(&agent.id).filter(|t| !t.is_terminal()) {
-        let partition_aware = c
-            .frameworks
-            .get(&task.key.framework_id)
-            .is_some_and(|f| f.partition_aware);
-        let state = if partition_aware {
+        let state = if partition_aware(c, task) {
             TaskState::TaskGone
         } else {
             TaskState::TaskLost
@@ -298,6 +290,13 @@ pub(crate) fn retire(
         reason: why.to_owned(),
     }));
     events
+}
+
+/// Whether the task's framework gets UNREACHABLE/GONE rather than LOST.
+fn partition_aware(c: &Cluster, task: &Task) -> bool {
+    c.frameworks
+        .get(&task.key.framework_id)
+        .is_some_and(|f| f.partition_aware)
 }
 
 fn known<'c>(c: &'c Cluster, agent_id: &AgentId) -> Result<&'c Agent, Rejection> {

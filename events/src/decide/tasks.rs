@@ -49,6 +49,21 @@ fn task<'c>(c: &'c Cluster, key: &TaskKey) -> Result<&'c Task, Rejection> {
         .ok_or_else(|| Rejection::UnknownTask { task: key.clone() })
 }
 
+/// A framework's call about one of its tasks: valid ids, a framework that
+/// exists and was not removed, a task it owns.
+fn framework_task(
+    c: &Cluster,
+    framework_id: FrameworkId,
+    task_id: TaskId,
+) -> Result<(TaskKey, &Task), Rejection> {
+    framework_id.validate()?;
+    task_id.validate()?;
+    known(c, &framework_id)?;
+    let key = TaskKey::new(framework_id, task_id);
+    let t = task(c, &key)?;
+    Ok((key, t))
+}
+
 /// Kill is idempotent: a task already terminal or already being killed
 /// gives no new event.
 pub(super) fn kill(
@@ -56,11 +71,7 @@ pub(super) fn kill(
     framework_id: FrameworkId,
     task_id: TaskId,
 ) -> Result<Vec<Event>, Rejection> {
-    framework_id.validate()?;
-    task_id.validate()?;
-    known(c, &framework_id)?;
-    let key = TaskKey::new(framework_id, task_id);
-    let t = task(c, &key)?;
+    let (key, t) = framework_task(c, framework_id, task_id)?;
     if t.is_terminal() || t.kill_requested {
         return Ok(Vec::new());
     }
@@ -155,11 +166,7 @@ pub(super) fn acknowledge(
     task_id: TaskId,
     uuid: String,
 ) -> Result<Vec<Event>, Rejection> {
-    framework_id.validate()?;
-    task_id.validate()?;
-    known(c, &framework_id)?;
-    let key = TaskKey::new(framework_id, task_id);
-    let t = task(c, &key)?;
+    let (key, t) = framework_task(c, framework_id, task_id)?;
     if t.status_uuid != uuid || uuid.is_empty() {
         return Err(Rejection::UnexpectedAcknowledgement {
             task: key,

@@ -869,13 +869,6 @@ impl<S: StateMachine> RaftNode<S> {
 impl<S: StateMachine> EventLog for RaftNode<S> {
     async fn append(&self, events: Vec<Vec<u8>>) -> Result<AppendedRange, AppendError> {
         check_batch(&events)?;
-        if events.is_empty() {
-            return Err(AppendError::TooLarge {
-                count: 0,
-                bytes: 0,
-                limit: "an append needs at least one event",
-            });
-        }
         let (reply, rx) = oneshot::channel();
         self.commits
             .send(Pending { events, reply })
