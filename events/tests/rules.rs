@@ -1126,3 +1126,56 @@ fn unknown_ids_are_named() {
     ));
     let _ = FrameworkSubscription::clone;
 }
+
+// --- defence in depth --------------------------------------------------------
+// Offers are rescinded before an agent goes inactive and no event changes an
+// agent's region, so no valid log reaches these refusals; accept re-checks
+// anyway (Nomad: the leader re-checks a plan before committing it). The
+// states below are edited to show the re-checks refuse by name.
+
+#[test]
+fn accept_rechecks_that_the_agent_is_still_active() {
+    let (mut s, agent, fw, offer) = Scenario::one_offer();
+    s.cluster.agents.get_mut(&agent).unwrap().state = AgentState::Disconnected;
+    let r = rejected(
+        &s,
+        Command::Accept {
+            framework_id: fw,
+            offer_ids: vec![offer],
+            launches: vec![],
+            refuse_seconds: None,
+        },
+    );
+    assert!(
+        matches!(
+            r,
+            Rejection::AgentNotActive {
+                state: "DISCONNECTED",
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn accept_rechecks_the_region() {
+    let (mut s, agent, fw, offer) = Scenario::one_offer();
+    s.cluster.agents.get_mut(&agent).unwrap().domain = Some(orrery_events::state::Domain {
+        region: "far".into(),
+        zone: "z".into(),
+    });
+    let r = rejected(
+        &s,
+        Command::Accept {
+            framework_id: fw,
+            offer_ids: vec![offer],
+            launches: vec![Scenario::task_spec("t", "cpus:1")],
+            refuse_seconds: None,
+        },
+    );
+    assert!(
+        matches!(r, Rejection::RemoteRegionNotAllowed { ref region, .. } if region == "far"),
+        "{r:?}"
+    );
+}

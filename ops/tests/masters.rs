@@ -290,22 +290,20 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
     a.append(1, vec![event(1)]).await.expect("append");
     a.kill9(1);
     // ... which master 2 may not use.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args([
-            "master",
-            "--id",
-            "2",
-            "--listen",
-            &a.addrs[&1],
-            "--peers",
-            &format!("2={}", a.addrs[&1]),
-        ])
-        .arg("--data-dir")
-        .arg(a.data_dir(1))
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+    cmd.args([
+        "master",
+        "--id",
+        "2",
+        "--listen",
+        &a.addrs[&1],
+        "--peers",
+        &format!("2={}", a.addrs[&1]),
+    ])
+    .arg("--data-dir")
+    .arg(a.data_dir(1));
+    let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
+    assert!(matches!(status, Some(s) if !s.success()), "{status:?}");
     assert!(err.contains("belongs to master 1"), "{err}");
 
     // Cluster B (3 replicas) runs; its master 1 comes back with A's data dir.
@@ -317,27 +315,59 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
     b.kill9(1);
     std::fs::remove_dir_all(b.data_dir(1)).unwrap();
     std::fs::rename(a.data_dir(1), b.data_dir(1)).unwrap();
-    let out = b.command(1, &[]).output().expect("run");
+    let (status, err) = run_to_exit(&mut b.command(1, &[]), Duration::from_secs(20));
     assert!(
-        !out.status.success(),
-        "a replica with another cluster's data dir must refuse to start"
+        matches!(status, Some(s) if !s.success()),
+        "a replica with another cluster's data dir must refuse to start ({status:?})"
     );
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("belongs to cluster"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_disagree_with_the_membership_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(3, &[]);
+    m.start_all();
+    m.leader_among(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .expect("a leader");
+    m.kill9(3);
+    // Master 3 comes back with a typo in master 2's address.
+    let wrong = m
+        .peers()
+        .replace(&m.addrs[&2], &format!("127.0.0.1:{}", free_port()));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+    cmd.args([
+        "master",
+        "--id",
+        "3",
+        "--listen",
+        &m.addrs[&3],
+        "--peers",
+        &wrong,
+    ])
+    .arg("--data-dir")
+    .arg(m.data_dir(3))
+    .args(["--election-timeout", "500ms", "--heartbeat", "100ms"]);
+    let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "a master whose --peers disagree with the membership must refuse to start ({status:?})"
+    );
+
+    assert!(
+        err.contains("disagrees with the cluster's membership"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_flags_are_refused_with_the_flag_named() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .arg("master")
-            .args(args)
-            .output()
-            .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.arg("master").args(args);
+        let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
+        (status.and_then(|s| s.code()), err)
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();

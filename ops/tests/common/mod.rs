@@ -289,6 +289,31 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
     None
 }
 
+/// Runs a command that is expected to exit, for at most `timeout` (it is
+/// killed then): its exit status (None if it had to be killed) and stderr.
+pub fn run_to_exit(
+    cmd: &mut Command,
+    timeout: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut pipe = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+        s
+    });
+    let status = wait_exit(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (status, reader.join().unwrap_or_default())
+}
+
 pub fn file_contains(path: &Path, needle: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle))
 }

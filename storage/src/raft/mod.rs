@@ -325,6 +325,7 @@ impl<S: StateMachine> Inner<S> {
             purged: log_state
                 .purged()
                 .map(|l| service::log_id_pb(&log_store::from_rl(l))),
+            ready_to_join: self.adoption_allowed.load(Ordering::Acquire),
         }
     }
 }
@@ -486,6 +487,39 @@ async fn peer_status(addr: &str, wait: Duration) -> Result<pb::StatusResponse, S
         .map_err(|_| format!("{addr} did not answer in {wait:?}"))?
         .map(|r| r.into_inner())
         .map_err(|s| format!("{addr}: {}", s.message()))
+}
+
+/// Refuses `--peers` that disagree with the membership a peer reports (a
+/// typo in one master's flags would otherwise point it at the wrong
+/// replicas). An empty membership (a peer not bootstrapped yet) says nothing.
+fn check_peers_match(
+    config: &RaftConfig,
+    peer_id: u64,
+    st: &pb::StatusResponse,
+) -> Result<(), Fatal> {
+    let Some(m) = st.membership.as_ref().filter(|m| !m.nodes.is_empty()) else {
+        return Ok(());
+    };
+    let theirs: BTreeMap<u64, String> = m
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, n.addr.clone()))
+        .collect();
+    if theirs != config.peers {
+        let show = |p: &BTreeMap<u64, String>| {
+            p.iter()
+                .map(|(id, a)| format!("{id}={a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        return Err(Fatal::Refused(format!(
+            "--peers {} disagrees with the cluster's membership {} (per master {peer_id}); \
+             every master must be given the same --peers",
+            show(&config.peers),
+            show(&theirs)
+        )));
+    }
+    Ok(())
 }
 
 fn member_of(st: &pb::StatusResponse, node_id: u64) -> bool {
@@ -699,10 +733,25 @@ impl<S: StateMachine> RaftNode<S> {
         let config = &self.inner.config;
         let ours = self.inner.shared.cluster_id();
         if has_identity {
-            // Best effort: a reachable peer of another cluster means this
-            // data dir (or --peers) is wrong.
-            for (id, addr) in config.others() {
-                if let Ok(st) = peer_status(addr, Duration::from_millis(500)).await {
+            // A peer of another cluster means this data dir (or --peers) is
+            // wrong. Peers are asked in parallel, for up to 3 s in all; ones
+            // that do not answer (a whole group restarting) cannot be checked
+            // and do not hold the start-up back.
+            let asks = config.others().map(|(id, addr)| {
+                let addr = addr.clone();
+                async move {
+                    (
+                        id,
+                        addr.clone(),
+                        peer_status(&addr, Duration::from_secs(3)).await,
+                    )
+                }
+            });
+            for (id, addr, answer) in futures::future::join_all(asks).await {
+                if let Ok(st) = answer {
+                    if st.cluster_id == ours {
+                        check_peers_match(config, id, &st)?;
+                    }
                     if !st.cluster_id.is_empty() && st.cluster_id != ours {
                         return Err(Fatal::Refused(format!(
                             "data dir {} belongs to cluster {ours}, but master {id} at {addr} is in cluster {}",
@@ -722,16 +771,35 @@ impl<S: StateMachine> RaftNode<S> {
             }
             let mut unreachable = Vec::new();
             let mut existing = None;
+            let mut all_ready = true;
             for (id, addr) in config.others() {
                 match peer_status(addr, Duration::from_millis(500)).await {
                     Ok(st) if !st.cluster_id.is_empty() => existing = Some((id, st)),
-                    Ok(_) => {}
+                    Ok(st) => all_ready &= st.ready_to_join,
                     Err(e) => unreachable.push(format!("master {id} ({e})")),
                 }
             }
+            // A raft message may have made this replica join while it asked.
+            if !self.inner.shared.cluster_id().is_empty() {
+                return Ok(());
+            }
+            // A peer that joined a moment ago may not have the membership
+            // yet: it tells nothing about who is a member — but it does say
+            // a cluster exists, so this replica must not create another.
+            let saw_cluster = existing.is_some();
+            let existing = existing
+                .filter(|(_, st)| st.membership.as_ref().is_some_and(|m| !m.nodes.is_empty()));
             if let Some((id, st)) = existing {
+                check_peers_match(config, id, &st)?;
                 let applied = st.last_applied.as_ref().map_or(0, |l| l.index);
-                if member_of(&st, config.node_id) && applied > BOOTSTRAP_ENTRIES_MAX {
+                // Judged only on first sight: once this replica has seen the
+                // cluster bootstrapping (and may adopt its id), a log that
+                // grew meanwhile is the cluster moving on, not data lost.
+                let judged_fresh = self.inner.adoption_allowed.load(Ordering::Acquire);
+                if member_of(&st, config.node_id)
+                    && applied > BOOTSTRAP_ENTRIES_MAX
+                    && !judged_fresh
+                {
                     return Err(Fatal::Refused(format!(
                         "master {}'s data dir {} is empty, but cluster {} (per master {id}) already counts it \
                          as a member and has a log up to entry {applied}: its data was lost. Starting it empty \
@@ -751,14 +819,20 @@ impl<S: StateMachine> RaftNode<S> {
                 // A cluster bootstrapping right now: take its id from the
                 // first raft message.
                 self.inner.adoption_allowed.store(true, Ordering::Release);
+            } else if saw_cluster {
+                // Wait for that cluster's membership (or its first message).
             } else if unreachable.is_empty() {
                 self.inner.adoption_allowed.store(true, Ordering::Release);
-                if config.node_id
-                    == *config
-                        .peers
-                        .keys()
-                        .next()
-                        .expect("validated: peers is not empty")
+                // The lowest id creates the cluster once every peer has
+                // judged itself fresh too, so no cluster exists before each
+                // member has made that judgement (see `ready_to_join`).
+                if all_ready
+                    && config.node_id
+                        == *config
+                            .peers
+                            .keys()
+                            .next()
+                            .expect("validated: peers is not empty")
                 {
                     return self.initialize().await;
                 }
