@@ -20,9 +20,8 @@ const AGENTS: usize = 1_000;
 const TASKS_PER_AGENT: usize = 20;
 const MIX_EVENTS: usize = 100_000;
 
-/// A cluster with AGENTS agents, one framework, TASKS_PER_AGENT running
-/// tasks on each agent.
-fn populated() -> Scenario {
+/// AGENTS agents, one framework, and an outstanding offer of each agent to it.
+fn offered() -> (Scenario, orrery_events::FrameworkId, Vec<OfferId>) {
     let mut s = Scenario::with_leader();
     for i in 0..AGENTS {
         s.agent(
@@ -37,6 +36,13 @@ fn populated() -> Scenario {
         .iter()
         .map(|o| OfferId::from(o.offer_id.as_str()))
         .collect();
+    (s, fw, offers)
+}
+
+/// A cluster with AGENTS agents, one framework, TASKS_PER_AGENT running
+/// tasks on each agent.
+fn populated() -> Scenario {
+    let (mut s, fw, offers) = offered();
     for (a, offer) in offers.iter().enumerate() {
         let tasks = (0..TASKS_PER_AGENT)
             .map(|k| Scenario::task_spec(&format!("t-{a}-{k}"), "cpus:1;mem:1024"))
@@ -164,20 +170,7 @@ fn bench_apply(c: &mut Criterion) {
 }
 
 fn bench_launch(c: &mut Criterion) {
-    let mut s = Scenario::with_leader();
-    for i in 0..AGENTS {
-        s.agent(
-            &format!("h{i}"),
-            "cpus:64;mem:262144;disk:100000;ports:[31000-32000]",
-            None,
-        );
-    }
-    let fw = s.framework(Scenario::subscription("bench", "prod"));
-    let offers: Vec<OfferId> = s
-        .allocate()
-        .iter()
-        .map(|o| OfferId::from(o.offer_id.as_str()))
-        .collect();
+    let (s, fw, offers) = offered();
     let now = s.now_ms;
     let mut g = c.benchmark_group("launch");
     g.throughput(Throughput::Elements(offers.len() as u64));

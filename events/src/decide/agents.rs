@@ -123,12 +123,7 @@ pub(super) fn reregister(
     agent_id.validate()?;
     validate(c, &reg)?;
     check_count("reported tasks", reported.len(), limits::REPORTED_TASKS_MAX)?;
-    let agent = c
-        .agents
-        .get(&agent_id)
-        .ok_or_else(|| Rejection::UnknownAgent {
-            agent_id: agent_id.clone(),
-        })?;
+    let agent = known(c, &agent_id)?;
     if agent.state == AgentState::Gone {
         return Err(Rejection::AgentGone { agent_id });
     }
@@ -299,7 +294,7 @@ fn partition_aware(c: &Cluster, task: &Task) -> bool {
         .is_some_and(|f| f.partition_aware)
 }
 
-fn known<'c>(c: &'c Cluster, agent_id: &AgentId) -> Result<&'c Agent, Rejection> {
+pub(super) fn known<'c>(c: &'c Cluster, agent_id: &AgentId) -> Result<&'c Agent, Rejection> {
     c.agents
         .get(agent_id)
         .ok_or_else(|| Rejection::UnknownAgent {

@@ -107,12 +107,7 @@ pub(super) fn accept(
     }
     let refuse = refuse_ms(c, refuse_seconds)?;
     // Re-check what the offer promised.
-    let agent = c
-        .agents
-        .get(&agent_id)
-        .ok_or_else(|| Rejection::UnknownAgent {
-            agent_id: agent_id.clone(),
-        })?;
+    let agent = super::agents::known(c, &agent_id)?;
     if !agent.is_active() {
         return Err(Rejection::AgentNotActive {
             agent_id,
