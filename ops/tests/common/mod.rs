@@ -44,9 +44,8 @@ impl Drop for Masters {
     fn drop(&mut self) {
         let procs = std::mem::take(&mut *self.procs.lock().unwrap_or_else(|e| e.into_inner()));
         for (_, mut c) in procs {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
+            // A paused child must be resumed to die promptly.
+            let _ = send(c.id(), "-CONT");
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -137,13 +136,10 @@ impl Masters {
         }
     }
 
+    /// Sends `-STOP` or `-CONT` to a master.
     pub fn signal(&self, id: u64, sig: &str) {
-        let pid = self.procs.lock().unwrap()[&id].id().to_string();
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill")
-            .success());
+        let pid = self.procs.lock().unwrap()[&id].id();
+        send(pid, sig).unwrap_or_else(|e| panic!("signal {sig} to master {id}: {e}"));
     }
 
     pub fn logs(&self) -> String {
@@ -271,6 +267,18 @@ pub fn event(n: u64) -> Vec<u8> {
             }],
         })),
     })
+}
+
+/// Sends a signal through the kernel (nix), not an external `kill` tool.
+fn send(pid: u32, sig: &str) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    let signal = match sig {
+        "-STOP" => Signal::SIGSTOP,
+        "-CONT" => Signal::SIGCONT,
+        other => return Err(format!("unknown signal {other}")),
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(|e| e.to_string())?);
+    kill(pid, signal).map_err(|e| e.to_string())
 }
 
 /// Takes a child out of the group (the caller waits for it).
