@@ -443,7 +443,22 @@ fn chunk_sizes(dir: &Path) -> BTreeMap<PathBuf, u64> {
     out
 }
 
-fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, Fatal> {
+/// How long opening waits for the log's directory lock: a replica of this
+/// process that was just shut down may still be releasing it.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+fn corrupt_log(dir: &Path, e: &std::io::Error) -> Fatal {
+    Fatal::Corrupt {
+        what: "raft log",
+        location: dir.display().to_string(),
+        detail: format!(
+            "{e}. The replica stops rather than skip a record; rebuild it from its peers \
+             with `orrery master ... --rebuild` after moving the data dir aside"
+        ),
+    }
+}
+
+async fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, Fatal> {
     std::fs::create_dir_all(dir).map_err(|e| Fatal::Io {
         what: dir.display().to_string(),
         detail: e.to_string(),
@@ -456,14 +471,26 @@ fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, Fatal> {
     // above, in the committer (group commit).
     config.wal.flush_batch_wait = Some(Duration::ZERO);
     let config = Arc::new(config);
-    let log = raft_log::RaftLog::<RlTypes>::open(config).map_err(|e| Fatal::Corrupt {
-        what: "raft log",
-        location: dir.display().to_string(),
-        detail: format!(
-            "{e}. The replica stops rather than skip a record; rebuild it from its peers \
-             with `orrery master ... --rebuild` after moving the data dir aside"
-        ),
-    })?;
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let log = loop {
+        match raft_log::RaftLog::<RlTypes>::open(config.clone()) {
+            Ok(log) => break log,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("already locked") =>
+            {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Fatal::Refused(format!(
+                        "the raft log in {} is locked by another running master; \
+                         two masters cannot share a data dir",
+                        dir.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(corrupt_log(dir, &e)),
+        }
+    };
     for (path, after) in chunk_sizes(dir) {
         if let Some(&was) = before.get(&path) {
             if after < was {
@@ -538,7 +565,7 @@ impl<S: StateMachine> RaftNode<S> {
         if config.rebuild {
             Self::prepare_rebuild(&config, &raft_dir, &snap_dir).await?;
         }
-        let log = LogStore::new(open_log(&raft_dir)?);
+        let log = LogStore::new(open_log(&raft_dir).await?);
         let identity = {
             let l = log.lock();
             match l.log_state().user_data.as_ref() {
@@ -706,7 +733,7 @@ impl<S: StateMachine> RaftNode<S> {
                 })?;
             }
         }
-        let log = LogStore::new(open_log(raft_dir)?);
+        let log = LogStore::new(open_log(raft_dir).await?);
         save_identity(&log, &cluster, config.node_id)
             .await
             .map_err(|e| Fatal::Io {
