@@ -7,7 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // Build scripts are single-threaded; prost-build reads PROTOC.
     std::env::set_var("PROTOC", protoc);
-    for f in ["proto/events.proto", "proto/raft.proto", "proto/etcd.proto"] {
+    for f in [
+        "proto/events.proto",
+        "proto/raft.proto",
+        "proto/etcd.proto",
+        "proto/scheduler.proto",
+        "proto/agent.proto",
+        "proto/operator.proto",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
     // The log's schema: messages only. BTreeMap keeps encoding order
@@ -26,6 +33,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&["proto/raft.proto"], &["proto"])?;
+    // The master's client APIs (frameworks, agents, operators): tonic only,
+    // reusing the log's message types for resources, states and the like.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .extern_path(".orrery.events.v1", "crate::events")
+        .compile_protos(
+            &[
+                "proto/scheduler.proto",
+                "proto/agent.proto",
+                "proto/operator.proto",
+            ],
+            &["proto"],
+        )?;
     // etcd's KV API, client only, for `orrery bench log`'s peer run.
     tonic_prost_build::configure()
         .build_server(false)

@@ -194,6 +194,7 @@ impl Cx<'_> {
                     term: e.term,
                     leader_id: e.leader_id,
                     addr: e.leader_addr.clone(),
+                    http_addr: e.http_addr.clone(),
                     domain: domain_from(e.domain.as_ref()),
                     config: config_from(e.config.as_ref()),
                     elected_at_ms: now_ms,

@@ -116,6 +116,8 @@ pub struct ElectLeader {
     pub term: u64,
     pub leader_id: u64,
     pub leader_addr: String,
+    /// The leader's HTTP admin address ("" for none).
+    pub http_addr: String,
     pub domain: Option<Domain>,
     pub config: MasterConfig,
 }

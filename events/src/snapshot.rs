@@ -46,6 +46,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
             term: l.term,
             leader_id: l.leader_id,
             leader_addr: l.addr.clone(),
+            http_addr: l.http_addr.clone(),
             domain: domain_proto(&l.domain),
             config: Some(pb::MasterConfig {
                 offer_timeout_ms: l.config.offer_timeout_ms,
@@ -244,6 +245,7 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
         term: l.term,
         leader_id: l.leader_id,
         addr: l.leader_addr.clone(),
+        http_addr: l.http_addr.clone(),
         domain: domain_from(l.domain.as_ref()),
         config: config_from(l.config.as_ref()),
         elected_at_ms: p.leader_elected_at_ms,

@@ -67,6 +67,7 @@ impl Scenario {
             term,
             leader_id: term,
             leader_addr: format!("127.0.0.1:{}", 7000 + term),
+            http_addr: String::new(),
             domain: domain.map(|(r, z)| Domain {
                 region: r.into(),
                 zone: z.into(),

@@ -76,6 +76,7 @@ fn samples() -> Vec<Payload> {
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {
+            http_addr: String::new(),
             term: 3,
             leader_id: 2,
             leader_addr: "127.0.0.1:7002".into(),

@@ -177,6 +177,7 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
             term: c.term() + 1,
             leader_id: u64::from(region % 3),
             leader_addr: "m".into(),
+            http_addr: String::new(),
             domain: Some(Domain {
                 region: "r0".into(),
                 zone: "z0".into(),

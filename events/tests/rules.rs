@@ -44,6 +44,7 @@ fn an_older_term_cannot_take_over() {
             term: 1,
             leader_id: 9,
             leader_addr: "x:1".into(),
+            http_addr: String::new(),
             domain: None,
             config: default_config(),
         }),
@@ -663,6 +664,7 @@ fn offers_expire_after_the_offer_timeout() {
         term: 1,
         leader_id: 1,
         leader_addr: "m".into(),
+        http_addr: String::new(),
         domain: None,
         config,
     }));

@@ -121,6 +121,7 @@ async fn cell(
             term,
             leader_id: 1,
             leader_addr: "bench".into(),
+            http_addr: String::new(),
             domain: None,
             config: MasterConfig {
                 offer_timeout_ms: 0,

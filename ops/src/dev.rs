@@ -101,6 +101,7 @@ pub fn run(args: &DevArgs, json: bool) -> Result<()> {
         term: 1,
         leader_id: 1,
         leader_addr: "127.0.0.1:7001".into(),
+        http_addr: String::new(),
         domain: None,
         config: MasterConfig {
             offer_timeout_ms: 0,

@@ -11,9 +11,12 @@
 //!   logs decodable.
 //! - `proto/raft.proto` → [`raft`]: raft RPCs, the on-disk raft entry and
 //!   snapshot encoding, and the log service.
-//! - Later: `scheduler.proto` (frameworks), `operator.proto` (operators and the
-//!   CLI), `agent.proto` (master↔agent, agent↔executor), `raft.proto`
-//!   (master↔master), each as its own module.
+//! - `proto/scheduler.proto` → [`scheduler`]: frameworks ↔ the active
+//!   master (Mesos' v1 scheduler API over gRPC).
+//! - `proto/agent.proto` → [`agent`]: agents ↔ the active master.
+//! - `proto/operator.proto` → [`operator`]: the CLI and tools.
+//!
+//! The three client APIs are built only with the `grpc` feature.
 //!
 //! Why prost: it is the protobuf implementation tonic uses, it generates plain
 //! structs with no runtime reflection, and protobuf's field numbering lets the
@@ -43,4 +46,25 @@ pub mod etcd {
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod events {
     include!(concat!(env!("OUT_DIR"), "/orrery.events.v1.rs"));
+}
+
+/// Frameworks ↔ the active master: package `orrery.scheduler.v1`.
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod scheduler {
+    include!(concat!(env!("OUT_DIR"), "/orrery.scheduler.v1.rs"));
+}
+
+/// Agents ↔ the active master: package `orrery.agent.v1`.
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/orrery.agent.v1.rs"));
+}
+
+/// Operators and the CLI ↔ the active master: package `orrery.operator.v1`.
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod operator {
+    include!(concat!(env!("OUT_DIR"), "/orrery.operator.v1.rs"));
 }

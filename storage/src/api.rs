@@ -44,6 +44,10 @@ pub struct LeaderInfo {
     pub leader_addr: Option<String>,
     /// Whether this replica is the leader.
     pub is_leader: bool,
+    /// A leader that has applied an entry of its own term: everything
+    /// committed before it took over is applied here, so state read now is
+    /// complete (Raft's "leader completeness", observed locally).
+    pub ready: bool,
 }
 
 /// Why an append was not acknowledged. Nothing unacknowledged may be
@@ -121,6 +125,14 @@ pub fn check_batch(events: &[Vec<u8>]) -> Result<(), AppendError> {
         });
     }
     Ok(())
+}
+
+/// Read access to the state machine a log applies to, for the shell that
+/// decides against it (the master's actors) and serves it (`/state`).
+pub trait StateAccess<S> {
+    /// Runs `f` on the state machine under the lock that applies hold: keep
+    /// it short.
+    fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R;
 }
 
 /// The event log, as every backend provides it.

@@ -27,6 +27,7 @@ pub mod raft;
 pub mod subscription;
 
 pub use api::{
-    AppendError, AppendedRange, EventLog, Fatal, LeaderInfo, LoggedEvent, ReadError, StateMachine,
+    AppendError, AppendedRange, EventLog, Fatal, LeaderInfo, LoggedEvent, ReadError, StateAccess,
+    StateMachine,
 };
 pub use subscription::Subscription;

@@ -46,6 +46,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl<S: StateMachine> crate::api::StateAccess<S> for MemoryLog<S> {
+    fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&lock(&self.inner.machine))
+    }
+}
+
 impl<S: StateMachine> MemoryLog<S> {
     pub fn new(machine: S) -> Self {
         Self::from_disk(
@@ -157,6 +163,7 @@ impl<S: StateMachine> EventLog for MemoryLog<S> {
             leader_id: Some(1),
             leader_addr: Some("memory".into()),
             is_leader: true,
+            ready: true,
         }
     }
 

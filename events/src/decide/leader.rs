@@ -25,6 +25,7 @@ pub(super) fn elect(c: &Cluster, cmd: ElectLeader) -> Result<Vec<Event>, Rejecti
         term: cmd.term,
         leader_id: cmd.leader_id,
         leader_addr: cmd.leader_addr,
+        http_addr: cmd.http_addr,
         domain: cmd.domain.map(|d| pb::Domain {
             region: d.region,
             zone: d.zone,

@@ -41,6 +41,8 @@ pub struct Leader {
     pub term: u64,
     pub leader_id: u64,
     pub addr: String,
+    /// The leader's HTTP admin address ("" for none).
+    pub http_addr: String,
     pub domain: Option<Domain>,
     pub config: MasterConfig,
     pub elected_at_ms: u64,

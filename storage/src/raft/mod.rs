@@ -559,6 +559,20 @@ fn member_of(st: &pb::StatusResponse, node_id: u64) -> bool {
 impl<S: StateMachine> RaftNode<S> {
     /// Opens the data dir, checks it against the peers, and starts serving.
     pub async fn start(config: RaftConfig, app: S) -> Result<Self, Fatal> {
+        Self::start_with_services(config, app, |_, routes| routes).await
+    }
+
+    /// As [`RaftNode::start`], and serves more gRPC services on the same
+    /// address: `services` gets the node (for the services to append
+    /// through) and the raft routes, and returns them with its own added.
+    /// The master serves its scheduler, agent and operator APIs this way,
+    /// so a replica's one address is both its raft peer address and the
+    /// address `orrery-leader` redirects name.
+    pub async fn start_with_services(
+        config: RaftConfig,
+        app: S,
+        services: impl FnOnce(&RaftNode<S>, tonic::service::Routes) -> tonic::service::Routes,
+    ) -> Result<Self, Fatal> {
         config.validate()?;
         let raft_dir = config.data_dir.join("raft");
         let snap_dir = config.data_dir.join("snapshots");
@@ -654,6 +668,10 @@ impl<S: StateMachine> RaftNode<S> {
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         let log_svc = pb::log_server::LogServer::new(service::LogService { node: node.clone() })
             .max_decoding_message_size(crate::api::APPEND_BYTES_MAX + (1 << 20));
+        let routes = services(
+            &node,
+            tonic::service::Routes::new(raft_svc).add_service(log_svc),
+        );
         let server = tokio::spawn(async move {
             // TCP_NODELAY on every accepted connection: with Nagle on, a
             // response written in two parts waits for the client's delayed
@@ -668,8 +686,7 @@ impl<S: StateMachine> RaftNode<S> {
                 },
             );
             let result = tonic::transport::Server::builder()
-                .add_service(raft_svc)
-                .add_service(log_svc)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 })
@@ -967,6 +984,12 @@ impl<S: StateMachine> RaftNode<S> {
     }
 }
 
+impl<S: StateMachine> crate::api::StateAccess<S> for RaftNode<S> {
+    fn with_state<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.inner.shared.lock().app)
+    }
+}
+
 impl<S: StateMachine> EventLog for RaftNode<S> {
     async fn append(&self, events: Vec<Vec<u8>>) -> Result<AppendedRange, AppendError> {
         check_batch(&events)?;
@@ -1002,6 +1025,8 @@ impl<S: StateMachine> EventLog for RaftNode<S> {
                 .current_leader
                 .and_then(|id| self.inner.config.peers.get(&id).cloned()),
             is_leader: m.state == ServerState::Leader,
+            ready: m.state == ServerState::Leader
+                && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term),
         }
     }
 
