@@ -1,9 +1,26 @@
 //! # orrery-gateway: the front door
 //!
-//! Owns the tonic services (`orrery.scheduler.v1`, `orrery.operator.v1`,
-//! `orrery.agent.v1`, `orrery.raft.v1`) and the axum HTTP admin endpoints
-//! (`/health`, `/metrics`, `/state`, `/vars.json`, the Mesos-compatible
-//! maintenance endpoints). It converts wire messages to commands and answers
-//! to wire messages; it holds no business rule.
+//! Owns the tonic services of the master's client APIs
+//! (`orrery.scheduler.v1`, `orrery.agent.v1`, `orrery.operator.v1`; the raft
+//! services live in storage and share the address), the axum HTTP admin
+//! endpoints, and the client side that finds the leader. It converts wire
+//! messages to commands and answers to wire messages; it holds no business
+//! rule.
 //!
-//! **Not finished**: a placeholder until the master issue lands.
+//! Why axum for HTTP: it is tokio's own HTTP framework, small, and already
+//! in the tree through tonic.
+//!
+//! # Layout
+//! - [`grpc`]: the three services and `MasterError` → gRPC status.
+//! - [`http`]: `GET /health`, `GET /state` (followers redirect with 307).
+//! - [`server`]: a master replica wired (log, actor, gRPC, HTTP).
+//! - [`client`]: connect to whichever master leads, following
+//!   `orrery-leader` answers.
+//!
+//! **Not finished**: `/metrics`, `/vars.json` and the Mesos-compatible
+//! maintenance endpoints come with the operations and maintenance issues.
+
+pub mod client;
+pub mod grpc;
+pub mod http;
+pub mod server;

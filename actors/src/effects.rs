@@ -1,0 +1,256 @@
+//! What the active master does once events are committed: messages to
+//! frameworks and agents.
+//!
+//! `effects_of(before, envelope)` is a pure function of the state *before*
+//! the event and the event itself (a rescind must know whose offer it was,
+//! and the offer is gone afterwards). The master computes effects while it
+//! applies a batch speculatively and sends them only when the log commits
+//! the batch: nothing leaves the master that the log has not made true.
+
+use orrery_events::pb::envelope::Payload;
+use orrery_events::pb::{self, TaskState};
+use orrery_events::{AgentId, Cluster, FrameworkId, TaskKey};
+use orrery_proto::agent as ap;
+use orrery_proto::scheduler as sp;
+
+/// A message to send once the batch that caused it is committed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    ToFramework(FrameworkId, sp::event::Event),
+    ToAgent(AgentId, ap::master_message::Message),
+    /// The framework was removed: end its stream with this message.
+    CloseFramework(FrameworkId, String),
+}
+
+/// A scheduler-API task status from the log's status event.
+pub fn status_of(e: &pb::TaskStatusUpdated) -> sp::TaskStatus {
+    sp::TaskStatus {
+        task_id: e.task_id.clone(),
+        agent_id: e.agent_id.clone(),
+        state: e.state,
+        reason: e.reason,
+        message: e.message.clone(),
+        source: e.source,
+        uuid: e.uuid.clone(),
+        exit_code: e.exit_code,
+        healthy: e.healthy,
+    }
+}
+
+/// The offer as a framework sees it: with the agent's hostname, attributes
+/// and fault domain.
+pub fn offer_view(before: &Cluster, o: &pb::Offer) -> sp::Offer {
+    let agent = before.agents.get(o.agent_id.as_str());
+    sp::Offer {
+        offer_id: o.offer_id.clone(),
+        framework_id: o.framework_id.clone(),
+        agent_id: o.agent_id.clone(),
+        hostname: agent.map(|a| a.hostname.clone()).unwrap_or_default(),
+        resources: o.resources.clone(),
+        attributes: agent
+            .map(|a| {
+                a.attributes
+                    .iter()
+                    .map(|(name, value)| pb::Attribute {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        domain: agent.and_then(|a| a.domain.as_ref()).map(|d| pb::Domain {
+            region: d.region.clone(),
+            zone: d.zone.clone(),
+        }),
+        unavailability: o.unavailability,
+    }
+}
+
+/// The effects of one committed event, given the state before it.
+pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
+    let mut out = Vec::new();
+    match payload {
+        Payload::OffersMade(e) => {
+            // One Offers event per framework, in offer order.
+            let mut by_fw: Vec<(String, Vec<sp::Offer>)> = Vec::new();
+            for o in &e.offers {
+                let view = offer_view(before, o);
+                match by_fw.iter_mut().find(|(f, _)| *f == o.framework_id) {
+                    Some((_, list)) => list.push(view),
+                    None => by_fw.push((o.framework_id.clone(), vec![view])),
+                }
+            }
+            for (fw, offers) in by_fw {
+                out.push(Effect::ToFramework(
+                    FrameworkId::new(fw),
+                    sp::event::Event::Offers(sp::Offers { offers }),
+                ));
+            }
+        }
+        Payload::OffersRescinded(e) => {
+            for id in &e.offer_ids {
+                if let Some(o) = before.offers.get(id.as_str()) {
+                    out.push(Effect::ToFramework(
+                        o.framework_id.clone(),
+                        sp::event::Event::Rescind(sp::Rescind {
+                            offer_id: id.clone(),
+                        }),
+                    ));
+                }
+            }
+        }
+        Payload::TaskLaunched(e) => {
+            let checkpoint = before
+                .frameworks
+                .get(e.framework_id.as_str())
+                .is_some_and(|f| f.checkpoint);
+            out.push(Effect::ToAgent(
+                AgentId::new(e.agent_id.clone()),
+                ap::master_message::Message::Launch(ap::LaunchTask {
+                    framework_id: e.framework_id.clone(),
+                    task_id: e.task_id.clone(),
+                    name: e.name.clone(),
+                    resources: e.resources.clone(),
+                    command: e.command.clone(),
+                    checkpoint,
+                }),
+            ));
+        }
+        Payload::TaskKillRequested(e) => {
+            let key = TaskKey::new(e.framework_id.clone(), e.task_id.clone());
+            if let Some(t) = before.task(&key) {
+                out.push(Effect::ToAgent(
+                    t.agent_id.clone(),
+                    ap::master_message::Message::Kill(ap::KillTask {
+                        framework_id: e.framework_id.clone(),
+                        task_id: e.task_id.clone(),
+                    }),
+                ));
+            }
+        }
+        Payload::TaskStatusUpdated(e) => {
+            out.push(Effect::ToFramework(
+                FrameworkId::new(e.framework_id.clone()),
+                sp::event::Event::Update(sp::Update {
+                    status: Some(status_of(e)),
+                }),
+            ));
+        }
+        Payload::AgentUnreachable(pb::AgentUnreachable { agent_id, .. })
+        | Payload::AgentGone(pb::AgentGone { agent_id, .. }) => {
+            // Mesos' FAILURE, to every framework with live tasks there.
+            let id = AgentId::new(agent_id.clone());
+            let mut told: Vec<&FrameworkId> = Vec::new();
+            for t in before.tasks_on_agent(&id) {
+                if t.state == TaskState::TaskUnreachable || t.is_terminal() {
+                    continue;
+                }
+                if !told.contains(&&t.key.framework_id) {
+                    told.push(&t.key.framework_id);
+                    out.push(Effect::ToFramework(
+                        t.key.framework_id.clone(),
+                        sp::event::Event::Failure(sp::Failure {
+                            agent_id: agent_id.clone(),
+                        }),
+                    ));
+                }
+            }
+        }
+        Payload::FrameworkRemoved(e) => {
+            let why = match pb::FrameworkRemovalReason::try_from(e.reason) {
+                Ok(pb::FrameworkRemovalReason::RemovalTeardown) => "the framework was torn down",
+                Ok(pb::FrameworkRemovalReason::RemovalFailoverTimeout) => {
+                    "the framework's failover timeout passed"
+                }
+                _ => "the framework was removed",
+            };
+            out.push(Effect::CloseFramework(
+                FrameworkId::new(e.framework_id.clone()),
+                why.to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orrery_events::command::{AgentRegistration, Command, ElectLeader, FrameworkSubscription};
+    use orrery_events::state::MasterConfig;
+    use orrery_events::{apply, decide, envelopes, Resources};
+
+    fn run(c: &mut Cluster, cmd: Command) -> Vec<Effect> {
+        let events = decide(c, cmd, 1_000).expect("decided");
+        let mut fx = Vec::new();
+        for env in envelopes(c, 1, 1_000, events) {
+            fx.extend(effects_of(c, env.payload.as_ref().unwrap()));
+            apply(c, &env);
+        }
+        fx
+    }
+
+    #[test]
+    fn offers_go_to_their_framework_and_rescinds_find_the_owner() {
+        let mut c = Cluster::new();
+        run(
+            &mut c,
+            Command::ElectLeader(ElectLeader {
+                term: 1,
+                leader_id: 1,
+                leader_addr: "m".into(),
+                http_addr: String::new(),
+                domain: None,
+                config: MasterConfig {
+                    offer_timeout_ms: 0,
+                    default_refuse_ms: 5_000,
+                    agent_reregister_timeout_ms: 600_000,
+                },
+            }),
+        );
+        run(
+            &mut c,
+            Command::RegisterAgent(AgentRegistration {
+                hostname: "h1".into(),
+                ip: "10.0.0.1".into(),
+                resources: Resources::new(4_000, 1_024, 0),
+                attributes: vec![("rack".into(), "r1".into())],
+                domain: None,
+            }),
+        );
+        run(
+            &mut c,
+            Command::Subscribe(FrameworkSubscription {
+                framework_id: None,
+                name: "f".into(),
+                role: "web".into(),
+                region_aware: false,
+                partition_aware: false,
+                checkpoint: true,
+                failover_timeout_ms: 0,
+                principal: String::new(),
+            }),
+        );
+        let fx = run(&mut c, Command::Allocate);
+        let [Effect::ToFramework(fw, sp::event::Event::Offers(offers))] = fx.as_slice() else {
+            panic!("one Offers effect, got {fx:?}")
+        };
+        assert_eq!(fw.as_str(), "F1");
+        assert_eq!(offers.offers.len(), 1);
+        assert_eq!(offers.offers[0].hostname, "h1");
+        assert_eq!(offers.offers[0].attributes[0].value, "r1");
+        let offer_id = offers.offers[0].offer_id.clone();
+        let fx = run(
+            &mut c,
+            Command::Teardown {
+                framework_id: FrameworkId::new("F1"),
+            },
+        );
+        assert!(fx.contains(&Effect::ToFramework(
+            FrameworkId::new("F1"),
+            sp::event::Event::Rescind(sp::Rescind { offer_id })
+        )));
+        assert!(matches!(fx.last(), Some(Effect::CloseFramework(f, _)) if f.as_str() == "F1"));
+    }
+}

@@ -1,0 +1,1189 @@
+//! `Master`: the active master of the cluster, on whichever replica the log
+//! makes leader.
+//!
+//! The loop (DESIGN.md's data flow): a request becomes a `Command`;
+//! `decide` turns it into events against this actor's copy of the cluster;
+//! the events are applied to that copy at once (speculatively, so that the
+//! next command in the same batch sees them) and appended to the log as one
+//! batch (group commit: everything queued while one append is in flight goes
+//! into the next). Only when the log acknowledges the batch does anything
+//! leave the master: replies to callers, offers and updates to frameworks,
+//! launches and kills to agents ([`crate::effects`]).
+//!
+//! The copy is only trusted while this replica leads. Before each batch the
+//! actor checks that the log's applied index equals the copy's; when it does
+//! not (an append that failed yet committed later, a raw append), the copy
+//! is replaced by a clone of the log's own state. On a leader change it
+//! steps down: queued commands fail with `NotLeader`, and every framework
+//! and agent stream is closed with the new leader's address, so clients
+//! reconnect there.
+//!
+//! Leadership comes from the log: once the replica leads *and* has applied
+//! an entry of its own term (so it has every committed event), the actor
+//! commits `LeaderElected` and only then serves requests. Timers (the
+//! allocation interval, offer expiry, framework failover timeouts, the
+//! agents' reregistration deadline) run on the leader and submit commands
+//! like any caller; `decide` checks them against `now`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use orrery_events::command::{
+    AgentRegistration, Command, ElectLeader, FrameworkSubscription, ReportedTask, TaskSpec,
+};
+use orrery_events::pb::envelope::Payload;
+use orrery_events::pb::{self, TaskReason, TaskState};
+use orrery_events::state::{AgentState, Domain, MasterConfig};
+use orrery_events::{
+    codec, decide, envelopes, try_apply, AgentId, Cluster, Event, FrameworkId, OfferId, Rejection,
+    Resources, TaskId, TaskKey,
+};
+use orrery_proto::scheduler as sp;
+use orrery_storage::raft::RaftNode;
+use orrery_storage::{AppendError, AppendedRange, EventLog, LeaderInfo, StateAccess};
+use tokio::sync::oneshot;
+
+use crate::agent_session::{self, AgentSession};
+use crate::cluster_machine::ClusterMachine;
+use crate::effects::{effects_of, Effect};
+use crate::framework_session::{self, FrameworkSession};
+
+/// The log the master runs on.
+pub type Log = RaftNode<ClusterMachine>;
+
+/// Commands waiting for the next batch, at most.
+pub const QUEUE_MAX: usize = 100_000;
+/// One batch: at most this many commands or events.
+pub const BATCH_COMMANDS_MAX: usize = 2_000;
+pub const BATCH_EVENTS_MAX: usize = 20_000;
+/// The actor's mailbox bound; callers wait (gRPC handlers) when it is full.
+pub const MAILBOX: usize = 4_096;
+
+/// The active master's settings (Mesos' names and defaults).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub node_id: u64,
+    /// This replica's gRPC address (raft peers and clients alike).
+    pub addr: String,
+    /// This replica's HTTP admin address ("" for none).
+    pub http_addr: String,
+    pub domain: Option<Domain>,
+    pub offer_timeout: Duration,
+    pub default_refuse: Duration,
+    pub agent_reregister_timeout: Duration,
+    pub agent_ping_timeout: Duration,
+    pub max_agent_ping_timeouts: u32,
+    pub allocation_interval: Duration,
+    pub framework_heartbeat: Duration,
+    /// How often the actor checks leadership and its timers.
+    pub tick: Duration,
+}
+
+impl Settings {
+    pub fn new(node_id: u64, addr: String) -> Self {
+        Self {
+            node_id,
+            addr,
+            http_addr: String::new(),
+            domain: None,
+            offer_timeout: Duration::ZERO,
+            default_refuse: Duration::from_secs(5),
+            agent_reregister_timeout: Duration::from_secs(600),
+            agent_ping_timeout: Duration::from_secs(15),
+            max_agent_ping_timeouts: 5,
+            allocation_interval: Duration::from_secs(1),
+            framework_heartbeat: Duration::from_secs(15),
+            tick: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why the master did not do what was asked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MasterError {
+    /// This replica is not the leader; ask the named one.
+    NotLeader { leader_addr: Option<String> },
+    /// This replica just became the leader and is not serving yet.
+    Recovering,
+    /// `decide` refused the command.
+    Rejected(Rejection),
+    /// The call came from a stream that is not the framework's current one.
+    StaleStream {
+        framework_id: FrameworkId,
+        stream_id: String,
+    },
+    /// The agent must (re)register before this call.
+    NotRegistered(AgentId),
+    /// The log did not acknowledge; the outcome is unknown (retry).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for MasterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MasterError::NotLeader { leader_addr } => write!(
+                f,
+                "this master is not the leader; the leader is {}",
+                leader_addr.as_deref().unwrap_or("not known yet")
+            ),
+            MasterError::Recovering => {
+                f.write_str("this master just became the leader and is recovering; retry")
+            }
+            MasterError::Rejected(r) => write!(f, "{r}"),
+            MasterError::StaleStream {
+                framework_id,
+                stream_id,
+            } => write!(
+                f,
+                "stream {stream_id:?} is not framework {framework_id}'s current subscription \
+                 (another scheduler instance took over, or it was never subscribed)"
+            ),
+            MasterError::NotRegistered(id) => {
+                write!(
+                    f,
+                    "agent {id} is not registered with this master; reregister"
+                )
+            }
+            MasterError::Unavailable(why) => write!(f, "the master is unavailable: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for MasterError {}
+
+/// What a committed command produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Committed {
+    /// The index of the command's last event (the applied index when it
+    /// produced none).
+    pub last_index: u64,
+    /// Its events, when the caller asked for them.
+    pub events: Vec<Event>,
+}
+
+type Done = Box<dyn FnOnce(&mut Master, &mut Context<Master>, Result<Committed, MasterError>)>;
+
+struct Pending {
+    cmd: Command,
+    want_events: bool,
+    done: Done,
+}
+
+struct FrameworkLink {
+    stream_id: String,
+    addr: Addr<FrameworkSession>,
+}
+
+struct AgentLink {
+    session: u64,
+    addr: Addr<AgentSession>,
+}
+
+/// Timer-driven commands in flight, so a slow log does not pile them up.
+#[derive(Default)]
+struct TimerState {
+    last_allocation: Option<Instant>,
+    allocating: bool,
+    expiring_offers: bool,
+    expiring: BTreeSet<FrameworkId>,
+    marking: BTreeSet<AgentId>,
+}
+
+pub struct Master {
+    settings: Settings,
+    log: Log,
+    /// The cluster as the log will have it once the in-flight batch commits.
+    cluster: Cluster,
+    /// The raft term this replica leads in, once it is ready to.
+    leading: Option<u64>,
+    /// `LeaderElected` for `leading` is committed: serving.
+    elected: bool,
+    queue: VecDeque<Pending>,
+    in_flight: bool,
+    frameworks: BTreeMap<FrameworkId, FrameworkLink>,
+    agents: BTreeMap<AgentId, AgentLink>,
+    next_session: u64,
+    timers: TimerState,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master")
+            .field("node_id", &self.settings.node_id)
+            .field("leading", &self.leading)
+            .field("elected", &self.elected)
+            .field("applied", &self.cluster.applied_index)
+            .field("queued", &self.queue.len())
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Master {
+    pub fn new(settings: Settings, log: Log) -> Self {
+        Self {
+            settings,
+            log,
+            cluster: Cluster::new(),
+            leading: None,
+            elected: false,
+            queue: VecDeque::new(),
+            in_flight: false,
+            frameworks: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            next_session: 0,
+            timers: TimerState::default(),
+        }
+    }
+
+    /// Serving as the active master: the term, or why not.
+    fn serving(&self) -> Result<u64, MasterError> {
+        match (self.leading, self.elected) {
+            (Some(term), true) => Ok(term),
+            (Some(_), false) => Err(MasterError::Recovering),
+            (None, _) => Err(MasterError::NotLeader {
+                leader_addr: self.log.leader().leader_addr,
+            }),
+        }
+    }
+
+    fn resync(&mut self) {
+        self.cluster = self.log.with_state(|m| m.cluster.clone());
+    }
+
+    fn enqueue(&mut self, cmd: Command, want_events: bool, done: Done, ctx: &mut Context<Self>) {
+        if self.queue.len() >= QUEUE_MAX {
+            done(
+                self,
+                ctx,
+                Err(MasterError::Unavailable(format!(
+                    "{QUEUE_MAX} commands are waiting for the log; retry later"
+                ))),
+            );
+            return;
+        }
+        self.queue.push_back(Pending {
+            cmd,
+            want_events,
+            done,
+        });
+        self.flush(ctx);
+    }
+
+    /// A command from a timer or a session: the outcome is only logged.
+    fn submit_internal(&mut self, cmd: Command, ctx: &mut Context<Self>, then: Done) {
+        self.enqueue(cmd, false, then, ctx);
+    }
+
+    /// Decides every queued command against the copy, applies the events to
+    /// it, and appends them as one batch.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.queue.is_empty() {
+            return;
+        }
+        let Some(term) = self.leading else {
+            let err = MasterError::NotLeader {
+                leader_addr: self.log.leader().leader_addr,
+            };
+            while let Some(p) = self.queue.pop_front() {
+                (p.done)(self, ctx, Err(err.clone()));
+            }
+            return;
+        };
+        let committed = self.log.with_state(|m| m.cluster.applied_index);
+        if committed != self.cluster.applied_index {
+            tracing::info!(
+                committed,
+                local = self.cluster.applied_index,
+                "the log moved under the master's copy; reloading it"
+            );
+            self.resync();
+        }
+        let now = now_ms();
+        let first = self.cluster.applied_index + 1;
+        let mut bytes: Vec<Vec<u8>> = Vec::new();
+        let mut effects: Vec<Effect> = Vec::new();
+        let mut decided: Vec<(Done, u64, Vec<Event>)> = Vec::new();
+        while let Some(p) = self.queue.pop_front() {
+            let events = match decide(&self.cluster, p.cmd, now) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    (p.done)(self, ctx, Err(MasterError::Rejected(rejection)));
+                    continue;
+                }
+            };
+            let mut kept = Vec::new();
+            for env in envelopes(&self.cluster, term, now, events) {
+                let Some(payload) = env.payload.as_ref() else {
+                    continue;
+                };
+                effects.extend(effects_of(&self.cluster, payload));
+                if p.want_events {
+                    kept.push(payload.clone());
+                }
+                if let Err(e) = try_apply(&mut self.cluster, &env) {
+                    // decide produced an event apply refuses: a bug in the
+                    // core. Nothing of this batch is appended.
+                    tracing::error!(error = %e, event = codec::event_name(payload), "decide and apply disagree; dropping the batch");
+                    let err = MasterError::Unavailable(format!("internal error: {e}"));
+                    (p.done)(self, ctx, Err(err.clone()));
+                    for (done, _, _) in decided {
+                        done(self, ctx, Err(err.clone()));
+                    }
+                    self.resync();
+                    return;
+                }
+                bytes.push(codec::encode(&env));
+            }
+            decided.push((p.done, self.cluster.applied_index, kept));
+            if bytes.len() >= BATCH_EVENTS_MAX || decided.len() >= BATCH_COMMANDS_MAX {
+                break;
+            }
+        }
+        if bytes.is_empty() {
+            for (done, last_index, events) in decided {
+                done(self, ctx, Ok(Committed { last_index, events }));
+            }
+            self.flush(ctx);
+            return;
+        }
+        self.in_flight = true;
+        let log = self.log.clone();
+        ctx.spawn(
+            async move { log.append(bytes).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| act.appended(res, first, term, effects, decided, ctx)),
+        );
+    }
+
+    fn appended(
+        &mut self,
+        res: Result<AppendedRange, AppendError>,
+        first: u64,
+        term: u64,
+        effects: Vec<Effect>,
+        decided: Vec<(Done, u64, Vec<Event>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.in_flight = false;
+        match res {
+            Ok(range) => {
+                let shift = *range.start() as i64 - first as i64;
+                if shift != 0 {
+                    tracing::warn!(
+                        expected = first,
+                        got = *range.start(),
+                        "other events were committed between the master's decision and its append; reloading"
+                    );
+                    self.resync();
+                }
+                for (done, last_index, events) in decided {
+                    let last_index = (last_index as i64 + shift).max(0) as u64;
+                    done(self, ctx, Ok(Committed { last_index, events }));
+                }
+                if self.leading == Some(term) {
+                    self.dispatch(effects);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the log did not acknowledge a batch");
+                let err = match e {
+                    AppendError::NotLeader { leader_addr, .. } => {
+                        MasterError::NotLeader { leader_addr }
+                    }
+                    other => MasterError::Unavailable(other.to_string()),
+                };
+                for (done, _, _) in decided {
+                    done(self, ctx, Err(err.clone()));
+                }
+                // It may still commit; the next batch compares and reloads.
+                self.resync();
+            }
+        }
+        self.flush(ctx);
+    }
+
+    fn dispatch(&mut self, effects: Vec<Effect>) {
+        for fx in effects {
+            match fx {
+                Effect::ToFramework(fid, ev) => {
+                    if let Some(link) = self.frameworks.get(&fid) {
+                        if link.addr.try_send(framework_session::Deliver(ev)).is_err() {
+                            tracing::warn!(framework_id = %fid, "a framework session's mailbox is full; closing it");
+                            if let Some(link) = self.frameworks.remove(&fid) {
+                                link.addr.do_send(framework_session::Close(Err(
+                                    tonic::Status::resource_exhausted(
+                                        "the framework fell too far behind its event stream",
+                                    ),
+                                )));
+                            }
+                        }
+                    }
+                }
+                Effect::ToAgent(aid, message) => {
+                    if let Some(link) = self.agents.get(&aid) {
+                        if link.addr.try_send(agent_session::Deliver(message)).is_err() {
+                            tracing::warn!(agent_id = %aid, "an agent session's mailbox is full; the message waits for reconciliation");
+                        }
+                    }
+                }
+                Effect::CloseFramework(fid, why) => {
+                    if let Some(link) = self.frameworks.remove(&fid) {
+                        link.addr.do_send(framework_session::Close(Ok(why)));
+                    }
+                }
+            }
+        }
+    }
+
+    // --- leadership ---------------------------------------------------------
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let info = self.log.leader();
+        let ready = info.is_leader && info.ready;
+        if let Some(term) = self.leading {
+            if !ready || info.term != term {
+                self.step_down(&info, ctx);
+            }
+        }
+        if self.leading.is_none() && ready && !self.in_flight {
+            self.become_leader(info.term, ctx);
+        }
+        if self.elected {
+            self.timers(ctx);
+        }
+    }
+
+    fn become_leader(&mut self, term: u64, ctx: &mut Context<Self>) {
+        self.resync();
+        self.leading = Some(term);
+        self.elected = false;
+        self.timers = TimerState::default();
+        let s = &self.settings;
+        let cmd = Command::ElectLeader(ElectLeader {
+            term,
+            leader_id: s.node_id,
+            leader_addr: s.addr.clone(),
+            http_addr: s.http_addr.clone(),
+            domain: s.domain.clone(),
+            config: MasterConfig {
+                offer_timeout_ms: s.offer_timeout.as_millis() as u64,
+                default_refuse_ms: s.default_refuse.as_millis() as u64,
+                agent_reregister_timeout_ms: s.agent_reregister_timeout.as_millis() as u64,
+            },
+        });
+        self.submit_internal(
+            cmd,
+            ctx,
+            Box::new(move |act, _, res| match res {
+                Ok(c) if act.leading == Some(term) => {
+                    act.elected = true;
+                    tracing::info!(
+                        term,
+                        index = c.last_index,
+                        "this master is the active master"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(term, error = %e, "could not record the election; retrying");
+                    if act.leading == Some(term) {
+                        act.leading = None;
+                    }
+                }
+            }),
+        );
+    }
+
+    fn step_down(&mut self, info: &LeaderInfo, ctx: &mut Context<Self>) {
+        if self.elected {
+            tracing::info!(term = info.term, leader = ?info.leader_addr, "this master is no longer the active master");
+        }
+        self.leading = None;
+        self.elected = false;
+        let err = MasterError::NotLeader {
+            leader_addr: info.leader_addr.clone(),
+        };
+        while let Some(p) = self.queue.pop_front() {
+            (p.done)(self, ctx, Err(err.clone()));
+        }
+        let status = || crate::not_leader_status(info.leader_addr.as_deref());
+        for (_, link) in std::mem::take(&mut self.frameworks) {
+            link.addr.do_send(framework_session::Close(Err(status())));
+        }
+        for (_, link) in std::mem::take(&mut self.agents) {
+            link.addr.do_send(agent_session::Close(status()));
+        }
+    }
+
+    fn timers(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let t = &mut self.timers;
+        if !t.allocating
+            && t.last_allocation
+                .is_none_or(|at| at.elapsed() >= self.settings.allocation_interval)
+        {
+            t.allocating = true;
+            t.last_allocation = Some(Instant::now());
+            self.submit_internal(
+                Command::Allocate,
+                ctx,
+                Box::new(|act, _, res| {
+                    act.timers.allocating = false;
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "allocation cycle");
+                    }
+                }),
+            );
+        }
+        if !self.timers.expiring_offers
+            && self
+                .cluster
+                .offers
+                .values()
+                .any(|o| o.expires_at_ms != 0 && o.expires_at_ms <= now)
+        {
+            self.timers.expiring_offers = true;
+            self.submit_internal(
+                Command::ExpireOffers,
+                ctx,
+                Box::new(|act, _, _| act.timers.expiring_offers = false),
+            );
+        }
+        let expired: Vec<FrameworkId> = self
+            .cluster
+            .frameworks
+            .values()
+            .filter(|f| {
+                !f.connected
+                    && !f.removed
+                    && f.disconnected_at_ms.saturating_add(f.failover_timeout_ms) <= now
+                    && !self.timers.expiring.contains(&f.id)
+            })
+            .map(|f| f.id.clone())
+            .collect();
+        for framework_id in expired {
+            self.timers.expiring.insert(framework_id.clone());
+            let id = framework_id.clone();
+            self.submit_internal(
+                Command::ExpireFramework { framework_id },
+                ctx,
+                Box::new(move |act, _, res| {
+                    act.timers.expiring.remove(&id);
+                    match res {
+                        Ok(_) => tracing::info!(framework_id = %id, "framework removed: its failover timeout passed"),
+                        Err(e) => tracing::debug!(framework_id = %id, error = %e, "framework expiry"),
+                    }
+                }),
+            );
+        }
+        self.reregistration_deadline(now, ctx);
+    }
+
+    /// After a leader change, agents that did not reregister in time are
+    /// marked unreachable.
+    fn reregistration_deadline(&mut self, now: u64, ctx: &mut Context<Self>) {
+        let Some(leader) = &self.cluster.leader else {
+            return;
+        };
+        let deadline = leader
+            .elected_at_ms
+            .saturating_add(leader.config.agent_reregister_timeout_ms);
+        if now < deadline {
+            return;
+        }
+        let term = leader.term;
+        let timeout_ms = leader.config.agent_reregister_timeout_ms;
+        let late: Vec<AgentId> = self
+            .cluster
+            .agents
+            .values()
+            .filter(|a| {
+                a.reregistered_term < term
+                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
+                    && !self.timers.marking.contains(&a.id)
+            })
+            .map(|a| a.id.clone())
+            .collect();
+        for agent_id in late {
+            self.timers.marking.insert(agent_id.clone());
+            let id = agent_id.clone();
+            self.submit_internal(
+                Command::MarkAgentUnreachable {
+                    agent_id,
+                    reason: format!(
+                        "it did not reregister within {timeout_ms} ms of the leader change"
+                    ),
+                },
+                ctx,
+                Box::new(move |act, _, _| {
+                    act.timers.marking.remove(&id);
+                }),
+            );
+        }
+    }
+
+    // --- sessions -----------------------------------------------------------
+
+    fn open_framework(
+        &mut self,
+        framework_id: FrameworkId,
+        tx: framework_session::EventTx,
+        ctx: &mut Context<Self>,
+    ) -> Result<sp::Subscribed, MasterError> {
+        let term = self.serving()?;
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        if let Some(old) = self.frameworks.remove(&framework_id) {
+            old.addr.do_send(framework_session::Close(Ok(
+                "another scheduler instance subscribed with this framework id (failover)".into(),
+            )));
+        }
+        let subscribed = sp::Subscribed {
+            framework_id: framework_id.0.clone(),
+            stream_id: stream_id.clone(),
+            heartbeat_interval_ms: self.settings.framework_heartbeat.as_millis() as u64,
+            term,
+            master_id: self.settings.node_id,
+        };
+        tx.try_send(Ok(sp::Event {
+            event: Some(sp::event::Event::Subscribed(subscribed.clone())),
+        }))
+        .map_err(|_| MasterError::Unavailable("the framework's stream closed".into()))?;
+        let addr = FrameworkSession::new(
+            framework_id.clone(),
+            stream_id.clone(),
+            tx,
+            self.settings.framework_heartbeat,
+            ctx.address().recipient(),
+        )
+        .start();
+        self.frameworks
+            .insert(framework_id, FrameworkLink { stream_id, addr });
+        // New demand: allocate at the next tick rather than a full interval
+        // later.
+        self.timers.last_allocation = None;
+        Ok(subscribed)
+    }
+
+    fn open_agent(&mut self, agent_id: AgentId, term: u64, ctx: &mut Context<Self>) {
+        self.next_session += 1;
+        let session = self.next_session;
+        if let Some(old) = self.agents.remove(&agent_id) {
+            old.addr
+                .do_send(agent_session::Close(tonic::Status::aborted(
+                    "the agent registered again; this stream is replaced",
+                )));
+        }
+        let me = ctx.address();
+        let addr = AgentSession::new(
+            agent_id.clone(),
+            session,
+            term,
+            self.settings.agent_ping_timeout,
+            self.settings.max_agent_ping_timeouts,
+            agent_session::Reports {
+                silent: me.clone().recipient(),
+                detached: me.recipient(),
+            },
+        )
+        .start();
+        self.agents.insert(agent_id, AgentLink { session, addr });
+        self.timers.last_allocation = None;
+    }
+
+    /// The session of a registered agent, while serving.
+    fn agent_link(&self, agent_id: AgentId) -> Result<&Addr<AgentSession>, MasterError> {
+        self.serving()?;
+        self.agents
+            .get(&agent_id)
+            .map(|l| &l.addr)
+            .ok_or(MasterError::NotRegistered(agent_id))
+    }
+
+    /// Mesos' task reconciliation, answered from the committed state.
+    fn reconcile(&self, framework_id: &FrameworkId, task_ids: Vec<String>) -> Vec<sp::TaskStatus> {
+        self.log.with_state(|m| {
+            let c = &m.cluster;
+            let partition_aware = c
+                .frameworks
+                .get(framework_id)
+                .is_some_and(|f| f.partition_aware);
+            let status = |t: &orrery_events::state::Task| sp::TaskStatus {
+                task_id: t.key.task_id.0.clone(),
+                agent_id: t.agent_id.0.clone(),
+                state: t.state as i32,
+                reason: TaskReason::ReasonReconciliation as i32,
+                message: t.message.clone(),
+                source: pb::StatusSource::SourceMaster as i32,
+                uuid: String::new(),
+                exit_code: t.exit_code,
+                healthy: t.healthy,
+            };
+            if task_ids.is_empty() {
+                return c
+                    .tasks
+                    .iter()
+                    .filter(|(k, t)| k.framework_id == *framework_id && !t.is_terminal())
+                    .map(|(_, t)| status(t))
+                    .collect();
+            }
+            task_ids
+                .into_iter()
+                .map(|id| {
+                    let key = TaskKey::new(framework_id.clone(), TaskId::new(id.clone()));
+                    match c.task(&key) {
+                        Some(t) => status(t),
+                        None => sp::TaskStatus {
+                            task_id: id,
+                            state: if partition_aware {
+                                TaskState::TaskUnknown as i32
+                            } else {
+                                TaskState::TaskLost as i32
+                            },
+                            reason: TaskReason::ReasonReconciliation as i32,
+                            message: "the master does not know this task".into(),
+                            source: pb::StatusSource::SourceMaster as i32,
+                            ..Default::default()
+                        },
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+impl Actor for Master {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        let tick = self.settings.tick;
+        ctx.run_interval(tick, |act, ctx| act.tick(ctx));
+    }
+}
+
+// --- messages ----------------------------------------------------------------
+
+/// Any command, committed; replies once the log acknowledged it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Committed, MasterError>")]
+pub struct Submit {
+    pub command: Command,
+    pub want_events: bool,
+}
+
+fn reply_via<T: 'static>(
+    tx: oneshot::Sender<Result<T, MasterError>>,
+    f: impl FnOnce(&mut Master, &mut Context<Master>, Committed) -> Result<T, MasterError> + 'static,
+) -> Done {
+    Box::new(move |act, ctx, res| {
+        let _ = tx.send(res.and_then(|c| f(act, ctx, c)));
+    })
+}
+
+fn wait<T: Send + 'static>(
+    rx: oneshot::Receiver<Result<T, MasterError>>,
+) -> ResponseFuture<Result<T, MasterError>> {
+    Box::pin(async move {
+        rx.await
+            .unwrap_or_else(|_| Err(MasterError::Unavailable("the master stopped".into())))
+    })
+}
+
+impl Handler<Submit> for Master {
+    type Result = ResponseFuture<Result<Committed, MasterError>>;
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.serving() {
+            let _ = tx.send(Err(e));
+            return wait(rx);
+        }
+        self.enqueue(
+            msg.command,
+            msg.want_events,
+            reply_via(tx, |_, _, c| Ok(c)),
+            ctx,
+        );
+        wait(rx)
+    }
+}
+
+/// A framework's `Subscribe`: commits the subscription, then opens the
+/// session that owns `tx` and sends `Subscribed` first on it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<sp::Subscribed, MasterError>")]
+pub struct SubscribeFramework {
+    pub subscription: FrameworkSubscription,
+    pub tx: framework_session::EventTx,
+}
+
+impl Handler<SubscribeFramework> for Master {
+    type Result = ResponseFuture<Result<sp::Subscribed, MasterError>>;
+    fn handle(&mut self, msg: SubscribeFramework, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.serving() {
+            let _ = reply.send(Err(e));
+            return wait(rx);
+        }
+        let tx = msg.tx;
+        self.enqueue(
+            Command::Subscribe(msg.subscription),
+            true,
+            reply_via(reply, move |act, ctx, c| {
+                let id = c
+                    .events
+                    .iter()
+                    .find_map(|e| match e {
+                        Payload::FrameworkSubscribed(s) => Some(s.framework_id.clone()),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        MasterError::Unavailable("the subscription committed no event".into())
+                    })?;
+                act.open_framework(FrameworkId::new(id), tx, ctx)
+            }),
+            ctx,
+        );
+        wait(rx)
+    }
+}
+
+/// One scheduler call (everything but `Subscribe`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, MasterError>")]
+pub struct FrameworkCall {
+    pub framework_id: FrameworkId,
+    pub stream_id: String,
+    pub call: sp::call::Call,
+}
+
+fn refuse_seconds(f: Option<sp::Filters>) -> Option<f64> {
+    f.and_then(|f| f.refuse_seconds)
+}
+
+/// A scheduler call as a command (`None` for a reconcile, which is a read).
+pub fn call_command(
+    framework_id: FrameworkId,
+    call: sp::call::Call,
+) -> Result<Option<Command>, MasterError> {
+    use sp::call::Call as C;
+    Ok(Some(match call {
+        C::Accept(a) => {
+            let mut launches = Vec::with_capacity(a.launches.len());
+            for t in a.launches {
+                let resources = match &t.resources {
+                    Some(r) => Resources::from_proto(r).map_err(MasterError::Rejected)?,
+                    None => Resources::new(0, 0, 0),
+                };
+                launches.push(TaskSpec {
+                    task_id: TaskId::new(t.task_id),
+                    name: t.name,
+                    resources,
+                    command: t.command.unwrap_or_default(),
+                    job: None,
+                    instance: 0,
+                });
+            }
+            Command::Accept {
+                framework_id,
+                offer_ids: a.offer_ids.into_iter().map(OfferId::new).collect(),
+                launches,
+                refuse_seconds: refuse_seconds(a.filters),
+            }
+        }
+        C::Decline(d) => Command::Decline {
+            framework_id,
+            offer_ids: d.offer_ids.into_iter().map(OfferId::new).collect(),
+            refuse_seconds: refuse_seconds(d.filters),
+        },
+        C::Revive(_) => Command::Revive { framework_id },
+        C::Suppress(_) => Command::Suppress { framework_id },
+        C::Kill(k) => Command::Kill {
+            framework_id,
+            task_id: TaskId::new(k.task_id),
+        },
+        C::Acknowledge(a) => Command::Acknowledge {
+            framework_id,
+            task_id: TaskId::new(a.task_id),
+            uuid: a.uuid,
+        },
+        C::Teardown(_) => Command::Teardown { framework_id },
+        C::Reconcile(_) => return Ok(None),
+    }))
+}
+
+impl Handler<FrameworkCall> for Master {
+    type Result = ResponseFuture<Result<u64, MasterError>>;
+    fn handle(&mut self, msg: FrameworkCall, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        let outcome = (|| {
+            self.serving()?;
+            match self.frameworks.get(&msg.framework_id) {
+                Some(link) if link.stream_id == msg.stream_id => {}
+                _ => {
+                    return Err(MasterError::StaleStream {
+                        framework_id: msg.framework_id.clone(),
+                        stream_id: msg.stream_id.clone(),
+                    })
+                }
+            }
+            call_command(msg.framework_id.clone(), msg.call.clone())
+        })();
+        match outcome {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(None) => {
+                let sp::call::Call::Reconcile(r) = msg.call else {
+                    unreachable!("only a reconcile maps to no command")
+                };
+                let statuses = self.reconcile(&msg.framework_id, r.task_ids);
+                if let Some(link) = self.frameworks.get(&msg.framework_id) {
+                    for status in statuses {
+                        let _ = link.addr.try_send(framework_session::Deliver(
+                            sp::event::Event::Update(sp::Update {
+                                status: Some(status),
+                            }),
+                        ));
+                    }
+                }
+                let _ = reply.send(Ok(self.log.last_applied()));
+            }
+            Ok(Some(command)) => {
+                let revive = matches!(
+                    command,
+                    Command::Revive { .. } | Command::Decline { .. } | Command::Accept { .. }
+                );
+                self.enqueue(
+                    command,
+                    false,
+                    reply_via(reply, move |act, _, c| {
+                        if revive {
+                            act.timers.last_allocation = None;
+                        }
+                        Ok(c.last_index)
+                    }),
+                    ctx,
+                );
+            }
+        }
+        wait(rx)
+    }
+}
+
+impl Handler<framework_session::StreamClosed> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: framework_session::StreamClosed, ctx: &mut Context<Self>) {
+        let current = self
+            .frameworks
+            .get(&msg.framework_id)
+            .is_some_and(|l| l.stream_id == msg.stream_id);
+        if !current || self.serving().is_err() {
+            return;
+        }
+        self.frameworks.remove(&msg.framework_id);
+        let id = msg.framework_id.clone();
+        tracing::info!(framework_id = %id, "framework disconnected");
+        self.submit_internal(
+            Command::DisconnectFramework {
+                framework_id: msg.framework_id,
+            },
+            ctx,
+            Box::new(move |_, _, res| {
+                if let Err(e) = res {
+                    tracing::debug!(framework_id = %id, error = %e, "recording a disconnect");
+                }
+            }),
+        );
+    }
+}
+
+/// An agent's `Register` (no id) or reregistration (its id and tasks).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(AgentId, u64), MasterError>")]
+pub struct RegisterAgent {
+    pub agent_id: Option<AgentId>,
+    pub registration: AgentRegistration,
+    pub tasks: Vec<ReportedTask>,
+}
+
+impl Handler<RegisterAgent> for Master {
+    type Result = ResponseFuture<Result<(AgentId, u64), MasterError>>;
+    fn handle(&mut self, msg: RegisterAgent, ctx: &mut Context<Self>) -> Self::Result {
+        let (reply, rx) = oneshot::channel();
+        let term = match self.serving() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return wait(rx);
+            }
+        };
+        let command = match msg.agent_id {
+            None => Command::RegisterAgent(msg.registration),
+            Some(agent_id) => Command::ReregisterAgent {
+                agent_id,
+                registration: msg.registration,
+                tasks: msg.tasks,
+            },
+        };
+        self.enqueue(
+            command,
+            true,
+            reply_via(reply, move |act, ctx, c| {
+                let id = c
+                    .events
+                    .iter()
+                    .find_map(|e| match e {
+                        Payload::AgentRegistered(r) => Some(r.agent_id.clone()),
+                        Payload::AgentReregistered(r) => Some(r.agent_id.clone()),
+                        _ => None,
+                    })
+                    .ok_or_else(|| {
+                        MasterError::Unavailable("the registration committed no event".into())
+                    })?;
+                let id = AgentId::new(id);
+                act.open_agent(id.clone(), term, ctx);
+                Ok((id, term))
+            }),
+            ctx,
+        );
+        wait(rx)
+    }
+}
+
+/// An agent opens its message stream.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MasterError>")]
+pub struct AttachAgent {
+    pub agent_id: AgentId,
+    pub tx: agent_session::MessageTx,
+}
+
+impl Handler<AttachAgent> for Master {
+    type Result = Result<(), MasterError>;
+    fn handle(&mut self, msg: AttachAgent, _: &mut Context<Self>) -> Self::Result {
+        self.agent_link(msg.agent_id)?
+            .do_send(agent_session::Attach(msg.tx));
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MasterError>")]
+pub struct AgentPong {
+    pub agent_id: AgentId,
+    pub seq: u64,
+}
+
+impl Handler<AgentPong> for Master {
+    type Result = Result<(), MasterError>;
+    fn handle(&mut self, msg: AgentPong, _: &mut Context<Self>) -> Self::Result {
+        self.agent_link(msg.agent_id)?
+            .do_send(agent_session::Pong(msg.seq));
+        Ok(())
+    }
+}
+
+impl Handler<agent_session::Silent> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: agent_session::Silent, ctx: &mut Context<Self>) {
+        let current = self
+            .agents
+            .get(&msg.agent_id)
+            .is_some_and(|l| l.session == msg.session);
+        if !current || self.serving().is_err() {
+            return;
+        }
+        tracing::warn!(agent_id = %msg.agent_id, missed = msg.missed, "agent missed its ping budget; marking it unreachable");
+        let id = msg.agent_id.clone();
+        let session = msg.session;
+        self.submit_internal(
+            Command::MarkAgentUnreachable {
+                agent_id: msg.agent_id,
+                reason: format!(
+                    "no answer to {} pings, {} ms apart",
+                    msg.missed,
+                    self.settings.agent_ping_timeout.as_millis()
+                ),
+            },
+            ctx,
+            Box::new(move |act, _, res| {
+                if let Err(e) = res {
+                    tracing::warn!(agent_id = %id, error = %e, "marking an agent unreachable");
+                    return;
+                }
+                if act.agents.get(&id).is_some_and(|l| l.session == session) {
+                    if let Some(link) = act.agents.remove(&id) {
+                        link.addr.do_send(agent_session::Close(
+                            tonic::Status::failed_precondition(
+                                "the agent was marked unreachable; reregister",
+                            ),
+                        ));
+                    }
+                }
+            }),
+        );
+    }
+}
+
+impl Handler<agent_session::Detached> for Master {
+    type Result = ();
+    fn handle(&mut self, msg: agent_session::Detached, ctx: &mut Context<Self>) {
+        let current = self
+            .agents
+            .get(&msg.agent_id)
+            .is_some_and(|l| l.session == msg.session);
+        if !current || self.serving().is_err() {
+            return;
+        }
+        let connected = self
+            .cluster
+            .agents
+            .get(&msg.agent_id)
+            .is_some_and(|a| a.state == AgentState::Registered);
+        if !connected {
+            return;
+        }
+        tracing::info!(agent_id = %msg.agent_id, "agent disconnected; its ping budget decides the rest");
+        self.submit_internal(
+            Command::DisconnectAgent {
+                agent_id: msg.agent_id,
+            },
+            ctx,
+            Box::new(|_, _, _| {}),
+        );
+    }
+}
+
+/// Whether this replica serves as the active master now.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<u64, MasterError>")]
+pub struct Serving;
+
+impl Handler<Serving> for Master {
+    type Result = Result<u64, MasterError>;
+    fn handle(&mut self, _: Serving, _: &mut Context<Self>) -> Self::Result {
+        self.serving()
+    }
+}
+
+/// Stops the actor: closes every session (clients reconnect elsewhere).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Master {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        let info = LeaderInfo::default();
+        self.step_down(&info, ctx);
+        ctx.stop();
+    }
+}

@@ -1,0 +1,82 @@
+//! Finding the leader from the client side (the CLI, agents, framework
+//! clients, tests): try the given masters, follow `orrery-leader` answers,
+//! and retry UNAVAILABLE until a deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use orrery_actors::LEADER_METADATA;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Opens a channel to `addr` (HOST:PORT).
+pub async fn connect(addr: &str) -> Result<Channel, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Status::invalid_argument(format!("{addr:?} is not HOST:PORT: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))
+}
+
+/// The leader named by an UNAVAILABLE answer, if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Runs `call` against the leader among `masters`, following redirects and
+/// retrying UNAVAILABLE (no leader yet, a leader recovering, a master down)
+/// until `patience` runs out. Returns the answer and the leader's address.
+pub async fn with_leader<T, F, Fut>(
+    masters: &[String],
+    patience: Duration,
+    mut call: F,
+) -> Result<(T, String), Status>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    if masters.is_empty() {
+        return Err(Status::invalid_argument("no master address given"));
+    }
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut next = 0usize;
+    let mut hint: Option<String> = None;
+    loop {
+        let addr = hint.take().unwrap_or_else(|| {
+            let a = masters[next % masters.len()].clone();
+            next += 1;
+            a
+        });
+        let outcome = match connect(&addr).await {
+            Ok(channel) => call(channel).await,
+            Err(e) => Err(e),
+        };
+        let last = match outcome {
+            Ok(v) => return Ok((v, addr)),
+            Err(s) if s.code() == Code::Unavailable => {
+                hint = leader_hint(&s).filter(|h| *h != addr);
+                s
+            }
+            Err(s) => return Err(s),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Status::unavailable(format!(
+                "no leader answered within {patience:?}; last answer: {}",
+                last.message()
+            )));
+        }
+        if hint.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The master's gRPC services: wire messages to actor messages and back.
+//!
+//! Every handler validates what it can convert (enums, resources), asks the
+//! `Master` actor, and maps its answer to a status: a follower answers
+//! UNAVAILABLE with `orrery-leader`; a rejected command answers with the
+//! rejection's class (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) and
+//! its message, which names the problem.
+
+use std::pin::Pin;
+
+use actix::Addr;
+use orrery_actors::master::{
+    AgentPong, AttachAgent, FrameworkCall, Log, Master, MasterError, RegisterAgent, Serving,
+    Submit, SubscribeFramework,
+};
+use orrery_actors::{agent_session, framework_session, not_leader_status, views};
+use orrery_events::command::{
+    AgentRegistration, Command, FrameworkSubscription, ReportedTask, StatusUpdate,
+};
+use orrery_events::pb::{self, FrameworkCapability, StatusSource, TaskReason, TaskState};
+use orrery_events::state::Domain;
+use orrery_events::{AgentId, FrameworkId, RejectionClass, Resources, TaskId};
+use orrery_proto::agent as ap;
+use orrery_proto::operator as op;
+use orrery_proto::scheduler as sp;
+use orrery_storage::{EventLog, StateAccess};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Largest message a client may send (an Accept with 1,000 tasks fits).
+pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
+
+pub fn status_of(e: MasterError) -> Status {
+    match e {
+        MasterError::NotLeader { leader_addr } => not_leader_status(leader_addr.as_deref()),
+        MasterError::Rejected(r) => {
+            let message = r.to_string();
+            match r.class() {
+                RejectionClass::Invalid => Status::invalid_argument(message),
+                RejectionClass::NotFound => Status::not_found(message),
+                RejectionClass::Precondition => Status::failed_precondition(message),
+            }
+        }
+        e @ (MasterError::StaleStream { .. } | MasterError::NotRegistered(_)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        e @ (MasterError::Recovering | MasterError::Unavailable(_)) => {
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn mailbox(e: actix::MailboxError) -> Status {
+    Status::unavailable(format!("the master actor is not running: {e}"))
+}
+
+fn enum_field<T: TryFrom<i32>>(field: &str, v: i32) -> Result<T, Status> {
+    T::try_from(v)
+        .map_err(|_| Status::invalid_argument(format!("{field}: {v} is not a known value")))
+}
+
+fn resources(field: &str, r: Option<&pb::Resources>) -> Result<Resources, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument(format!("{field} is missing")))?;
+    Resources::from_proto(r).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn domain(d: Option<pb::Domain>) -> Option<Domain> {
+    d.map(|d| Domain {
+        region: d.region,
+        zone: d.zone,
+    })
+}
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+// --- scheduler ------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct SchedulerService {
+    pub master: Addr<Master>,
+}
+
+#[tonic::async_trait]
+impl sp::scheduler_server::Scheduler for SchedulerService {
+    type SubscribeStream = Stream<sp::Event>;
+
+    async fn subscribe(
+        &self,
+        request: Request<sp::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let info = request
+            .into_inner()
+            .framework
+            .ok_or_else(|| Status::invalid_argument("framework info is missing"))?;
+        let mut region_aware = false;
+        let mut partition_aware = false;
+        for c in &info.capabilities {
+            match enum_field::<FrameworkCapability>("capabilities", *c)? {
+                FrameworkCapability::RegionAware => region_aware = true,
+                FrameworkCapability::PartitionAware => partition_aware = true,
+                FrameworkCapability::Unspecified => {
+                    return Err(Status::invalid_argument(
+                        "capabilities: FRAMEWORK_CAPABILITY_UNSPECIFIED is not a capability",
+                    ))
+                }
+            }
+        }
+        let subscription = FrameworkSubscription {
+            framework_id: (!info.framework_id.is_empty())
+                .then(|| FrameworkId::new(info.framework_id)),
+            name: info.name,
+            role: info.role,
+            region_aware,
+            partition_aware,
+            checkpoint: info.checkpoint,
+            failover_timeout_ms: info.failover_timeout_ms,
+            principal: info.principal,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(framework_session::STREAM_BUFFER);
+        self.master
+            .send(SubscribeFramework { subscription, tx })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn call(&self, request: Request<sp::Call>) -> Result<Response<sp::CallResponse>, Status> {
+        let call = request.into_inner();
+        let inner = call
+            .call
+            .ok_or_else(|| Status::invalid_argument("the call names no operation"))?;
+        let committed_index = self
+            .master
+            .send(FrameworkCall {
+                framework_id: FrameworkId::new(call.framework_id),
+                stream_id: call.stream_id,
+                call: inner,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(sp::CallResponse { committed_index }))
+    }
+}
+
+// --- agents -----------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    pub master: Addr<Master>,
+    pub ping_interval_ms: u64,
+}
+
+#[tonic::async_trait]
+impl ap::agent_link_server::AgentLink for AgentService {
+    type AttachStream = Stream<ap::MasterMessage>;
+
+    async fn register(
+        &self,
+        request: Request<ap::RegisterRequest>,
+    ) -> Result<Response<ap::RegisterResponse>, Status> {
+        let req = request.into_inner();
+        let info = req
+            .info
+            .ok_or_else(|| Status::invalid_argument("agent info is missing"))?;
+        let registration = AgentRegistration {
+            hostname: info.hostname,
+            ip: info.ip,
+            resources: resources("resources", info.resources.as_ref())?,
+            attributes: info
+                .attributes
+                .into_iter()
+                .map(|a| (a.name, a.value))
+                .collect(),
+            domain: domain(info.domain),
+        };
+        let mut tasks = Vec::with_capacity(req.tasks.len());
+        for t in req.tasks {
+            tasks.push(ReportedTask {
+                framework_id: FrameworkId::new(t.framework_id),
+                task_id: TaskId::new(t.task_id),
+                state: enum_field::<TaskState>("tasks.state", t.state)?,
+            });
+        }
+        let (agent_id, term) = self
+            .master
+            .send(RegisterAgent {
+                agent_id: (!req.agent_id.is_empty()).then(|| AgentId::new(req.agent_id)),
+                registration,
+                tasks,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(ap::RegisterResponse {
+            agent_id: agent_id.0,
+            term,
+            ping_interval_ms: self.ping_interval_ms,
+        }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<ap::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let agent_id = AgentId::new(request.into_inner().agent_id);
+        let (tx, rx) = tokio::sync::mpsc::channel(agent_session::STREAM_BUFFER);
+        self.master
+            .send(AttachAgent { agent_id, tx })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pong(
+        &self,
+        request: Request<ap::PongRequest>,
+    ) -> Result<Response<ap::PongResponse>, Status> {
+        let req = request.into_inner();
+        self.master
+            .send(AgentPong {
+                agent_id: AgentId::new(req.agent_id),
+                seq: req.seq,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(ap::PongResponse {}))
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<ap::StatusUpdate>,
+    ) -> Result<Response<ap::StatusAck>, Status> {
+        let u = request.into_inner();
+        let uuid = u.uuid.clone();
+        let update = StatusUpdate {
+            agent_id: AgentId::new(u.agent_id),
+            framework_id: FrameworkId::new(u.framework_id),
+            task_id: TaskId::new(u.task_id),
+            state: enum_field::<TaskState>("state", u.state)?,
+            uuid: u.uuid,
+            reason: enum_field::<TaskReason>("reason", u.reason)?,
+            message: u.message,
+            source: enum_field::<StatusSource>("source", u.source)?,
+            exit_code: u.exit_code,
+            healthy: u.healthy,
+        };
+        self.master
+            .send(Submit {
+                command: Command::UpdateStatus(update),
+                want_events: false,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(ap::StatusAck { uuid }))
+    }
+}
+
+// --- operator ---------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct OperatorService {
+    pub master: Addr<Master>,
+    pub log: Log,
+}
+
+#[tonic::async_trait]
+impl op::operator_server::Operator for OperatorService {
+    async fn get_state(
+        &self,
+        _: Request<op::GetStateRequest>,
+    ) -> Result<Response<op::State>, Status> {
+        self.master
+            .send(Serving)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        let mut state = self.log.with_state(|m| views::state(&m.cluster));
+        state.commit_index = self.log.last_applied();
+        Ok(Response::new(state))
+    }
+
+    async fn update_weights(
+        &self,
+        request: Request<op::UpdateWeightsRequest>,
+    ) -> Result<Response<op::UpdateWeightsResponse>, Status> {
+        let weights = request
+            .into_inner()
+            .weights
+            .into_iter()
+            .map(|w| (w.role, w.weight))
+            .collect();
+        let committed = self
+            .master
+            .send(Submit {
+                command: Command::SetRoleWeights { weights },
+                want_events: false,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(op::UpdateWeightsResponse {
+            committed_index: committed.last_index,
+        }))
+    }
+}
+
+/// The three services, to add to the raft server's routes.
+pub fn routes(
+    routes: tonic::service::Routes,
+    master: Addr<Master>,
+    log: Log,
+    ping_interval_ms: u64,
+) -> tonic::service::Routes {
+    routes
+        .add_service(
+            sp::scheduler_server::SchedulerServer::new(SchedulerService {
+                master: master.clone(),
+            })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            ap::agent_link_server::AgentLinkServer::new(AgentService {
+                master: master.clone(),
+                ping_interval_ms,
+            })
+            .max_decoding_message_size(MESSAGE_BYTES_MAX),
+        )
+        .add_service(op::operator_server::OperatorServer::new(OperatorService {
+            master,
+            log,
+        }))
+}

@@ -1,0 +1,142 @@
+//! The HTTP admin endpoints of a master (`--http 127.0.0.1:PORT`).
+//!
+//! - `GET /health` → 200 `OK\n` while the replica's log is running (Aurora's
+//!   monit check: `send "GET /health HTTP/1.0\r\n" expect "OK\n"`); 503 and
+//!   the reason otherwise.
+//! - `GET /state` → the leader's committed view as JSON (`leader_id`,
+//!   `term`, `commit_index`, `agents`, `frameworks`, `tasks`). A follower
+//!   answers 307 to the leader's `/state` when the log names the leader's
+//!   HTTP address, 503 when no leader is known; never its own (possibly
+//!   stale) copy presented as current.
+
+use actix::Addr;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use orrery_actors::master::{Log, Master, Serving};
+use orrery_actors::views;
+use orrery_events::pb;
+use orrery_proto::operator as op;
+use orrery_storage::{EventLog, StateAccess};
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub master: Addr<Master>,
+    pub log: Log,
+}
+
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/state", get(state))
+        .with_state(admin)
+}
+
+async fn health(State(a): State<Admin>) -> Response {
+    let running = a.log.raft().metrics().borrow().running_state.clone();
+    match running {
+        Ok(()) => (StatusCode::OK, "OK\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the replica's log stopped: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn state(State(a): State<Admin>) -> Response {
+    match a.master.send(Serving).await {
+        Ok(Ok(_)) => {
+            let mut s = a.log.with_state(|m| views::state(&m.cluster));
+            s.commit_index = a.log.last_applied();
+            axum::Json(state_json(&s)).into_response()
+        }
+        Ok(Err(orrery_actors::master::MasterError::NotLeader { .. })) => {
+            let info = a.log.leader();
+            let target = a.log.with_state(|m| {
+                m.cluster
+                    .leader
+                    .as_ref()
+                    .filter(|l| Some(l.leader_id) == info.leader_id && !l.http_addr.is_empty())
+                    .map(|l| l.http_addr.clone())
+            });
+            match target {
+                Some(http) => (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, format!("http://{http}/state"))],
+                    format!("the leader serves /state at http://{http}/state\n"),
+                )
+                    .into_response(),
+                None => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "no leader is known yet\n").into_response()
+                }
+            }
+        }
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master actor is not running: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+fn resources_json(r: &Option<pb::Resources>) -> Value {
+    let r = r.clone().unwrap_or_default();
+    json!({
+        "cpus": r.cpus_milli as f64 / 1000.0,
+        "mem_mb": r.mem_mb,
+        "disk_mb": r.disk_mb,
+        "ports": r.ports.iter().map(|p| format!("{}-{}", p.begin, p.end)).collect::<Vec<_>>(),
+    })
+}
+
+fn task_state_name(v: i32) -> String {
+    pb::TaskState::try_from(v)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| v.to_string())
+}
+
+/// The JSON form of the operator's view.
+pub fn state_json(s: &op::State) -> Value {
+    json!({
+        "leader_id": s.leader_id,
+        "leader_addr": s.leader_addr,
+        "term": s.term,
+        "commit_index": s.commit_index,
+        "agents": s.agents.iter().map(|a| json!({
+            "id": a.agent_id,
+            "hostname": a.hostname,
+            "ip": a.ip,
+            "state": a.state,
+            "resources": resources_json(&a.total),
+            "used": resources_json(&a.used),
+            "offered": resources_json(&a.offered),
+            "domain": a.domain.as_ref().map(|d| json!({"region": d.region, "zone": d.zone})),
+            "attributes": a.attributes.iter().map(|x| (x.name.clone(), Value::from(x.value.clone()))).collect::<serde_json::Map<_, _>>(),
+            "tasks": a.tasks,
+        })).collect::<Vec<_>>(),
+        "frameworks": s.frameworks.iter().map(|f| json!({
+            "id": f.framework_id,
+            "name": f.name,
+            "role": f.role,
+            "connected": f.connected,
+            "suppressed": f.suppressed,
+            "removed": f.removed,
+            "allocated": resources_json(&f.allocated),
+        })).collect::<Vec<_>>(),
+        "tasks": s.tasks.iter().map(|t| json!({
+            "framework_id": t.framework_id,
+            "id": t.task_id,
+            "name": t.name,
+            "agent_id": t.agent_id,
+            "hostname": t.hostname,
+            "state": task_state_name(t.state),
+            "resources": resources_json(&t.resources),
+            "message": t.message,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,606 @@
+//! In-process harness: a group of masters (real raft logs in temp dirs, real
+//! gRPC on loopback), simulated agents and a framework client, all through
+//! the public APIs.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orrery_actors::master::Settings;
+use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
+use orrery_gateway::client::{connect, with_leader};
+use orrery_gateway::server::{start, RunningMaster};
+use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
+use orrery_proto::operator::{self as op, operator_client::OperatorClient};
+use orrery_proto::scheduler::{self as sp, scheduler_client::SchedulerClient};
+use orrery_storage::raft::RaftConfig;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Runs a test body in an actix system on a multi-threaded tokio runtime,
+/// with an overall deadline.
+pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
+    actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    })
+    .block_on(async move {
+        tokio::time::timeout(limit, body)
+            .await
+            .expect("the test finished within its deadline");
+    });
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+pub fn test_settings() -> Settings {
+    let mut s = Settings::new(0, String::new());
+    s.allocation_interval = Duration::from_millis(100);
+    s.tick = Duration::from_millis(20);
+    s.agent_ping_timeout = Duration::from_millis(200);
+    s.max_agent_ping_timeouts = 5;
+    s.framework_heartbeat = Duration::from_secs(1);
+    s.default_refuse = Duration::from_millis(200);
+    s
+}
+
+pub struct Masters {
+    pub dir: tempfile::TempDir,
+    pub peers: BTreeMap<u64, String>,
+    pub running: BTreeMap<u64, RunningMaster>,
+    pub settings: Settings,
+}
+
+impl Masters {
+    pub async fn start(n: u64, settings: Settings) -> Masters {
+        let peers: BTreeMap<u64, String> = (1..=n)
+            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let mut m = Masters {
+            dir: tempfile::tempdir().expect("tempdir"),
+            peers,
+            running: BTreeMap::new(),
+            settings,
+        };
+        let ids: Vec<u64> = m.peers.keys().copied().collect();
+        let started = futures::future::join_all(ids.iter().map(|&id| m.start_one(id))).await;
+        for (id, r) in ids.into_iter().zip(started) {
+            m.running.insert(id, r);
+        }
+        m
+    }
+
+    fn config(&self, id: u64) -> RaftConfig {
+        let mut c = RaftConfig::new(
+            id,
+            self.peers[&id].parse().expect("addr"),
+            self.peers.clone(),
+            PathBuf::from(self.dir.path()).join(format!("m{id}")),
+        );
+        c.election_timeout_ms = 300;
+        c.heartbeat_ms = 50;
+        c
+    }
+
+    fn start_one(&self, id: u64) -> impl Future<Output = RunningMaster> {
+        let config = self.config(id);
+        let mut settings = self.settings.clone();
+        settings.node_id = id;
+        async move {
+            start(config, settings, Some("127.0.0.1:0".parse().expect("addr")))
+                .await
+                .unwrap_or_else(|e| panic!("master {id} started: {e}"))
+        }
+    }
+
+    pub async fn restart(&mut self, id: u64) {
+        let r = self.start_one(id).await;
+        self.running.insert(id, r);
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.peers.values().cloned().collect()
+    }
+
+    /// The id of the master that serves as the active master.
+    pub async fn leader(&self) -> u64 {
+        let (state, _) = with_leader(&self.addrs(), PATIENCE, |ch| async move {
+            OperatorClient::new(ch)
+                .get_state(op::GetStateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .expect("a leader serves GetState");
+        state.leader_id
+    }
+
+    pub async fn state(&self) -> op::State {
+        with_leader(&self.addrs(), PATIENCE, |ch| async move {
+            OperatorClient::new(ch)
+                .get_state(op::GetStateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .expect("a leader serves GetState")
+        .0
+    }
+
+    /// Stops a master as abruptly as an in-process test can: its server and
+    /// log stop, every stream to it breaks.
+    pub async fn kill(&mut self, id: u64) {
+        if let Some(r) = self.running.remove(&id) {
+            r.shutdown().await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.kill(id).await;
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or panics naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// --- a simulated agent --------------------------------------------------------
+
+#[derive(Default)]
+pub struct AgentShared {
+    pub id: Mutex<Option<String>>,
+    /// (framework id, task id) → state.
+    pub tasks: Mutex<BTreeMap<(String, String), i32>>,
+    /// Ignores pings and does not reregister while set.
+    pub silent: AtomicBool,
+    pub stop: AtomicBool,
+    pub newest_term: AtomicU64,
+    pub registrations: AtomicU64,
+}
+
+/// An agent that runs every task at once (TASK_RUNNING), kills on request
+/// (TASK_KILLED), answers pings, and reregisters with its tasks whenever
+/// its stream to the master breaks.
+pub struct SimAgent {
+    pub shared: Arc<AgentShared>,
+    pub hostname: String,
+}
+
+impl SimAgent {
+    pub fn spawn(masters: Vec<String>, hostname: &str, cpus: u64) -> SimAgent {
+        let shared = Arc::new(AgentShared::default());
+        let info = ap::AgentInfo {
+            hostname: hostname.to_owned(),
+            ip: "127.0.0.1".into(),
+            resources: Some(pb::Resources {
+                cpus_milli: cpus * 1000,
+                mem_mb: cpus * 1024,
+                disk_mb: 0,
+                ports: vec![],
+            }),
+            attributes: vec![],
+            domain: None,
+        };
+        tokio::spawn(agent_loop(masters, info, shared.clone()));
+        SimAgent {
+            shared,
+            hostname: hostname.to_owned(),
+        }
+    }
+
+    pub fn id(&self) -> Option<String> {
+        self.shared.id.lock().unwrap().clone()
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.shared.tasks.lock().unwrap().len()
+    }
+}
+
+impl Drop for SimAgent {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn send_status(masters: Vec<String>, update: ap::StatusUpdate) {
+    // Retried until acknowledged (the master commits a uuid once).
+    let _ = with_leader(&masters, Duration::from_secs(60), |ch| {
+        let u = update.clone();
+        async move { AgentLinkClient::new(ch).update_status(u).await }
+    })
+    .await;
+}
+
+async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<AgentShared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        if shared.silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        let agent_id = shared.id.lock().unwrap().clone().unwrap_or_default();
+        let tasks: Vec<ap::RunningTask> = shared
+            .tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| **s == TaskState::TaskRunning as i32)
+            .map(|((f, t), s)| ap::RunningTask {
+                framework_id: f.clone(),
+                task_id: t.clone(),
+                state: *s,
+            })
+            .collect();
+        let req = ap::RegisterRequest {
+            agent_id,
+            info: Some(info.clone()),
+            tasks,
+        };
+        let registered = with_leader(&masters, Duration::from_secs(5), |ch| {
+            let r = req.clone();
+            async move { AgentLinkClient::new(ch).register(r).await }
+        })
+        .await;
+        let (resp, addr) = match registered {
+            Ok(ok) => ok,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let resp = resp.into_inner();
+        shared.registrations.fetch_add(1, Ordering::SeqCst);
+        *shared.id.lock().unwrap() = Some(resp.agent_id.clone());
+        shared.newest_term.fetch_max(resp.term, Ordering::SeqCst);
+        let Ok(ch) = connect(&addr).await else {
+            continue;
+        };
+        let mut client = AgentLinkClient::new(ch);
+        let Ok(stream) = client
+            .attach(ap::AttachRequest {
+                agent_id: resp.agent_id.clone(),
+            })
+            .await
+        else {
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        while let Ok(Some(m)) = stream.message().await {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            if m.term < shared.newest_term.load(Ordering::SeqCst) {
+                continue;
+            }
+            shared.newest_term.store(m.term, Ordering::SeqCst);
+            match m.message {
+                Some(ap::master_message::Message::Launch(l)) => {
+                    shared.tasks.lock().unwrap().insert(
+                        (l.framework_id.clone(), l.task_id.clone()),
+                        TaskState::TaskRunning as i32,
+                    );
+                    tokio::spawn(send_status(
+                        masters.clone(),
+                        update(
+                            &resp.agent_id,
+                            &l.framework_id,
+                            &l.task_id,
+                            TaskState::TaskRunning,
+                        ),
+                    ));
+                }
+                Some(ap::master_message::Message::Kill(k)) => {
+                    shared.tasks.lock().unwrap().insert(
+                        (k.framework_id.clone(), k.task_id.clone()),
+                        TaskState::TaskKilled as i32,
+                    );
+                    tokio::spawn(send_status(
+                        masters.clone(),
+                        update(
+                            &resp.agent_id,
+                            &k.framework_id,
+                            &k.task_id,
+                            TaskState::TaskKilled,
+                        ),
+                    ));
+                }
+                Some(ap::master_message::Message::Ping(p))
+                    if !shared.silent.load(Ordering::SeqCst) =>
+                {
+                    let _ = client
+                        .pong(ap::PongRequest {
+                            agent_id: resp.agent_id.clone(),
+                            seq: p.seq,
+                        })
+                        .await;
+                }
+                Some(ap::master_message::Message::Ping(_)) => {}
+                None => {}
+            }
+        }
+    }
+}
+
+fn update(agent_id: &str, framework_id: &str, task_id: &str, state: TaskState) -> ap::StatusUpdate {
+    ap::StatusUpdate {
+        agent_id: agent_id.to_owned(),
+        framework_id: framework_id.to_owned(),
+        task_id: task_id.to_owned(),
+        state: state as i32,
+        uuid: uuid::Uuid::new_v4().to_string(),
+        reason: if state == TaskState::TaskKilled {
+            TaskReason::ReasonKilledByFramework as i32
+        } else {
+            TaskReason::Unspecified as i32
+        },
+        message: String::new(),
+        source: StatusSource::SourceExecutor as i32,
+        exit_code: None,
+        healthy: None,
+    }
+}
+
+// --- a framework client -------------------------------------------------------
+
+#[derive(Clone, Debug, Default)]
+pub struct FrameworkIds {
+    pub framework_id: String,
+    pub stream_id: String,
+    pub subscriptions: u64,
+}
+
+/// A scheduler: subscribes through whichever master leads, forwards every
+/// event to `events`, and (with `failover`) resubscribes with its id when
+/// the stream breaks.
+pub struct Framework {
+    pub masters: Vec<String>,
+    pub info: sp::FrameworkInfo,
+    pub ids: Arc<Mutex<FrameworkIds>>,
+    pub events: mpsc::UnboundedReceiver<sp::Event>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Framework {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn framework_info(
+    name: &str,
+    role: &str,
+    capabilities: &[pb::FrameworkCapability],
+) -> sp::FrameworkInfo {
+    sp::FrameworkInfo {
+        framework_id: String::new(),
+        name: name.into(),
+        role: role.into(),
+        capabilities: capabilities.iter().map(|c| *c as i32).collect(),
+        checkpoint: true,
+        failover_timeout_ms: 60_000,
+        principal: String::new(),
+    }
+}
+
+async fn subscribe_once(
+    masters: &[String],
+    info: &sp::FrameworkInfo,
+) -> Result<(tonic::Streaming<sp::Event>, sp::Subscribed), Status> {
+    let (mut stream, _) = with_leader(masters, PATIENCE, |ch| {
+        let req = sp::SubscribeRequest {
+            framework: Some(info.clone()),
+        };
+        async move {
+            SchedulerClient::new(ch)
+                .subscribe(req)
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
+    .await?;
+    match stream.message().await? {
+        Some(sp::Event {
+            event: Some(sp::event::Event::Subscribed(s)),
+        }) => Ok((stream, s)),
+        other => Err(Status::internal(format!(
+            "expected Subscribed first, got {other:?}"
+        ))),
+    }
+}
+
+impl Framework {
+    pub async fn subscribe(
+        masters: Vec<String>,
+        info: sp::FrameworkInfo,
+        failover: bool,
+    ) -> Framework {
+        let (stream, subscribed) = subscribe_once(&masters, &info).await.expect("subscribed");
+        let ids = Arc::new(Mutex::new(FrameworkIds {
+            framework_id: subscribed.framework_id.clone(),
+            stream_id: subscribed.stream_id.clone(),
+            subscriptions: 1,
+        }));
+        let (tx, events) = mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut info = info;
+        info.framework_id = subscribed.framework_id.clone();
+        tokio::spawn(reader(
+            masters.clone(),
+            info.clone(),
+            stream,
+            ids.clone(),
+            tx,
+            failover,
+            stop.clone(),
+        ));
+        Framework {
+            masters,
+            info,
+            ids,
+            events,
+            stop,
+        }
+    }
+
+    pub fn id(&self) -> String {
+        self.ids.lock().unwrap().framework_id.clone()
+    }
+
+    pub async fn call(&self, call: sp::call::Call) -> Result<u64, Status> {
+        let ids = self.ids.lock().unwrap().clone();
+        self.call_as(&ids.stream_id, call).await
+    }
+
+    /// A call with a given stream id (to play a stale instance).
+    pub async fn call_as(&self, stream_id: &str, call: sp::call::Call) -> Result<u64, Status> {
+        let framework_id = self.id();
+        let stream_id = stream_id.to_owned();
+        with_leader(&self.masters, PATIENCE, |ch| {
+            let c = sp::Call {
+                framework_id: framework_id.clone(),
+                stream_id: stream_id.clone(),
+                call: Some(call.clone()),
+            };
+            async move {
+                SchedulerClient::new(ch)
+                    .call(c)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .map(|(r, _)| r.committed_index)
+    }
+
+    /// The next event `pick` accepts (others are dropped), within `limit`.
+    pub async fn next<T>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut pick: impl FnMut(sp::event::Event) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
+                .unwrap_or_else(|| panic!("the event stream ended while waiting for {what}"));
+            if let Some(v) = ev.event.and_then(&mut pick) {
+                return v;
+            }
+        }
+    }
+
+    pub async fn offers(&mut self, limit: Duration) -> Vec<sp::Offer> {
+        self.next("offers", limit, |e| match e {
+            sp::event::Event::Offers(o) => Some(o.offers),
+            _ => None,
+        })
+        .await
+    }
+}
+
+async fn reader(
+    masters: Vec<String>,
+    info: sp::FrameworkInfo,
+    mut stream: tonic::Streaming<sp::Event>,
+    ids: Arc<Mutex<FrameworkIds>>,
+    tx: mpsc::UnboundedSender<sp::Event>,
+    failover: bool,
+    stop: Arc<AtomicBool>,
+) {
+    loop {
+        while let Ok(Some(ev)) = stream.message().await {
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+        if !failover || stop.load(Ordering::SeqCst) {
+            return;
+        }
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            match subscribe_once(&masters, &info).await {
+                Ok((s, subscribed)) => {
+                    let mut ids = ids.lock().unwrap();
+                    ids.stream_id = subscribed.stream_id;
+                    ids.subscriptions += 1;
+                    stream = s;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+pub fn launch(
+    offer: &sp::Offer,
+    task_id: &str,
+    cpus_milli: u64,
+    refuse_seconds: Option<f64>,
+) -> sp::call::Call {
+    sp::call::Call::Accept(sp::Accept {
+        offer_ids: vec![offer.offer_id.clone()],
+        launches: vec![sp::TaskInfo {
+            task_id: task_id.into(),
+            name: task_id.into(),
+            resources: Some(pb::Resources {
+                cpus_milli,
+                mem_mb: 16,
+                disk_mb: 0,
+                ports: vec![],
+            }),
+            command: Some(pb::CommandInfo {
+                shell: "sleep 1000".into(),
+                argv: vec![],
+                environment: vec![],
+            }),
+        }],
+        filters: Some(sp::Filters { refuse_seconds }),
+    })
+}
+
+pub fn task_state(state: &op::State, framework_id: &str, task_id: &str) -> Option<TaskState> {
+    state
+        .tasks
+        .iter()
+        .find(|t| t.framework_id == framework_id && t.task_id == task_id)
+        .and_then(|t| TaskState::try_from(t.state).ok())
+}
