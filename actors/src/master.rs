@@ -698,6 +698,55 @@ impl Master {
         self.timers.last_allocation = None;
     }
 
+    /// After a (re)registration: re-sends the launches of STAGING tasks the
+    /// agent did not report (the launch may have been lost with an old
+    /// leader or a broken stream; agents ignore a launch of a task they
+    /// run), and kills tasks the agent runs that the master holds terminal
+    /// or does not know (Mesos: a non-PARTITION_AWARE framework's task
+    /// marked LOST while its agent was away).
+    fn reconcile_agent(&mut self, agent_id: &AgentId, reported: &BTreeSet<TaskKey>) {
+        let Some(link) = self.agents.get(agent_id) else {
+            return;
+        };
+        let mut messages = Vec::new();
+        for t in self.cluster.tasks_on_agent(agent_id) {
+            if t.state == TaskState::TaskStaging && !reported.contains(&t.key) {
+                let checkpoint = self
+                    .cluster
+                    .frameworks
+                    .get(&t.key.framework_id)
+                    .is_some_and(|f| f.checkpoint);
+                messages.push(orrery_proto::agent::master_message::Message::Launch(
+                    orrery_proto::agent::LaunchTask {
+                        framework_id: t.key.framework_id.0.clone(),
+                        task_id: t.key.task_id.0.clone(),
+                        name: t.name.clone(),
+                        resources: Some(t.resources.to_proto()),
+                        command: Some(t.command.clone()),
+                        checkpoint,
+                    },
+                ));
+            }
+        }
+        for key in reported {
+            let live = self
+                .cluster
+                .task(key)
+                .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id);
+            if !live {
+                messages.push(orrery_proto::agent::master_message::Message::Kill(
+                    orrery_proto::agent::KillTask {
+                        framework_id: key.framework_id.0.clone(),
+                        task_id: key.task_id.0.clone(),
+                    },
+                ));
+            }
+        }
+        for m in messages {
+            let _ = link.addr.try_send(agent_session::Deliver(m));
+        }
+    }
+
     /// The session of a registered agent, while serving.
     fn agent_link(&self, agent_id: AgentId) -> Result<&Addr<AgentSession>, MasterError> {
         self.serving()?;
@@ -1025,6 +1074,11 @@ impl Handler<RegisterAgent> for Master {
                 return wait(rx);
             }
         };
+        let reported: BTreeSet<TaskKey> = msg
+            .tasks
+            .iter()
+            .map(|t| TaskKey::new(t.framework_id.clone(), t.task_id.clone()))
+            .collect();
         let command = match msg.agent_id {
             None => Command::RegisterAgent(msg.registration),
             Some(agent_id) => Command::ReregisterAgent {
@@ -1050,6 +1104,7 @@ impl Handler<RegisterAgent> for Master {
                     })?;
                 let id = AgentId::new(id);
                 act.open_agent(id.clone(), term, ctx);
+                act.reconcile_agent(&id, &reported);
                 Ok((id, term))
             }),
             ctx,

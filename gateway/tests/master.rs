@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use orrery_events::pb::TaskState;
+use orrery_events::pb::{FrameworkCapability, TaskState};
 use orrery_proto::operator::{self as op, operator_client::OperatorClient};
 use orrery_proto::scheduler as sp;
 use tonic::Code;
@@ -170,6 +170,349 @@ fn stale_framework_instance_is_refused() {
             .call(sp::call::Call::Revive(sp::Revive {}))
             .await
             .expect("the current instance may call");
+        masters.shutdown().await;
+    });
+}
+
+#[test]
+fn declined_agents_are_not_offered_again_until_the_filter_expires() {
+    run(LIMIT, async {
+        let masters = Masters::start(1, test_settings()).await;
+        let _a1 = SimAgent::spawn(masters.addrs(), "host-1", 2);
+        let _a2 = SimAgent::spawn(masters.addrs(), "host-2", 2);
+        let mut fw =
+            Framework::subscribe(masters.addrs(), framework_info("f", "r", &[]), false).await;
+        // Collect one offer from each agent.
+        let mut by_host = std::collections::BTreeMap::new();
+        while by_host.len() < 2 {
+            for o in fw.offers(WAIT).await {
+                by_host.insert(o.hostname.clone(), o);
+            }
+        }
+        // Decline host-1 for a minute, host-2 for nothing.
+        fw.call(sp::call::Call::Decline(sp::Decline {
+            offer_ids: vec![by_host["host-1"].offer_id.clone()],
+            filters: Some(sp::Filters {
+                refuse_seconds: Some(60.0),
+            }),
+        }))
+        .await
+        .expect("declined");
+        fw.call(sp::call::Call::Decline(sp::Decline {
+            offer_ids: vec![by_host["host-2"].offer_id.clone()],
+            filters: Some(sp::Filters {
+                refuse_seconds: Some(0.0),
+            }),
+        }))
+        .await
+        .expect("declined");
+        // Over the next 10 allocation intervals host-2 comes back, host-1
+        // never does.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut hosts = std::collections::BTreeSet::new();
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(ev)) = tokio::time::timeout_at(deadline, fw.events.recv()).await {
+                if let Some(sp::event::Event::Offers(o)) = ev.event {
+                    for offer in o.offers {
+                        hosts.insert(offer.hostname.clone());
+                        fw.call(sp::call::Call::Decline(sp::Decline {
+                            offer_ids: vec![offer.offer_id],
+                            filters: Some(sp::Filters {
+                                refuse_seconds: Some(0.0),
+                            }),
+                        }))
+                        .await
+                        .expect("declined");
+                    }
+                }
+            }
+        }
+        assert!(
+            hosts.contains("host-2"),
+            "the unfiltered agent is offered again: {hosts:?}"
+        );
+        assert!(
+            !hosts.contains("host-1"),
+            "the filtered agent is not: {hosts:?}"
+        );
+        // Revive clears the filter (Mesos semantics).
+        fw.call(sp::call::Call::Revive(sp::Revive {}))
+            .await
+            .expect("revived");
+        fw.next("an offer from host-1 after revive", WAIT, |e| match e {
+            sp::event::Event::Offers(o) => o
+                .offers
+                .iter()
+                .any(|o| o.hostname == "host-1")
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+        masters.shutdown().await;
+    });
+}
+
+/// Accepts every offer with one task of `cpus_milli` until told to stop;
+/// returns the number of tasks launched.
+async fn fill(
+    fw: &mut Framework,
+    prefix: &str,
+    cpus_milli: u64,
+    until: tokio::time::Instant,
+) -> usize {
+    let mut launched = 0;
+    while tokio::time::Instant::now() < until {
+        let Ok(Some(ev)) = tokio::time::timeout_at(until, fw.events.recv()).await else {
+            break;
+        };
+        if let Some(sp::event::Event::Offers(o)) = ev.event {
+            for offer in o.offers {
+                let cpus = offer.resources.as_ref().map_or(0, |r| r.cpus_milli);
+                if cpus >= cpus_milli {
+                    let id = format!("{prefix}-{launched}");
+                    if fw
+                        .call(launch(&offer, &id, cpus_milli, Some(0.0)))
+                        .await
+                        .is_ok()
+                    {
+                        launched += 1;
+                    }
+                } else {
+                    let _ = fw
+                        .call(sp::call::Call::Decline(sp::Decline {
+                            offer_ids: vec![offer.offer_id],
+                            filters: Some(sp::Filters {
+                                refuse_seconds: Some(0.0),
+                            }),
+                        }))
+                        .await;
+                }
+            }
+        }
+    }
+    launched
+}
+
+#[test]
+fn drf_shares_converge_to_the_role_weights() {
+    run(LIMIT, async {
+        let masters = Masters::start(1, test_settings()).await;
+        let (_, leader) =
+            orrery_gateway::client::with_leader(&masters.addrs(), PATIENCE, |ch| async move {
+                OperatorClient::new(ch)
+                    .update_weights(op::UpdateWeightsRequest {
+                        weights: vec![
+                            op::WeightInfo {
+                                role: "light".into(),
+                                weight: 1.0,
+                            },
+                            op::WeightInfo {
+                                role: "heavy".into(),
+                                weight: 3.0,
+                            },
+                        ],
+                    })
+                    .await
+            })
+            .await
+            .expect("weights set");
+        assert!(!leader.is_empty());
+        let mut light =
+            Framework::subscribe(masters.addrs(), framework_info("l", "light", &[]), false).await;
+        let mut heavy =
+            Framework::subscribe(masters.addrs(), framework_info("h", "heavy", &[]), false).await;
+        // Both frameworks are there before any resources are (DRF never
+        // takes back what it gave). One cpu per agent, so that an offer is
+        // exactly one task's worth and a framework holding offers counts
+        // no more than it will use.
+        let agents: Vec<SimAgent> = (0..32)
+            .map(|i| SimAgent::spawn(masters.addrs(), &format!("host-{i}"), 1))
+            .collect();
+        // 32 cpus; both frameworks want all of it, one cpu per task.
+        let until = tokio::time::Instant::now() + Duration::from_secs(6);
+        let (l, h) = tokio::join!(
+            fill(&mut light, "l", 1000, until),
+            fill(&mut heavy, "h", 1000, until)
+        );
+        assert_eq!(l + h, 32, "the cluster is full: light {l}, heavy {h}");
+        // Weighted DRF: heavy's share is three times light's (8 and 24),
+        // within one task either way.
+        assert!(
+            (7..=9).contains(&l) && (23..=25).contains(&h),
+            "light {l}, heavy {h}"
+        );
+        let state = masters.state().await;
+        let running = state
+            .tasks
+            .iter()
+            .filter(|t| t.state == TaskState::TaskRunning as i32)
+            .count();
+        assert_eq!(running, 32);
+        drop(agents);
+        masters.shutdown().await;
+    });
+}
+
+#[test]
+fn a_framework_survives_the_leader_being_killed_and_keeps_its_tasks() {
+    run(LIMIT, async {
+        let mut masters = Masters::start(3, test_settings()).await;
+        let agents: Vec<SimAgent> = (0..2)
+            .map(|i| SimAgent::spawn(masters.addrs(), &format!("host-{i}"), 4))
+            .collect();
+        let mut fw =
+            Framework::subscribe(masters.addrs(), framework_info("svc", "svc", &[]), true).await;
+        // Launch four tasks; each launch is acknowledged (committed) before
+        // the next.
+        let mut acked = Vec::new();
+        while acked.len() < 4 {
+            for offer in fw.offers(WAIT).await {
+                let id = format!("t{}", acked.len());
+                if acked.len() < 4 && fw.call(launch(&offer, &id, 1000, Some(0.0))).await.is_ok() {
+                    acked.push(id);
+                }
+            }
+        }
+        let old = masters.leader().await;
+        masters.kill(old).await;
+
+        // The framework resubscribes (failover) to the new leader.
+        let ids = fw.ids.clone();
+        eventually("the framework resubscribed", WAIT, || {
+            let n = ids.lock().unwrap().subscriptions;
+            async move { (n >= 2).then_some(()) }
+        })
+        .await;
+        let new = masters.leader().await;
+        assert_ne!(new, old);
+        // Every acknowledged launch is there, running, on reregistered agents.
+        let state = eventually("the tasks under the new leader", WAIT, || {
+            let m = &masters;
+            let acked = &acked;
+            async move {
+                let s = m.state().await;
+                let all = acked
+                    .iter()
+                    .all(|t| task_state(&s, "F1", t) == Some(TaskState::TaskRunning));
+                let agents_back = s.agents.iter().all(|a| a.state == "REGISTERED");
+                (all && agents_back).then_some(s)
+            }
+        })
+        .await;
+        assert_eq!(state.tasks.len(), 4, "no task appeared or vanished");
+        let f = &state.frameworks[0];
+        assert!(
+            f.connected && !f.removed,
+            "the framework is connected: {f:?}"
+        );
+        // And it can go on launching through the new leader.
+        // (Offers the old leader made are void: the election rescinded
+        // them, and accepting one is refused as unknown.)
+        loop {
+            let offer = fw.offers(WAIT).await.remove(0);
+            match fw.call(launch(&offer, "t-after", 1000, Some(0.0))).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Code::NotFound => continue,
+                Err(e) => panic!("launch through the new leader: {e:?}"),
+            }
+        }
+        fw.next("TASK_RUNNING for t-after", WAIT, |e| match e {
+            sp::event::Event::Update(u) => u
+                .status
+                .filter(|s| s.task_id == "t-after" && s.state == TaskState::TaskRunning as i32),
+            _ => None,
+        })
+        .await;
+        assert_eq!(agents.iter().map(SimAgent::task_count).sum::<usize>(), 5);
+        drop(agents);
+        masters.shutdown().await;
+    });
+}
+
+#[test]
+fn a_silent_agent_becomes_unreachable_and_is_reconciled_when_it_returns() {
+    run(LIMIT, async {
+        let mut settings = test_settings();
+        settings.agent_ping_timeout = Duration::from_millis(100);
+        settings.max_agent_ping_timeouts = 3;
+        let masters = Masters::start(1, settings).await;
+        let agent = SimAgent::spawn(masters.addrs(), "host-1", 4);
+        let mut aware = Framework::subscribe(
+            masters.addrs(),
+            framework_info("aware", "a", &[FrameworkCapability::PartitionAware]),
+            false,
+        )
+        .await;
+        let mut plain =
+            Framework::subscribe(masters.addrs(), framework_info("plain", "b", &[]), false).await;
+        for (fw, task) in [(&mut aware, "ta"), (&mut plain, "tb")] {
+            let offer = fw.offers(WAIT).await.remove(0);
+            fw.call(launch(&offer, task, 1000, Some(0.0)))
+                .await
+                .expect("launched");
+            fw.next("TASK_RUNNING", WAIT, |e| match e {
+                sp::event::Event::Update(u) => u
+                    .status
+                    .filter(|s| s.state == TaskState::TaskRunning as i32),
+                _ => None,
+            })
+            .await;
+        }
+        // The agent stops answering pings: after 3 × 100 ms it is
+        // unreachable; PARTITION_AWARE hears UNREACHABLE, the other LOST.
+        agent
+            .shared
+            .silent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let u = aware
+            .next("TASK_UNREACHABLE", WAIT, |e| match e {
+                sp::event::Event::Update(u) => u.status.filter(|s| s.task_id == "ta"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(u.state, TaskState::TaskUnreachable as i32);
+        let u = plain
+            .next("TASK_LOST", WAIT, |e| match e {
+                sp::event::Event::Update(u) => u.status.filter(|s| s.task_id == "tb"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(u.state, TaskState::TaskLost as i32);
+        let s = masters.state().await;
+        assert_eq!(s.agents[0].state, "UNREACHABLE");
+
+        // It comes back: reregisters with both tasks. The PARTITION_AWARE
+        // task is RUNNING again; the LOST one is killed on the agent.
+        agent
+            .shared
+            .silent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let u = aware
+            .next("TASK_RUNNING after the agent returned", WAIT, |e| match e {
+                sp::event::Event::Update(u) => u.status.filter(|s| s.task_id == "ta"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(u.state, TaskState::TaskRunning as i32);
+        let shared = agent.shared.clone();
+        eventually("the LOST task killed on the agent", WAIT, || {
+            let st = shared
+                .tasks
+                .lock()
+                .unwrap()
+                .get(&(plain.id(), "tb".to_string()))
+                .copied();
+            async move { (st == Some(TaskState::TaskKilled as i32)).then_some(()) }
+        })
+        .await;
+        let s = masters.state().await;
+        assert_eq!(s.agents[0].state, "REGISTERED");
+        assert_eq!(
+            task_state(&s, &aware.id(), "ta"),
+            Some(TaskState::TaskRunning)
+        );
+        assert_eq!(task_state(&s, &plain.id(), "tb"), Some(TaskState::TaskLost));
+        drop(agent);
         masters.shutdown().await;
     });
 }
