@@ -5,8 +5,9 @@
 //! turns flags into calls.
 //!
 //! # Layout
-//! - `master`: one replica of the master group (today: its share of the
-//!   replicated log).
+//! - `master`: one replica of the master group (its share of the log, the
+//!   active master's actors when it leads, gRPC and HTTP).
+//! - `list`: `agent|task|framework list` against the active master.
 //! - `dev`: the first-run experience. Until the master and agent daemons
 //!   exist (later issues), it drives the real core in-process against one
 //!   simulated agent sized like this machine and prints the event log it
@@ -15,6 +16,7 @@
 mod bench_alloc;
 mod bench_log;
 mod dev;
+mod list;
 mod logging;
 mod master;
 
@@ -30,6 +32,10 @@ struct Cli {
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// The masters to ask (any of them; the leader is found), as
+    /// ADDR[,ADDR...].
+    #[arg(long, global = true, env = "ORRERY_MASTER")]
+    master: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -42,9 +48,24 @@ enum Cmd {
     /// Run one replica of the master group (1, 3 or 5 replicas share one
     /// replicated log).
     Master(master::MasterArgs),
+    /// Agents the active master knows.
+    #[command(subcommand)]
+    Agent(ListCmd),
+    /// Tasks the active master knows.
+    #[command(subcommand)]
+    Task(ListCmd),
+    /// Frameworks the active master knows.
+    #[command(subcommand)]
+    Framework(ListCmd),
     /// Benchmarks (see README and BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ListCmd {
+    /// A table (or --json) of what the active master knows.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +82,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(args) => master::run(&args),
+        Cmd::Agent(ListCmd::List) => list::run(cli.master.as_deref(), list::What::Agents, cli.json),
+        Cmd::Task(ListCmd::List) => list::run(cli.master.as_deref(), list::What::Tasks, cli.json),
+        Cmd::Framework(ListCmd::List) => {
+            list::run(cli.master.as_deref(), list::What::Frameworks, cli.json)
+        }
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
     };

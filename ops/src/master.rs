@@ -1,11 +1,14 @@
 //! `orrery master`: one replica of the master group.
 //!
-//! Today a master replica is its share of the replicated event log (the
-//! `raft` backend of orrery-storage) applying committed events to the
-//! cluster state. **Not finished**: the actors that make the leader the
-//! active master (agents, frameworks, allocation) come with the master
-//! issue; until then the log takes pre-built events only from clients
-//! allowed by `--accept-raw-appends` (tests, benchmarks).
+//! A replica is its share of the replicated event log (the `raft` backend
+//! of orrery-storage) plus the `Master` actor, which serves as the active
+//! master while the log makes this replica the leader. The scheduler, agent
+//! and operator gRPC APIs share the raft address (`--listen`); followers
+//! answer them with UNAVAILABLE and `orrery-leader`. `--http` serves
+//! `/health` and `/state`.
+//!
+//! Runs in an actix system on a multi-threaded tokio runtime: the actors
+//! on the system's arbiter, the gRPC server and the log on the workers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use orrery_actors::cluster_machine::{raw_append_allowed, ClusterMachine};
-use orrery_storage::raft::{RaftConfig, RaftNode, RawAppends};
+use orrery_actors::cluster_machine::raw_append_allowed;
+use orrery_actors::master::Settings;
+use orrery_storage::raft::{RaftConfig, RawAppends};
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
@@ -51,6 +55,33 @@ pub struct MasterArgs {
     /// service (for tests and `orrery bench log`).
     #[arg(long)]
     accept_raw_appends: bool,
+    /// Where to serve HTTP admin (`/health`, `/state`), e.g.
+    /// 127.0.0.1:5050.
+    #[arg(long)]
+    http: Option<String>,
+    /// How long an offer stands before it is rescinded (0s: until used,
+    /// declined or rescinded for another reason).
+    #[arg(long, default_value = "0s")]
+    offer_timeout: String,
+    /// The filter on what an accept leaves unused, when the framework names
+    /// none (Mesos: 5s).
+    #[arg(long, default_value = "5s")]
+    default_refuse: String,
+    /// The interval between pings to each agent.
+    #[arg(long, default_value = "15s")]
+    agent_ping_timeout: String,
+    /// Pings in a row an agent may miss before it is marked unreachable.
+    #[arg(long, default_value_t = 5)]
+    max_agent_ping_timeouts: u32,
+    /// After a leader change, how long agents have to reregister.
+    #[arg(long, default_value = "10mins")]
+    agent_reregister_timeout: String,
+    /// The time between allocation cycles.
+    #[arg(long, default_value = "1s")]
+    allocation_interval: String,
+    /// The interval of heartbeats on framework streams.
+    #[arg(long, default_value = "15s")]
+    framework_heartbeat: String,
     /// Log format on stderr.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -61,8 +92,33 @@ pub fn parse_duration(flag: &str, text: &str) -> Result<Duration> {
         .with_context(|| format!("{flag} {text:?} is not a duration (like 500ms, 15s, 10mins, 2h)"))
 }
 
+fn positive(flag: &str, text: &str) -> Result<Duration> {
+    let d = parse_duration(flag, text)?;
+    if d.is_zero() {
+        bail!("{flag} must be longer than zero");
+    }
+    Ok(d)
+}
+
+fn settings(args: &MasterArgs) -> Result<Settings> {
+    let mut s = Settings::new(args.id, args.listen.clone());
+    s.offer_timeout = parse_duration("--offer-timeout", &args.offer_timeout)?;
+    s.default_refuse = parse_duration("--default-refuse", &args.default_refuse)?;
+    s.agent_ping_timeout = positive("--agent-ping-timeout", &args.agent_ping_timeout)?;
+    if args.max_agent_ping_timeouts == 0 {
+        bail!("--max-agent-ping-timeouts must be at least 1");
+    }
+    s.max_agent_ping_timeouts = args.max_agent_ping_timeouts;
+    s.agent_reregister_timeout =
+        positive("--agent-reregister-timeout", &args.agent_reregister_timeout)?;
+    s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
+    s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
+    Ok(s)
+}
+
 pub fn run(args: &MasterArgs) -> Result<()> {
     crate::logging::init(&args.log_format)?;
+    let settings = settings(args)?;
     let peers =
         RaftConfig::parse_peers(&args.peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
     let listen = tokio::net::lookup_host(&args.listen);
@@ -71,8 +127,18 @@ pub fn run(args: &MasterArgs) -> Result<()> {
     if args.snapshot_every == 0 {
         bail!("--snapshot-every must be at least 1");
     }
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async {
+    let http = match &args.http {
+        Some(h) => Some(
+            h.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--http {h:?} is not IP:PORT"))?,
+        ),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    actix_rt::System::with_tokio_rt(move || rt).block_on(async {
         let listen = listen
             .await
             .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?
@@ -87,12 +153,14 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         if args.accept_raw_appends {
             config.raw_appends = RawAppends::Checked(Arc::new(raw_append_allowed));
         }
-        let node = RaftNode::start(config, ClusterMachine::default())
+        let running = orrery_gateway::server::start(config, settings, http)
             .await
             .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
+        let node = running.node.clone();
         tracing::info!(
             id = args.id,
             addr = %node.local_addr(),
+            http = ?running.http_addr.map(|a| a.to_string()),
             cluster_id = %node.cluster_id(),
             "master replica started"
         );
@@ -116,7 +184,7 @@ pub fn run(args: &MasterArgs) -> Result<()> {
                 }
             }
         };
-        node.shutdown().await;
+        running.shutdown().await;
         outcome
     })
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -421,6 +421,126 @@ fn bad_flags_are_refused_with_the_flag_named() {
     ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--election-timeout"), "{err}");
+    for (flag, value, says) in [
+        ("--max-agent-ping-timeouts", "0", "at least 1"),
+        ("--agent-ping-timeout", "0s", "longer than zero"),
+        ("--allocation-interval", "often", "not a duration"),
+        ("--http", "localhost", "not IP:PORT"),
+    ] {
+        let (code, err) = run(&[
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--data-dir",
+            d,
+            flag,
+            value,
+        ]);
+        assert_eq!(code, Some(1), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+    }
     let (code, _) = run(&["--id", "x"]);
     assert_eq!(code, Some(2), "bad usage exits 2");
+}
+
+/// One HTTP/1.0 exchange on a raw socket, as Aurora's monit check does it.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to --http");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn http_admin_and_the_cli_follow_the_leader() {
+    let _serial = SERIAL.blocking_lock();
+    let m = Masters::new(3, &[]);
+    let http: BTreeMap<u64, String> = m
+        .addrs
+        .keys()
+        .map(|&id| (id, format!("127.0.0.1:{}", free_port())))
+        .collect();
+    for (&id, h) in &http {
+        m.start(id, &["--http", h]);
+    }
+    let all = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.arg("--master").arg(&all).args(args);
+        cmd.output().expect("run the cli")
+    };
+    // The CLI finds the leader whichever master it asks first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = cli(&["--json", "agent", "list"]);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    for what in ["task", "framework"] {
+        let out = cli(&[what, "list"]);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(if what == "task" {
+                "FRAMEWORK"
+            } else {
+                "ID"
+            })
+        );
+    }
+    // /health on every master, HTTP/1.0, body exactly "OK\n".
+    for h in http.values() {
+        let r = http_get(h, "/health");
+        assert!(
+            r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+            "{r}"
+        );
+        assert!(r.ends_with("\r\n\r\nOK\n"), "{r:?}");
+    }
+    // /state: the leader answers, followers redirect to it.
+    let mut leaders = 0;
+    let mut redirects = 0;
+    for h in http.values() {
+        let r = http_get(h, "/state");
+        if r.contains(" 200 ") {
+            leaders += 1;
+            let body = r.split("\r\n\r\n").nth(1).unwrap();
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            for key in [
+                "leader_id",
+                "term",
+                "commit_index",
+                "agents",
+                "frameworks",
+                "tasks",
+            ] {
+                assert!(v.get(key).is_some(), "/state has {key}: {body}");
+            }
+            assert!(v["commit_index"].as_u64().unwrap() >= 1);
+        } else if r.contains(" 307 ") {
+            redirects += 1;
+            assert!(r.to_lowercase().contains("location: http://"), "{r}");
+        }
+    }
+    assert_eq!((leaders, redirects), (1, 2));
 }
