@@ -516,3 +516,94 @@ fn a_silent_agent_becomes_unreachable_and_is_reconciled_when_it_returns() {
         masters.shutdown().await;
     });
 }
+
+#[test]
+fn a_framework_gone_past_its_failover_timeout_is_removed_and_its_tasks_killed() {
+    run(LIMIT, async {
+        let masters = Masters::start(1, test_settings()).await;
+        let agent = SimAgent::spawn(masters.addrs(), "host-1", 4);
+        let mut info = framework_info("brief", "r", &[]);
+        info.failover_timeout_ms = 300;
+        let mut fw = Framework::subscribe(masters.addrs(), info, false).await;
+        let id = fw.id();
+        let offer = fw.offers(WAIT).await.remove(0);
+        fw.call(launch(&offer, "t1", 1000, Some(0.0)))
+            .await
+            .expect("launched");
+        fw.next("TASK_RUNNING", WAIT, |e| match e {
+            sp::event::Event::Update(u) => u
+                .status
+                .filter(|s| s.state == TaskState::TaskRunning as i32),
+            _ => None,
+        })
+        .await;
+        // The scheduler goes away (its stream closes) and does not return.
+        drop(fw);
+        let shared = agent.shared.clone();
+        let key = (id.clone(), "t1".to_string());
+        eventually("the task killed on the agent", WAIT, || {
+            let st = shared.tasks.lock().unwrap().get(&key).copied();
+            async move { (st == Some(TaskState::TaskKilled as i32)).then_some(()) }
+        })
+        .await;
+        let s = masters.state().await;
+        assert!(s.frameworks[0].removed, "{:?}", s.frameworks[0]);
+        masters.shutdown().await;
+    });
+}
+
+#[test]
+fn after_a_leader_change_agents_that_do_not_reregister_in_time_are_unreachable() {
+    run(LIMIT, async {
+        let mut settings = test_settings();
+        settings.agent_reregister_timeout = Duration::from_millis(1500);
+        let mut masters = Masters::start(3, settings).await;
+        let stays = SimAgent::spawn(masters.addrs(), "host-stays", 2);
+        let leaves = SimAgent::spawn(masters.addrs(), "host-leaves", 2);
+        let registered = eventually("both agents registered", WAIT, || {
+            let m = &masters;
+            async move {
+                let s = m.state().await;
+                (s.agents.len() == 2 && s.agents.iter().all(|a| a.state == "REGISTERED"))
+                    .then_some(s)
+            }
+        })
+        .await;
+        assert_eq!(registered.agents.len(), 2);
+        leaves
+            .shared
+            .silent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let old = masters.leader().await;
+        masters.kill(old).await;
+        let s = eventually("the late agent marked unreachable", WAIT, || {
+            let m = &masters;
+            async move {
+                let s = m.state().await;
+                s.agents
+                    .iter()
+                    .any(|a| a.hostname == "host-leaves" && a.state == "UNREACHABLE")
+                    .then_some(s)
+            }
+        })
+        .await;
+        let back = s
+            .agents
+            .iter()
+            .find(|a| a.hostname == "host-stays")
+            .unwrap();
+        assert_eq!(
+            back.state, "REGISTERED",
+            "the agent that reregistered stays"
+        );
+        assert!(
+            stays
+                .shared
+                .registrations
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= 2
+        );
+        drop((stays, leaves));
+        masters.shutdown().await;
+    });
+}
