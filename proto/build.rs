@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/scheduler.proto",
         "proto/agent.proto",
         "proto/operator.proto",
+        "proto/checkpoint.proto",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -47,6 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // An agent's checkpoint records: messages only.
+    prost_build::Config::new()
+        .extern_path(".orrery.events.v1", "crate::events")
+        .extern_path(".orrery.agent.v1", "crate::agent")
+        .compile_protos(&["proto/checkpoint.proto"], &["proto"])?;
     // etcd's KV API, client only, for `orrery bench log`'s peer run.
     tonic_prost_build::configure()
         .build_server(false)

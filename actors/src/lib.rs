@@ -21,11 +21,16 @@
 //!   stream and its ping budget).
 //! - [`effects`]: what committed events make the master send.
 //! - [`views`]: the operator's view of the cluster (`/state`, `GetState`).
+//! - [`client`]: finding the leader from the client side (agents, CLI,
+//!   framework clients): follow `orrery-leader`, retry UNAVAILABLE.
+//! - [`agent`]: the agent daemon and `orrery executor`.
 //!
-//! **Not finished**: the `Host` and `Job` actors and the agent side come
-//! with the maintenance, jobs and agent issues.
+//! **Not finished**: the `Host` and `Job` actors come with the maintenance
+//! and jobs issues.
 
+pub mod agent;
 pub mod agent_session;
+pub mod client;
 pub mod cluster_machine;
 pub mod effects;
 pub mod framework_session;

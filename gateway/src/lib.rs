@@ -20,7 +20,9 @@
 //! **Not finished**: `/metrics`, `/vars.json` and the Mesos-compatible
 //! maintenance endpoints come with the operations and maintenance issues.
 
-pub mod client;
+/// The leader-following client lives in orrery-actors (the agent uses it
+/// too); re-exported here for the CLI and framework clients.
+pub use orrery_actors::client;
 pub mod grpc;
 pub mod http;
 pub mod server;

@@ -13,6 +13,7 @@
 //!   simulated agent sized like this machine and prints the event log it
 //!   writes, with the state digest checked by a replay.
 
+mod agent;
 mod bench_alloc;
 mod bench_log;
 mod dev;
@@ -48,9 +49,12 @@ enum Cmd {
     /// Run one replica of the master group (1, 3 or 5 replicas share one
     /// replicated log).
     Master(master::MasterArgs),
-    /// Agents the active master knows.
-    #[command(subcommand)]
-    Agent(ListCmd),
+    /// Run the agent on this machine: it offers the machine's resources to
+    /// the masters (--master) and runs tasks under `orrery executor`.
+    Agent(AgentCmd),
+    /// Runs one task for the agent (started by the agent, not by hand).
+    #[command(hide = true)]
+    Executor(agent::ExecutorFlags),
     /// Tasks the active master knows.
     #[command(subcommand)]
     Task(ListCmd),
@@ -60,6 +64,17 @@ enum Cmd {
     /// Benchmarks (see README and BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+/// `orrery agent [FLAGS]` runs the agent; `orrery agent list` lists the
+/// agents the active master knows.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentCmd {
+    #[command(subcommand)]
+    sub: Option<ListCmd>,
+    #[command(flatten)]
+    run: agent::AgentArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,7 +97,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(args) => master::run(&args),
-        Cmd::Agent(ListCmd::List) => list::run(cli.master.as_deref(), list::What::Agents, cli.json),
+        Cmd::Agent(AgentCmd { sub: None, run }) => agent::run(&run, cli.master.as_deref()),
+        Cmd::Agent(AgentCmd {
+            sub: Some(ListCmd::List),
+            ..
+        }) => list::run(cli.master.as_deref(), list::What::Agents, cli.json),
+        Cmd::Executor(flags) => agent::run_executor(&flags),
         Cmd::Task(ListCmd::List) => list::run(cli.master.as_deref(), list::What::Tasks, cli.json),
         Cmd::Framework(ListCmd::List) => {
             list::run(cli.master.as_deref(), list::What::Frameworks, cli.json)

@@ -96,9 +96,10 @@ async fn leader_kill9_loses_no_acknowledged_event_and_it_catches_up() {
     let elected_in = killed_at.elapsed();
     let new_leader =
         new_leader.unwrap_or_else(|| panic!("no new leader after the kill\n{}", m.logs()));
-    // Two election timeouts (each at most 2 × ELECTION_MS), plus 500 ms for
-    // process scheduling and this test's polling on a loaded 2-core machine.
-    let bound = Duration::from_millis(2 * 2 * ELECTION_MS + 500);
+    // Two election timeouts (each at most 2 × ELECTION_MS), plus 1 s for
+    // process scheduling and this test's polling on a loaded 2-core machine
+    // (seen: 2.95 s while a build shared the cores).
+    let bound = Duration::from_millis(2 * 2 * ELECTION_MS + 1000);
     assert!(
         elected_in <= bound,
         "a new leader took {elected_in:?} (bound {bound:?})"

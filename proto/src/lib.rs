@@ -15,6 +15,7 @@
 //!   master (Mesos' v1 scheduler API over gRPC).
 //! - `proto/agent.proto` → [`agent`]: agents ↔ the active master.
 //! - `proto/operator.proto` → [`operator`]: the CLI and tools.
+//! - `proto/checkpoint.proto` → [`checkpoint`]: an agent's on-disk records.
 //!
 //! The three client APIs are built only with the `grpc` feature.
 //!
@@ -67,4 +68,12 @@ pub mod agent {
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod operator {
     include!(concat!(env!("OUT_DIR"), "/orrery.operator.v1.rs"));
+}
+
+/// What an agent checkpoints under its work dir: package
+/// `orrery.checkpoint.v1`.
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod checkpoint {
+    include!(concat!(env!("OUT_DIR"), "/orrery.checkpoint.v1.rs"));
 }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use orrery_actors::LEADER_METADATA;
+use crate::LEADER_METADATA;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 

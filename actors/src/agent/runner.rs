@@ -1,0 +1,903 @@
+//! `orrery agent`: the agent daemon.
+//!
+//! Recovery first (Mesos' agent recovery): read the checkpoint under
+//! `--work-dir`/meta, adopt every executor whose pid, start time and boot id
+//! still match, deliver what executors recorded while the agent was down,
+//! and report the rest with a definite state. Then: register (or reregister
+//! with the recovered tasks) with whichever master leads, hold the message
+//! stream open (launches, kills and pings, each with the leader's term —
+//! older terms are ignored), and send every task's status updates, in
+//! order, until the master acknowledges each one.
+//!
+//! Tasks run under `orrery executor` (see [`super::executor`]), which
+//! outlives the agent. The agent proves it is alive by touching
+//! `meta/heartbeat`; executors whose agent stays away longer than
+//! `--recovery-timeout` kill their task and exit.
+//!
+//! Launches are exactly-once: the launch record (`task.pb`) is written
+//! before the executor is spawned, and the executor records itself
+//! (`executor.pb`) before it starts the task. After a crash between the two,
+//! recovery looks for the executor by its command line; if none exists and
+//! it recorded nothing, the task is reported TASK_FAILED — never silence,
+//! never a second process.
+//!
+//! The agent is a handful of tokio tasks around one lock-protected table
+//! rather than actix actors: it has one connection, file I/O and per-task
+//! streams, and no concurrent callers whose messages an actor would order.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
+use orrery_events::state::Domain;
+use orrery_events::Resources;
+use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
+use orrery_proto::checkpoint as cp;
+use tonic::Code;
+
+use super::checkpoint::{self, Corrupt, TaskPaths};
+use super::procinfo;
+
+/// What to do with the executors of a previous run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recover {
+    /// Adopt live executors and carry on.
+    Reconnect,
+    /// Kill them, clear the checkpoint, and exit.
+    Cleanup,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub masters: Vec<String>,
+    pub work_dir: PathBuf,
+    pub hostname: String,
+    pub ip: String,
+    pub resources: Resources,
+    pub attributes: Vec<(String, String)>,
+    pub domain: Option<Domain>,
+    pub recover: Recover,
+    pub strict: bool,
+    pub recovery_timeout: Duration,
+    pub kill_grace: Duration,
+    pub http: Option<SocketAddr>,
+    /// The `orrery` binary, run as `orrery executor`.
+    pub executor_bin: PathBuf,
+}
+
+/// Concurrent status updates in flight to the master.
+const SENDS_MAX: usize = 64;
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long recovery waits for an executor that is running but has not
+/// recorded itself yet.
+const EXECUTOR_RECORD_WAIT: Duration = Duration::from_secs(3);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn failpoint(name: &str) {
+    if std::env::var("ORRERY_FAILPOINT").is_ok_and(|f| f == name) {
+        eprintln!("orrery agent: failpoint {name}: exiting as if crashed");
+        std::process::exit(86);
+    }
+}
+
+type Key = (String, String);
+
+#[derive(Debug)]
+struct Task {
+    paths: TaskPaths,
+    launch: ap::LaunchTask,
+    state: TaskState,
+    /// Bytes of executor.log already copied into our stream.
+    exec_offset: u64,
+    /// Uuids in our stream (updates copied or made here).
+    known: BTreeSet<String>,
+    /// Unacknowledged updates, oldest first.
+    pending: VecDeque<cp::StatusRecord>,
+    sending: bool,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// When the executor was spawned by this run (None: adopted/recovered).
+    spawned_at: Option<Instant>,
+}
+
+impl Task {
+    fn new(paths: TaskPaths, launch: ap::LaunchTask) -> Self {
+        Task {
+            paths,
+            launch,
+            state: TaskState::TaskStaging,
+            exec_offset: 0,
+            known: BTreeSet::new(),
+            pending: VecDeque::new(),
+            sending: false,
+            retry_at: None,
+            backoff: Duration::from_millis(100),
+            spawned_at: None,
+        }
+    }
+
+    fn terminal(&self) -> bool {
+        orrery_events::state::task::is_terminal(self.state)
+    }
+
+    /// Appends an update to our stream (checkpointed) and queues it.
+    fn push(&mut self, rec: cp::StatusRecord) -> std::io::Result<()> {
+        if !self.known.insert(rec.uuid.clone()) {
+            return Ok(());
+        }
+        checkpoint::append(
+            &self.paths.updates(),
+            &cp::StreamRecord {
+                record: Some(cp::stream_record::Record::Update(rec.clone())),
+            },
+        )?;
+        if let Ok(s) = TaskState::try_from(rec.state) {
+            self.state = s;
+        }
+        self.pending.push_back(rec);
+        Ok(())
+    }
+
+    /// Copies what the executor recorded since last time.
+    fn poll_executor(&mut self) -> Result<(), Corrupt> {
+        let s =
+            checkpoint::read_stream(&self.paths.executor_log(), self.exec_offset).map_err(|e| {
+                Corrupt {
+                    file: self.paths.executor_log(),
+                    offset: self.exec_offset,
+                    detail: e.to_string(),
+                }
+            })?;
+        for (rec, end) in s.records {
+            if let Some(cp::stream_record::Record::Update(u)) = rec.record {
+                let _ = self.push(u);
+            }
+            self.exec_offset = end;
+        }
+        match s.corrupt {
+            Some(c) => Err(c),
+            None => Ok(()),
+        }
+    }
+
+    fn executor(&self) -> Result<Option<cp::ExecutorCheckpoint>, Corrupt> {
+        checkpoint::read_message(&self.paths.executor())
+    }
+
+    fn executor_alive(&self) -> Option<u32> {
+        let e = self.executor().ok().flatten()?;
+        procinfo::same_process(e.pid, e.start_ticks, &e.boot_id).then_some(e.pid)
+    }
+}
+
+fn agent_update(
+    state: TaskState,
+    reason: TaskReason,
+    message: impl Into<String>,
+) -> cp::StatusRecord {
+    cp::StatusRecord {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        state: state as i32,
+        reason: reason as i32,
+        message: message.into(),
+        source: StatusSource::SourceAgent as i32,
+        exit_code: None,
+        at_ms: now_ms(),
+    }
+}
+
+struct Shared {
+    cfg: AgentConfig,
+    tasks: Mutex<BTreeMap<Key, Task>>,
+    agent_id: Mutex<Option<String>>,
+    newest_term: AtomicU64,
+    wake: tokio::sync::Notify,
+    sends: tokio::sync::Semaphore,
+}
+
+impl Shared {
+    fn tasks(&self) -> MutexGuard<'_, BTreeMap<Key, Task>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn agent_id(&self) -> Option<String> {
+        self.agent_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+// --- recovery ------------------------------------------------------------------
+
+/// Reads the checkpoint and decides every task's fate. Kills nothing when
+/// it fails (strict mode and a corrupt checkpoint).
+fn recover(cfg: &AgentConfig) -> Result<(Option<String>, BTreeMap<Key, Task>), String> {
+    let meta = cfg.work_dir.join("meta");
+    std::fs::create_dir_all(&meta).map_err(|e| format!("creating {}: {e}", meta.display()))?;
+    let agent: Option<cp::AgentCheckpoint> =
+        checkpoint::read_message(&checkpoint::agent_file(&cfg.work_dir)).map_err(|e| {
+            format!(
+                "{e}; the agent cannot know its own id (move the work dir aside to start afresh)"
+            )
+        })?;
+    let boot = procinfo::boot_id();
+    let rebooted = agent.as_ref().is_some_and(|a| a.boot_id != boot);
+    let mut agent_id = agent.map(|a| a.agent_id);
+    let tasks_dir = meta.join("tasks");
+    if rebooted {
+        tracing::warn!("the machine rebooted since the last run: every executor is gone; starting as a new agent");
+        agent_id = None;
+        let _ = std::fs::remove_dir_all(&tasks_dir);
+    }
+    let mut tasks = BTreeMap::new();
+    let mut problems: Vec<Corrupt> = Vec::new();
+    for fw in read_dir_names(&tasks_dir) {
+        for tid in read_dir_names(&tasks_dir.join(&fw)) {
+            let paths = TaskPaths::new(&cfg.work_dir, &fw, &tid);
+            match recover_task(cfg, &paths, &fw, &tid) {
+                Ok(Some(t)) => {
+                    tasks.insert((fw.clone(), tid.clone()), t);
+                }
+                Ok(None) => {}
+                Err(lost) => {
+                    let (c, t) = *lost;
+                    problems.push(c.clone());
+                    if !cfg.strict {
+                        tracing::warn!(problem = %c, "recovering what can be recovered; the task is reported LOST");
+                        tasks.insert((fw.clone(), tid.clone()), t);
+                    }
+                }
+            }
+        }
+    }
+    if cfg.strict {
+        if let Some(c) = problems.first() {
+            return Err(format!(
+                "{c} (--strict true: nothing was killed; fix or move the file, or run with --strict false)"
+            ));
+        }
+    }
+    // Decide the fate of each task now that nothing is fatal.
+    for t in tasks.values_mut() {
+        settle(cfg, t);
+    }
+    Ok((agent_id, tasks))
+}
+
+fn read_dir_names(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Reads one task's files. `Err` carries the corruption and a task that is
+/// reported LOST (non-strict mode).
+fn recover_task(
+    _cfg: &AgentConfig,
+    paths: &TaskPaths,
+    fw: &str,
+    tid: &str,
+) -> Result<Option<Task>, Box<(Corrupt, Task)>> {
+    let lost = |c: Corrupt| {
+        let mut t = Task::new(
+            paths.clone(),
+            ap::LaunchTask {
+                framework_id: fw.into(),
+                task_id: tid.into(),
+                ..Default::default()
+            },
+        );
+        let _ = t.push(agent_update(
+            TaskState::TaskLost,
+            TaskReason::ReasonAgentRestarted,
+            format!("the agent could not recover the task: {c}"),
+        ));
+        Box::new((c, t))
+    };
+    let record: cp::TaskCheckpoint = match checkpoint::read_message(&paths.task()) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            // A directory without a launch record: a crash before the
+            // record was whole. Nothing was started.
+            let _ = std::fs::remove_dir_all(&paths.dir);
+            return Ok(None);
+        }
+        Err(c) => return Err(lost(c)),
+    };
+    let mut t = Task::new(paths.clone(), record.launch.unwrap_or_default());
+    // Our stream: updates and acks.
+    let stream = checkpoint::read_stream(&paths.updates(), 0).map_err(|e| {
+        lost(Corrupt {
+            file: paths.updates(),
+            offset: 0,
+            detail: e.to_string(),
+        })
+    })?;
+    if let Some(at) = stream.torn_at {
+        tracing::warn!(file = %paths.updates().display(), offset = at, "truncated a torn record at the tail of a status stream");
+        let _ = checkpoint::truncate(&paths.updates(), at);
+    }
+    if let Some(c) = stream.corrupt {
+        return Err(lost(c));
+    }
+    let mut acked = BTreeSet::new();
+    for (rec, _) in &stream.records {
+        if let Some(cp::stream_record::Record::Ack(u)) = &rec.record {
+            acked.insert(u.clone());
+        }
+    }
+    for (rec, _) in stream.records {
+        if let Some(cp::stream_record::Record::Update(u)) = rec.record {
+            t.known.insert(u.uuid.clone());
+            if let Ok(s) = TaskState::try_from(u.state) {
+                t.state = s;
+            }
+            if !acked.contains(&u.uuid) {
+                t.pending.push_back(u);
+            }
+        }
+    }
+    if let Err(c) = t.executor() {
+        return Err(lost(c));
+    }
+    if let Err(c) = t.poll_executor() {
+        return Err(lost(c));
+    }
+    Ok(Some(t))
+}
+
+/// After reading: adopt, kill or report each task.
+fn settle(cfg: &AgentConfig, t: &mut Task) {
+    if t.terminal() {
+        return;
+    }
+    let exec = t.executor().ok().flatten();
+    let alive = t.executor_alive();
+    if alive.is_none() && exec.is_none() {
+        // Launch recorded, executor never recorded itself: is it running?
+        let dir = t.paths.dir.display().to_string();
+        let running = procinfo::find_by_cmdline(&format!("--task-dir {dir} "));
+        if !running.is_empty() {
+            let deadline = Instant::now() + EXECUTOR_RECORD_WAIT;
+            while Instant::now() < deadline && t.executor_alive().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let _ = t.poll_executor();
+    if t.terminal() {
+        return;
+    }
+    match t.executor_alive() {
+        Some(pid) if !t.launch.checkpoint || cfg.recover == Recover::Cleanup => {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            if !t.launch.checkpoint {
+                let _ = t.push(agent_update(
+                    TaskState::TaskLost,
+                    TaskReason::ReasonAgentRestarted,
+                    "the agent restarted and the framework does not checkpoint",
+                ));
+            }
+        }
+        Some(pid) => {
+            tracing::info!(framework_id = %t.launch.framework_id, task_id = %t.launch.task_id, pid, "reconnected to a running executor")
+        }
+        None if t.executor().ok().flatten().is_none() => {
+            let _ = t.push(agent_update(
+                TaskState::TaskFailed,
+                TaskReason::ReasonExecutorTerminated,
+                "the agent stopped between recording the launch and starting the task; it never ran",
+            ));
+        }
+        None => {
+            let _ = t.push(agent_update(
+                TaskState::TaskLost,
+                TaskReason::ReasonExecutorTerminated,
+                "the executor exited while the agent was down without reporting the task's end",
+            ));
+        }
+    }
+}
+
+/// `--recover cleanup`: stop every live executor (each kills its task) and
+/// clear the checkpoint.
+fn cleanup(cfg: &AgentConfig, tasks: &BTreeMap<Key, Task>) {
+    let deadline = Instant::now() + cfg.kill_grace + Duration::from_secs(3);
+    for t in tasks.values() {
+        if let Some(pid) = t.executor_alive() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    while Instant::now() < deadline && tasks.values().any(|t| t.executor_alive().is_some()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(cfg.work_dir.join("meta").join("tasks"));
+    let _ = std::fs::remove_file(checkpoint::agent_file(&cfg.work_dir));
+}
+
+// --- running -------------------------------------------------------------------
+
+/// Runs the agent until `stop` resolves (or forever).
+pub async fn run(
+    cfg: AgentConfig,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let lock = lock_work_dir(&cfg.work_dir)?;
+    let (agent_id, tasks) = recover(&cfg)?;
+    if cfg.recover == Recover::Cleanup {
+        cleanup(&cfg, &tasks);
+        tracing::info!(
+            tasks = tasks.len(),
+            "cleaned up the previous run's executors and checkpoint"
+        );
+        drop(lock);
+        return Ok(());
+    }
+    tracing::info!(tasks = tasks.len(), agent_id = ?agent_id, "recovered");
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        tasks: Mutex::new(tasks),
+        agent_id: Mutex::new(agent_id),
+        newest_term: AtomicU64::new(0),
+        wake: tokio::sync::Notify::new(),
+        sends: tokio::sync::Semaphore::new(SENDS_MAX),
+    });
+    touch_heartbeat(&cfg.work_dir);
+    let mut jobs = tokio::task::JoinSet::new();
+    jobs.spawn(heartbeat_loop(cfg.work_dir.clone()));
+    jobs.spawn(poll_loop(shared.clone()));
+    jobs.spawn(send_loop(shared.clone()));
+    jobs.spawn(master_loop(shared.clone()));
+    if let Some(addr) = cfg.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--http {addr}: {e}"))?;
+        let router = axum::Router::new().route("/health", axum::routing::get(|| async { "OK\n" }));
+        jobs.spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+    }
+    stop.await;
+    jobs.abort_all();
+    drop(lock);
+    Ok(())
+}
+
+fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let meta = work_dir.join("meta");
+    std::fs::create_dir_all(&meta).map_err(|e| format!("creating {}: {e}", meta.display()))?;
+    let path = meta.join("agent.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        format!(
+            "another agent is running on --work-dir {}; two agents cannot share a work dir",
+            work_dir.display()
+        )
+    })
+}
+
+fn touch_heartbeat(work_dir: &Path) {
+    let _ = std::fs::write(checkpoint::heartbeat_file(work_dir), now_ms().to_string());
+}
+
+async fn heartbeat_loop(work_dir: PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        touch_heartbeat(&work_dir);
+    }
+}
+
+async fn poll_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let mut any = false;
+        let mut tasks = shared.tasks();
+        for t in tasks.values_mut() {
+            if t.terminal() {
+                continue;
+            }
+            let before = t.pending.len();
+            if let Err(c) = t.poll_executor() {
+                tracing::error!(problem = %c, "an executor's status stream is corrupt");
+                let _ = t.push(agent_update(
+                    TaskState::TaskLost,
+                    TaskReason::ReasonExecutorTerminated,
+                    format!("the executor's status stream is corrupt: {c}"),
+                ));
+            }
+            if !t.terminal() {
+                let exec = t.executor().ok().flatten();
+                let gone = match &exec {
+                    Some(e) => !procinfo::same_process(e.pid, e.start_ticks, &e.boot_id),
+                    None => t
+                        .spawned_at
+                        .is_some_and(|at| at.elapsed() > Duration::from_secs(10)),
+                };
+                if gone {
+                    let _ = t.poll_executor();
+                    if !t.terminal() {
+                        let _ = t.push(agent_update(
+                            TaskState::TaskLost,
+                            TaskReason::ReasonExecutorTerminated,
+                            "the executor exited without reporting the task's end",
+                        ));
+                    }
+                }
+            }
+            any |= t.pending.len() != before;
+        }
+        drop(tasks);
+        if any {
+            shared.wake.notify_one();
+        }
+    }
+}
+
+async fn send_loop(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let Some(agent_id) = shared.agent_id() else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut heads = Vec::new();
+        {
+            let mut tasks = shared.tasks();
+            for (key, t) in tasks.iter_mut() {
+                if t.sending || t.retry_at.is_some_and(|at| at > now) {
+                    continue;
+                }
+                if let Some(head) = t.pending.front() {
+                    t.sending = true;
+                    heads.push((key.clone(), head.clone()));
+                }
+            }
+        }
+        for (key, rec) in heads {
+            let shared = shared.clone();
+            let agent_id = agent_id.clone();
+            tokio::spawn(async move {
+                let _permit = shared.sends.acquire().await;
+                let outcome = send_one(&shared.cfg.masters, &agent_id, &key, &rec).await;
+                acked(&shared, &key, &rec.uuid, outcome);
+                shared.wake.notify_one();
+            });
+        }
+    }
+}
+
+/// Sends one update: `Ok(true)` acknowledged, `Ok(false)` refused for
+/// good (stale; logged), `Err` retry later.
+async fn send_one(
+    masters: &[String],
+    agent_id: &str,
+    key: &Key,
+    rec: &cp::StatusRecord,
+) -> Result<bool, tonic::Status> {
+    let req = ap::StatusUpdate {
+        agent_id: agent_id.to_owned(),
+        framework_id: key.0.clone(),
+        task_id: key.1.clone(),
+        state: rec.state,
+        uuid: rec.uuid.clone(),
+        reason: rec.reason,
+        message: rec.message.clone(),
+        source: rec.source,
+        exit_code: rec.exit_code,
+        healthy: None,
+    };
+    let r = crate::client::with_leader(masters, Duration::from_secs(2), |ch| {
+        let req = req.clone();
+        async move { AgentLinkClient::new(ch).update_status(req).await }
+    })
+    .await;
+    match r {
+        Ok(_) => Ok(true),
+        Err(s)
+            if matches!(
+                s.code(),
+                Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument
+            ) =>
+        {
+            tracing::warn!(framework_id = %key.0, task_id = %key.1, uuid = %rec.uuid, error = %s.message(), "the master refused a status update for good; dropping it");
+            Ok(false)
+        }
+        Err(s) => Err(s),
+    }
+}
+
+fn acked(shared: &Shared, key: &Key, uuid: &str, outcome: Result<bool, tonic::Status>) {
+    let mut tasks = shared.tasks();
+    let Some(t) = tasks.get_mut(key) else {
+        return;
+    };
+    t.sending = false;
+    match outcome {
+        Ok(_) => {
+            // A duplicate or stale acknowledgement (not our head) is ignored.
+            if t.pending.front().is_some_and(|h| h.uuid == uuid) {
+                let _ = checkpoint::append(
+                    &t.paths.updates(),
+                    &cp::StreamRecord {
+                        record: Some(cp::stream_record::Record::Ack(uuid.to_owned())),
+                    },
+                );
+                t.pending.pop_front();
+                t.backoff = Duration::from_millis(100);
+                t.retry_at = None;
+            }
+            if t.terminal() && t.pending.is_empty() {
+                // Done: the master has the end. The checkpoint goes; the
+                // sandbox stays for the operator.
+                let dir = t.paths.dir.clone();
+                tasks.remove(key);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        Err(_) => {
+            t.retry_at = Some(Instant::now() + t.backoff);
+            t.backoff = (t.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+async fn master_loop(shared: Arc<Shared>) {
+    let cfg = &shared.cfg;
+    let info = ap::AgentInfo {
+        hostname: cfg.hostname.clone(),
+        ip: cfg.ip.clone(),
+        resources: Some(cfg.resources.to_proto()),
+        attributes: cfg
+            .attributes
+            .iter()
+            .map(|(n, v)| pb::Attribute {
+                name: n.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        domain: cfg.domain.as_ref().map(|d| pb::Domain {
+            region: d.region.clone(),
+            zone: d.zone.clone(),
+        }),
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match session(&shared, &info).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(error = %e, "the link to the master failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One registration and message stream, until the stream ends.
+async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), String> {
+    let agent_id = shared.agent_id().unwrap_or_default();
+    let tasks: Vec<ap::RunningTask> = shared
+        .tasks()
+        .iter()
+        .filter(|(_, t)| !t.terminal())
+        .map(|((f, id), t)| ap::RunningTask {
+            framework_id: f.clone(),
+            task_id: id.clone(),
+            state: t.state as i32,
+        })
+        .collect();
+    let req = ap::RegisterRequest {
+        agent_id: agent_id.clone(),
+        info: Some(info.clone()),
+        tasks,
+    };
+    let registered =
+        crate::client::with_leader(&shared.cfg.masters, Duration::from_secs(10), |ch| {
+            let r = req.clone();
+            async move { AgentLinkClient::new(ch).register(r).await }
+        })
+        .await;
+    let (resp, addr) = match registered {
+        Ok((r, a)) => (r.into_inner(), a),
+        Err(s) if s.code() == Code::NotFound && !agent_id.is_empty() => {
+            // The master does not know this id (another cluster, or its
+            // state was reset): register afresh.
+            tracing::warn!(agent_id, error = %s.message(), "the master does not know this agent id; registering as a new agent");
+            *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return Err(s.message().to_owned());
+        }
+        Err(s) => return Err(s.message().to_owned()),
+    };
+    if resp.agent_id != agent_id {
+        checkpoint::write_message(
+            &checkpoint::agent_file(&shared.cfg.work_dir),
+            &cp::AgentCheckpoint {
+                agent_id: resp.agent_id.clone(),
+                boot_id: procinfo::boot_id(),
+            },
+        )
+        .map_err(|e| format!("recording the agent id: {e}"))?;
+        *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.agent_id.clone());
+    }
+    shared.newest_term.fetch_max(resp.term, Ordering::SeqCst);
+    tracing::info!(agent_id = %resp.agent_id, master = %addr, term = resp.term, "registered");
+    shared.wake.notify_one();
+    let ch = crate::client::connect(&addr)
+        .await
+        .map_err(|s| s.message().to_owned())?;
+    let mut client = AgentLinkClient::new(ch);
+    let mut stream = client
+        .attach(ap::AttachRequest {
+            agent_id: resp.agent_id.clone(),
+        })
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    loop {
+        let m = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("the master closed the stream".into()),
+            Err(s) => return Err(s.message().to_owned()),
+        };
+        let newest = shared.newest_term.load(Ordering::SeqCst);
+        if m.term < newest {
+            tracing::info!(
+                term = m.term,
+                newest,
+                "ignored a message from an old leader's term"
+            );
+            continue;
+        }
+        shared.newest_term.store(m.term, Ordering::SeqCst);
+        match m.message {
+            Some(ap::master_message::Message::Launch(l)) => launch(shared, l),
+            Some(ap::master_message::Message::Kill(k)) => {
+                kill_task(shared, (k.framework_id, k.task_id))
+            }
+            Some(ap::master_message::Message::Ping(p)) => {
+                let _ = client
+                    .pong(ap::PongRequest {
+                        agent_id: resp.agent_id.clone(),
+                        seq: p.seq,
+                    })
+                    .await;
+            }
+            None => {}
+        }
+    }
+}
+
+fn launch(shared: &Arc<Shared>, l: ap::LaunchTask) {
+    let key = (l.framework_id.clone(), l.task_id.clone());
+    if shared.tasks().contains_key(&key) {
+        tracing::info!(framework_id = %key.0, task_id = %key.1, "ignored a launch of a task this agent already has");
+        return;
+    }
+    let cfg = &shared.cfg;
+    let paths = TaskPaths::new(&cfg.work_dir, &key.0, &key.1);
+    let mut t = Task::new(paths.clone(), l.clone());
+    let recorded = std::fs::create_dir_all(&paths.dir)
+        .and_then(|_| std::fs::create_dir_all(&paths.sandbox))
+        .and_then(|_| {
+            checkpoint::write_message(
+                &paths.task(),
+                &cp::TaskCheckpoint {
+                    launch: Some(l.clone()),
+                    recorded_at_ms: now_ms(),
+                    kill_grace_ms: cfg.kill_grace.as_millis() as u64,
+                },
+            )
+        });
+    if let Err(e) = recorded {
+        tracing::error!(framework_id = %key.0, task_id = %key.1, error = %e, "cannot record the launch");
+        let _ = std::fs::create_dir_all(&paths.dir);
+        let _ = t.push(agent_update(
+            TaskState::TaskFailed,
+            TaskReason::ReasonContainerLaunchFailed,
+            format!("the agent could not record the launch: {e}"),
+        ));
+        shared.tasks().insert(key, t);
+        shared.wake.notify_one();
+        return;
+    }
+    failpoint("launch-recorded");
+    let stderr = std::fs::File::create(paths.sandbox.join("executor.stderr"));
+    let mut cmd = tokio::process::Command::new(&cfg.executor_bin);
+    cmd.arg("executor")
+        .arg("--task-dir")
+        .arg(&paths.dir)
+        .arg("--sandbox")
+        .arg(&paths.sandbox)
+        .arg("--heartbeat")
+        .arg(checkpoint::heartbeat_file(&cfg.work_dir))
+        .arg("--recovery-timeout-ms")
+        .arg(cfg.recovery_timeout.as_millis().to_string())
+        .arg("--kill-grace-ms")
+        .arg(cfg.kill_grace.as_millis().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if let Ok(f) = stderr {
+        cmd.stderr(f);
+    }
+    match cmd.spawn() {
+        Ok(mut child) => {
+            t.spawned_at = Some(Instant::now());
+            // Reap it when it exits while we run.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            failpoint("executor-spawned");
+        }
+        Err(e) => {
+            let _ = t.push(agent_update(
+                TaskState::TaskFailed,
+                TaskReason::ReasonContainerLaunchFailed,
+                format!(
+                    "could not start the executor {}: {e}",
+                    cfg.executor_bin.display()
+                ),
+            ));
+        }
+    }
+    shared.tasks().insert(key, t);
+    shared.wake.notify_one();
+}
+
+fn kill_task(shared: &Arc<Shared>, key: Key) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        // The executor may not have recorded itself yet: wait a little.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pid = {
+                let tasks = shared.tasks();
+                let Some(t) = tasks.get(&key) else {
+                    tracing::info!(framework_id = %key.0, task_id = %key.1, "kill for a task this agent does not run");
+                    return;
+                };
+                if t.terminal() {
+                    return;
+                }
+                t.executor_alive()
+            };
+            if let Some(pid) = pid {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                return;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(framework_id = %key.0, task_id = %key.1, "kill: the task's executor is not running");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
