@@ -182,8 +182,15 @@ async fn supervise(
     std::fs::create_dir_all(&paths.sandbox)
         .map_err(|e| format!("creating the sandbox {}: {e}", paths.sandbox.display()))?;
     let resources = launch.resources.clone().unwrap_or_default();
+    // Named by our pid too: two agents on one machine may run tasks with
+    // the same ids (different clusters), and a test may have left one.
     let cgroups = match limit(
-        &format!("{}-{}", launch.framework_id, launch.task_id),
+        &format!(
+            "{}-{}-{}",
+            std::process::id(),
+            launch.framework_id,
+            launch.task_id
+        ),
         resources.cpus_milli,
         resources.mem_mb,
     ) {
@@ -215,7 +222,13 @@ async fn supervise(
         File::create(paths.sandbox.join(name))
             .map_err(|e| format!("creating {name} in the sandbox: {e}"))
     };
-    cmd.current_dir(&paths.sandbox)
+    // A clean environment: the task gets PATH, its own variables and what
+    // the framework set, not whatever the agent was started with.
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("HOME", &paths.sandbox)
+        .current_dir(&paths.sandbox)
         .stdin(std::process::Stdio::null())
         .stdout(open("stdout")?)
         .stderr(open("stderr")?)

@@ -255,7 +255,10 @@ fn recover(cfg: &AgentConfig) -> Result<(Option<String>, BTreeMap<Key, Task>), S
                     let (c, t) = *lost;
                     problems.push(c.clone());
                     if !cfg.strict {
-                        tracing::warn!(problem = %c, "recovering what can be recovered; the task is reported LOST");
+                        tracing::warn!(problem = %c, "recovering what can be recovered; the task is reported LOST and its executor, if any, stopped");
+                        if let Some(pid) = t.executor_alive() {
+                            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                        }
                         tasks.insert((fw.clone(), tid.clone()), t);
                     }
                 }
@@ -705,10 +708,11 @@ async fn master_loop(shared: Arc<Shared>) {
 /// One registration and message stream, until the stream ends.
 async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), String> {
     let agent_id = shared.agent_id().unwrap_or_default();
+    // Every task the agent still holds, terminal ones too (their end is
+    // not acknowledged yet): a task left out would be launched again.
     let tasks: Vec<ap::RunningTask> = shared
         .tasks()
         .iter()
-        .filter(|(_, t)| !t.terminal())
         .map(|((f, id), t)| ap::RunningTask {
             framework_id: f.clone(),
             task_id: id.clone(),

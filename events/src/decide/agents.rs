@@ -14,6 +14,7 @@ use crate::command::{AgentRegistration, ReportedTask};
 use crate::ids::{AgentId, TaskKey};
 use crate::projections::offers;
 use crate::rejection::Rejection;
+use crate::state::task::is_terminal;
 use crate::state::{Agent, AgentState, Cluster, HostState, Task};
 
 fn validate(c: &Cluster, reg: &AgentRegistration) -> Result<(), Rejection> {
@@ -179,13 +180,15 @@ pub(super) fn reregister(
                 "the agent reregistered without this task",
                 now_ms,
             )),
-            Some(_) if task.state == TaskState::TaskUnreachable => events.push(master_status(
-                task,
-                TaskState::TaskRunning,
-                TaskReason::ReasonReconciliation,
-                "the agent came back with this task",
-                now_ms,
-            )),
+            Some(s) if task.state == TaskState::TaskUnreachable && !is_terminal(*s) => {
+                events.push(master_status(
+                    task,
+                    TaskState::TaskRunning,
+                    TaskReason::ReasonReconciliation,
+                    "the agent came back with this task",
+                    now_ms,
+                ))
+            }
             Some(_) => {}
         }
     }

@@ -53,6 +53,9 @@ pub struct Framework {
     pub info: sp::FrameworkInfo,
     pub ids: Arc<Mutex<FrameworkIds>>,
     pub events: mpsc::UnboundedReceiver<sp::Event>,
+    /// Updates received while `next` waited for something else, for a
+    /// later `next` (offers and heartbeats are not kept: stale).
+    stash: std::collections::VecDeque<sp::event::Event>,
     stop: Arc<AtomicBool>,
 }
 
@@ -134,6 +137,7 @@ impl Framework {
             info,
             ids,
             events,
+            stash: std::collections::VecDeque::new(),
             stop,
         }
     }
@@ -175,14 +179,30 @@ impl Framework {
         limit: Duration,
         mut pick: impl FnMut(sp::event::Event) -> Option<T>,
     ) -> T {
+        let mut kept = std::collections::VecDeque::new();
+        while let Some(ev) = self.stash.pop_front() {
+            if let Some(v) = pick(ev.clone()) {
+                kept.extend(self.stash.drain(..));
+                self.stash = kept;
+                return v;
+            }
+            kept.push_back(ev);
+        }
+        self.stash = kept;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let ev = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
                 .unwrap_or_else(|_| panic!("timed out after {limit:?} waiting for {what}"))
                 .unwrap_or_else(|| panic!("the event stream ended while waiting for {what}"));
-            if let Some(v) = ev.event.and_then(&mut pick) {
+            let Some(ev) = ev.event else {
+                continue;
+            };
+            if let Some(v) = pick(ev.clone()) {
                 return v;
+            }
+            if matches!(ev, sp::event::Event::Update(_)) {
+                self.stash.push_back(ev);
             }
         }
     }

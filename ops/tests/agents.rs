@@ -1,0 +1,626 @@
+//! The agent with real processes: an `orrery master`, `orrery agent`
+//! processes killed with SIGKILL and restarted, real `sleep` tasks under
+//! `orrery executor`, and a framework client speaking the scheduler API.
+//!
+//! Every test kills, when it ends (passing or not), every process whose
+//! command line or working directory lies under its temp dirs: the agent,
+//! its executors (which outlive it by design) and their tasks.
+
+mod common;
+
+#[path = "../../gateway/tests/common/framework.rs"]
+mod framework;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use framework::*;
+use orrery_events::pb::{self, FrameworkCapability, TaskReason, TaskState};
+use orrery_proto::scheduler as sp;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Pids of processes whose working directory is `dir` or below it.
+fn pids_in(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(format!("/proc/{pid}/cwd")) {
+            if cwd.starts_with(dir) && orrery_actors::agent::procinfo::start_ticks(pid).is_some() {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Pids whose command line mentions `dir`.
+fn pids_naming(dir: &Path) -> Vec<u32> {
+    orrery_actors::agent::procinfo::find_by_cmdline(&dir.display().to_string())
+}
+
+fn kill9_all(pids: &[u32]) {
+    for &p in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// One agent process on a temp work dir.
+struct AgentProc {
+    dir: tempfile::TempDir,
+    masters: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl AgentProc {
+    fn new(masters: &Masters) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            masters: masters
+                .addrs
+                .values()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(","),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        let _ = cmd
+            .args(["--master", &self.masters, "agent", "--work-dir"])
+            .arg(self.work())
+            .args([
+                "--hostname",
+                "host-1",
+                "--ip",
+                "127.0.0.1",
+                "--resources",
+                "cpus:8;mem:8192;disk:1000;ports:[31000-31010]",
+                "--kill-grace",
+                "1s",
+            ])
+            .args(extra);
+        if !extra.contains(&"--recovery-timeout") {
+            cmd.args(["--recovery-timeout", "60s"]);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        cmd
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    fn start(&mut self, extra: &[&str], env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("agent log");
+        let mut cmd = self.command(extra);
+        cmd.stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn orrery agent"));
+        self.starts += 1;
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the agent to exit on its own; its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let c = self.child.as_mut()?;
+        let status = wait_exit(c, limit);
+        self.child = None;
+        status.and_then(|s| s.code())
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    fn sandbox(&self, fw: &str, task: &str) -> PathBuf {
+        self.work().join("sandboxes").join(fw).join(task)
+    }
+
+    fn task_dir(&self, fw: &str, task: &str) -> PathBuf {
+        self.work().join("meta").join("tasks").join(fw).join(task)
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.logs());
+        }
+        // Executors (named by their task dir) first, then what runs in the
+        // sandboxes.
+        let mut executors = Vec::new();
+        for _ in 0..3 {
+            let named = pids_naming(self.dir.path());
+            kill9_all(&named);
+            executors.extend(named);
+            kill9_all(&pids_in(self.dir.path()));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The cgroups of executors killed here (they cannot remove them).
+        for hierarchy in ["", "cpu", "memory"] {
+            let dir = Path::new("/sys/fs/cgroup").join(hierarchy).join("orrery");
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if executors.iter().any(|p| name.starts_with(&format!("{p}-"))) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn master_flags() -> Vec<&'static str> {
+    vec![
+        "--allocation-interval",
+        "100ms",
+        // A 10 s ping budget: agents here are down for a few seconds and
+        // must not be marked unreachable meanwhile.
+        "--agent-ping-timeout",
+        "1s",
+        "--max-agent-ping-timeouts",
+        "10",
+        "--default-refuse",
+        "0s",
+    ]
+}
+
+async fn one_master(extra: &[&str]) -> Masters {
+    let m = Masters::new(1, extra);
+    m.start_all();
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    m
+}
+
+fn addrs(m: &Masters) -> Vec<String> {
+    m.addrs.values().cloned().collect()
+}
+
+fn argv_launch(offer: &sp::Offer, task_id: &str, argv: &[&str]) -> sp::call::Call {
+    let mut call = launch(offer, task_id, 100, Some(0.0));
+    if let sp::call::Call::Accept(a) = &mut call {
+        let port = offer
+            .resources
+            .as_ref()
+            .and_then(|r| r.ports.first())
+            .map(|p| p.begin);
+        if let (Some(port), Some(r)) = (port, a.launches[0].resources.as_mut()) {
+            r.ports = vec![pb::PortRange {
+                begin: port,
+                end: port,
+            }];
+        }
+        a.launches[0].command = Some(pb::CommandInfo {
+            shell: String::new(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            environment: vec![],
+        });
+    }
+    call
+}
+
+fn shell_launch(offer: &sp::Offer, task_id: &str, shell: &str) -> sp::call::Call {
+    let mut call = launch(offer, task_id, 100, Some(0.0));
+    if let sp::call::Call::Accept(a) = &mut call {
+        a.launches[0].command = Some(pb::CommandInfo {
+            shell: shell.into(),
+            argv: vec![],
+            environment: vec![],
+        });
+    }
+    call
+}
+
+/// Launches `call`-made tasks on the next offers until each is accepted.
+async fn launch_each(
+    fw: &mut Framework,
+    tasks: &[&str],
+    make: impl Fn(&sp::Offer, &str) -> sp::call::Call,
+) {
+    let mut i = 0;
+    while i < tasks.len() {
+        for offer in fw.offers(WAIT).await {
+            if i < tasks.len() && fw.call(make(&offer, tasks[i])).await.is_ok() {
+                i += 1;
+            }
+        }
+    }
+}
+
+async fn update_for(fw: &mut Framework, task: &str, state: TaskState) -> sp::TaskStatus {
+    let what = format!("{} for {task}", state.as_str_name());
+    fw.next(&what, WAIT, |e| match e {
+        sp::event::Event::Update(u) => u
+            .status
+            .filter(|s| s.task_id == task && s.state == state as i32),
+        _ => None,
+    })
+    .await
+}
+
+async fn ack(fw: &Framework, s: &sp::TaskStatus) {
+    fw.call(sp::call::Call::Acknowledge(sp::Acknowledge {
+        task_id: s.task_id.clone(),
+        uuid: s.uuid.clone(),
+    }))
+    .await
+    .expect("acknowledged");
+}
+
+async fn agent_state(m: &Masters) -> Option<String> {
+    let ms = addrs(m);
+    let s = eventually_state(&ms).await;
+    s.agents.first().map(|a| a.state.clone())
+}
+
+async fn eventually_state(ms: &[String]) -> orrery_proto::operator::State {
+    orrery_gateway::client::with_leader(ms, PATIENCE, |ch| async move {
+        orrery_proto::operator::operator_client::OperatorClient::new(ch)
+            .get_state(orrery_proto::operator::GetStateRequest {})
+            .await
+            .map(|r| r.into_inner())
+    })
+    .await
+    .expect("state")
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_task_survives_ten_agent_kill9s_without_a_second_copy() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("svc", "svc", &[]), true).await;
+    launch_each(&mut fw, &["t1"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    let sandbox = agent.sandbox("F1", "t1");
+    let pids = pids_in(&sandbox);
+    assert_eq!(
+        pids.len(),
+        1,
+        "one task process: {pids:?}\n{}",
+        agent.logs()
+    );
+    // Limits: the task is in an Orrery cgroup, or the executor said why not.
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap_or_default();
+    let said = std::fs::read_to_string(sandbox.join("executor.stderr")).unwrap_or_default();
+    assert!(
+        cgroup.contains("/orrery/") || said.contains("resource limits are not enforced"),
+        "cgroup: {cgroup}\nexecutor: {said}"
+    );
+    // The task's environment names it and its sandbox.
+    let env = std::fs::read(format!("/proc/{}/environ", pids[0])).unwrap_or_default();
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.contains("ORRERY_TASK_ID=t1")
+            && env.contains("ORRERY_SANDBOX=")
+            && env.contains("PORT0="),
+        "{env}"
+    );
+    for round in 0..10 {
+        agent.kill9();
+        assert_eq!(
+            pids_in(&sandbox),
+            pids,
+            "round {round}: the task outlives the agent"
+        );
+        agent.start(&[], &[]);
+        let reconnected = agent.starts;
+        eventually(
+            "the agent back and the task RUNNING on the master",
+            WAIT,
+            || {
+                let ms = addrs(&m);
+                let logs = agent.logs();
+                async move {
+                    let s = eventually_state(&ms).await;
+                    let registered = s.agents.first().is_some_and(|a| a.state == "REGISTERED");
+                    let running = task_state(&s, "F1", "t1") == Some(TaskState::TaskRunning);
+                    let recovered = logs.matches("reconnected to a running executor").count()
+                        as u32
+                        >= reconnected - 1;
+                    (registered && running && recovered).then_some(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            pids_in(&sandbox),
+            pids,
+            "round {round}: the same single process runs"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_while_the_agent_is_down_is_reported_once_with_its_exit_code() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("batch", "b", &[]), true).await;
+    launch_each(&mut fw, &["t1"], |o, t| {
+        shell_launch(o, t, "sleep 1; exit 3")
+    })
+    .await;
+    let running = update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    ack(&fw, &running).await;
+    agent.kill9();
+    // The task exits while no agent runs; its executor records it.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(pids_in(&agent.sandbox("F1", "t1")).is_empty());
+    agent.start(&[], &[]);
+    let failed = update_for(&mut fw, "t1", TaskState::TaskFailed).await;
+    assert_eq!(failed.exit_code, Some(3), "{failed:?}");
+    ack(&fw, &failed).await;
+    // Delivered once: no second FAILED for it, and the agent's checkpoint
+    // of the task is gone once acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, fw.events.recv()).await {
+        if let Some(sp::event::Event::Update(u)) = ev.event {
+            let s = u.status.unwrap();
+            assert!(s.task_id != "t1", "a second update for t1: {s:?}");
+        }
+    }
+    let dir = agent.task_dir("F1", "t1");
+    eventually("the task's checkpoint removed after the ack", WAIT, || {
+        let gone = !dir.exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_checkpoint_is_refused_when_strict_and_isolated_when_not() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("svc", "svc", &[]), true).await;
+    launch_each(&mut fw, &["ta", "tb"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    for t in ["ta", "tb"] {
+        let s = update_for(&mut fw, t, TaskState::TaskRunning).await;
+        ack(&fw, &s).await;
+    }
+    // The agent appends the ack after the master answers: wait for both.
+    let ta_updates = agent.task_dir("F1", "ta").join("updates.log");
+    eventually("ta's stream has its update and ack", WAIT, || {
+        let n = orrery_actors::agent::checkpoint::read_stream(&ta_updates, 0)
+            .map(|s| s.records.len())
+            .unwrap_or(0);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    agent.kill9();
+    let before_a = pids_in(&agent.sandbox("F1", "ta"));
+    let before_b = pids_in(&agent.sandbox("F1", "tb"));
+    assert_eq!((before_a.len(), before_b.len()), (1, 1));
+    // Flip a byte inside ta's first record (not the last one: corruption,
+    // not a torn tail).
+    let mut bytes = std::fs::read(&ta_updates).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&ta_updates, &bytes).unwrap();
+
+    agent.start(&["--strict", "true"], &[]);
+    let code = agent.wait_exit(WAIT);
+    assert_eq!(code, Some(1), "{}", agent.logs());
+    let logs = agent.logs();
+    assert!(
+        logs.contains(&ta_updates.display().to_string()) && logs.contains("at byte 0"),
+        "{logs}"
+    );
+    assert_eq!(
+        pids_in(&agent.sandbox("F1", "ta")),
+        before_a,
+        "strict kills nothing"
+    );
+    assert_eq!(
+        pids_in(&agent.sandbox("F1", "tb")),
+        before_b,
+        "strict kills nothing"
+    );
+
+    agent.start(&["--strict", "false"], &[]);
+    let lost = update_for(&mut fw, "ta", TaskState::TaskLost).await;
+    assert!(lost.message.contains("corrupt"), "{lost:?}");
+    let ms = addrs(&m);
+    eventually("tb still RUNNING on the recovered agent", WAIT, || {
+        let ms = ms.clone();
+        async move {
+            let s = eventually_state(&ms).await;
+            (task_state(&s, "F1", "tb") == Some(TaskState::TaskRunning)
+                && s.agents.first().is_some_and(|a| a.state == "REGISTERED"))
+            .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(pids_in(&agent.sandbox("F1", "tb")), before_b);
+    let sandbox_a = agent.sandbox("F1", "ta");
+    eventually("the LOST task's process stopped", WAIT, || {
+        let empty = pids_in(&sandbox_a).is_empty();
+        async move { empty.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_cleanup_kills_the_old_tasks_and_exits() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("svc", "svc", &[]), true).await;
+    launch_each(&mut fw, &["t1"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    agent.kill9();
+    assert_eq!(pids_in(&agent.sandbox("F1", "t1")).len(), 1);
+    agent.start(&["--recover", "cleanup"], &[]);
+    assert_eq!(agent.wait_exit(WAIT), Some(0), "{}", agent.logs());
+    assert!(
+        pids_in(&agent.sandbox("F1", "t1")).is_empty(),
+        "the task was killed"
+    );
+    assert!(pids_naming(&agent.work()).is_empty(), "no executor is left");
+    assert!(!agent.work().join("meta").join("tasks").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_down_past_the_ping_budget_is_unreachable_then_reconciled() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&[
+        "--allocation-interval",
+        "100ms",
+        "--agent-ping-timeout",
+        "200ms",
+        "--max-agent-ping-timeouts",
+        "3",
+    ])
+    .await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let mut fw = Framework::subscribe(
+        addrs(&m),
+        framework_info("aware", "a", &[FrameworkCapability::PartitionAware]),
+        true,
+    )
+    .await;
+    launch_each(&mut fw, &["t1"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    let pids = pids_in(&agent.sandbox("F1", "t1"));
+    agent.kill9();
+    let u = update_for(&mut fw, "t1", TaskState::TaskUnreachable).await;
+    assert_eq!(u.reason, TaskReason::ReasonAgentUnreachable as i32);
+    assert_eq!(agent_state(&m).await.as_deref(), Some("UNREACHABLE"));
+    agent.start(&[], &[]);
+    update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    assert_eq!(agent_state(&m).await.as_deref(), Some("REGISTERED"));
+    assert_eq!(
+        pids_in(&agent.sandbox("F1", "t1")),
+        pids,
+        "the same process"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_left_past_the_recovery_timeout_kills_its_task_and_exits() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&["--recovery-timeout", "1s"], &[]);
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("svc", "svc", &[]), true).await;
+    launch_each(&mut fw, &["t1"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    update_for(&mut fw, "t1", TaskState::TaskRunning).await;
+    agent.kill9();
+    let sandbox = agent.sandbox("F1", "t1");
+    let work = agent.work();
+    eventually("the task and its executor gone", WAIT, || {
+        let gone = pids_in(&sandbox).is_empty() && pids_naming(&work).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    // The next agent delivers what the executor recorded.
+    agent.start(&[], &[]);
+    let killed = update_for(&mut fw, "t1", TaskState::TaskKilled).await;
+    assert_eq!(
+        killed.reason,
+        TaskReason::ReasonExecutorRecoveryTimeout as i32,
+        "{killed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_recording_and_spawning_ends_in_one_process_or_a_definite_failure() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut fw = Framework::subscribe(addrs(&m), framework_info("svc", "svc", &[]), true).await;
+
+    // Crash after the launch record, before the executor: never ran.
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[("ORRERY_FAILPOINT", "launch-recorded")]);
+    launch_each(&mut fw, &["t1"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    assert_eq!(agent.wait_exit(WAIT), Some(86), "{}", agent.logs());
+    assert!(pids_in(&agent.sandbox("F1", "t1")).is_empty());
+    agent.start(&[], &[]);
+    let failed = update_for(&mut fw, "t1", TaskState::TaskFailed).await;
+    assert!(failed.message.contains("never ran"), "{failed:?}");
+    assert!(
+        pids_in(&agent.sandbox("F1", "t1")).is_empty(),
+        "and nothing runs"
+    );
+    agent.kill9();
+
+    // Crash right after spawning the executor: it runs, once.
+    agent.start(&[], &[("ORRERY_FAILPOINT", "executor-spawned")]);
+    launch_each(&mut fw, &["t2"], |o, t| {
+        argv_launch(o, t, &["sleep", "1000"])
+    })
+    .await;
+    assert_eq!(agent.wait_exit(WAIT), Some(86), "{}", agent.logs());
+    agent.start(&[], &[]);
+    update_for(&mut fw, "t2", TaskState::TaskRunning).await;
+    let ms = addrs(&m);
+    eventually("t2 RUNNING on the master", WAIT, || {
+        let ms = ms.clone();
+        async move {
+            (task_state(&eventually_state(&ms).await, "F1", "t2") == Some(TaskState::TaskRunning))
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        pids_in(&agent.sandbox("F1", "t2")).len(),
+        1,
+        "exactly one process for t2"
+    );
+}
