@@ -1,13 +1,16 @@
-//! `orrery dev`: a first run on one machine.
+//! `orrery dev`: Orrery on one machine, for a first look.
 //!
-//! **Not finished**: the master and agent daemons come with later issues;
-//! then `dev` will start one master replica and one real agent in this
-//! process. Today it drives the real functional core (`decide`, `apply`,
-//! the allocator, maintenance rules) in-process: one master, one agent
-//! sized like this machine, one framework that launches tasks whose status
-//! updates are *simulated* (no process runs). It prints every event the
-//! master writes, then replays the encoded log from scratch and checks that
-//! the replayed state has the same digest and satisfies the invariants.
+//! Starts one master replica (a one-member raft log on a temp dir, the
+//! active master's actors, gRPC and HTTP) and one real agent (tasks run
+//! under `orrery executor`) in this process, prints their addresses and
+//! example commands, and runs until Ctrl-C; then it stops the agent's
+//! executors (the work dir is temporary) and removes the temp dir unless
+//! `--data-dir` was given.
+//!
+//! `orrery dev --demo` runs the earlier in-process demo instead: the real
+//! functional core (`decide`, `apply`, the allocator, maintenance rules)
+//! with one simulated agent and framework, printing every event the master
+//! writes, then replaying the encoded log and checking the state digest.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -23,9 +26,114 @@ use orrery_events::{
 
 #[derive(Debug, Args)]
 pub struct DevArgs {
-    /// How many demo tasks the demo framework launches (1-100).
+    /// Run the in-process demo of the core instead (prints the event log).
+    #[arg(long)]
+    demo: bool,
+    /// With --demo: how many demo tasks the demo framework launches (1-100).
     #[arg(long, default_value_t = 3)]
     tasks: u32,
+    /// Keep the master's log and the agent's work dir here (default: a temp
+    /// dir, removed on exit).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long)]
+    exit_after: Option<String>,
+}
+
+fn free_addr() -> Result<std::net::SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    l.local_addr().context("finding a free port")
+}
+
+/// One master and one agent in this process.
+pub fn run_cluster(args: &DevArgs) -> Result<()> {
+    use orrery_actors::agent::runner::{self, AgentConfig, Recover};
+    use orrery_actors::master::{Serving, Settings};
+    use orrery_storage::raft::RaftConfig;
+
+    crate::logging::init("text")?;
+    let exit_after = match &args.exit_after {
+        Some(t) => Some(crate::master::parse_duration("--exit-after", t)?),
+        None => None,
+    };
+    let (dir, temp) = match &args.data_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("orrery-dev-")
+                .tempdir()
+                .context("creating a temp dir")?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let grpc = free_addr()?;
+    let http = free_addr()?;
+    let agent_http = free_addr()?;
+    let config = RaftConfig::new(
+        1,
+        grpc,
+        std::collections::BTreeMap::from([(1, grpc.to_string())]),
+        dir.join("master"),
+    );
+    let settings = Settings::new(1, grpc.to_string());
+    let agent = AgentConfig {
+        masters: vec![grpc.to_string()],
+        work_dir: dir.join("agent"),
+        hostname: detect_hostname(),
+        ip: "127.0.0.1".into(),
+        resources: orrery_actors::agent::flags::detect(&dir),
+        attributes: vec![("os".into(), std::env::consts::OS.into())],
+        domain: None,
+        recover: Recover::Reconnect,
+        strict: true,
+        recovery_timeout: std::time::Duration::from_secs(15 * 60),
+        kill_grace: std::time::Duration::from_secs(3),
+        http: Some(agent_http),
+        executor_bin: std::env::current_exe().context("finding the orrery binary")?,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = actix_rt::System::with_tokio_rt(move || rt).block_on(async {
+        let running = orrery_gateway::server::start(config, settings, Some(http))
+            .await
+            .map_err(|e| anyhow::anyhow!("the master: {e}"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !matches!(running.master.send(Serving).await, Ok(Ok(_))) {
+            if std::time::Instant::now() > deadline {
+                bail!("the master did not become the leader within 20 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        println!(
+            "Orrery dev: one master and one agent, data in {}",
+            dir.display()
+        );
+        println!("  master (gRPC: scheduler, agent, operator APIs)  {grpc}");
+        println!("  master HTTP                                     http://{http}/state");
+        println!("  agent HTTP                                      http://{agent_http}/health");
+        println!("Try: orrery --master {grpc} agent list");
+        println!("Stop with Ctrl-C.");
+        let stop = async {
+            match exit_after {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = crate::master::shutdown_signal() => {}
+                    }
+                }
+                None => crate::master::shutdown_signal().await,
+            }
+        };
+        let agent_result = runner::run(agent.clone(), stop).await;
+        runner::stop_all(&agent);
+        running.shutdown().await;
+        agent_result.map_err(|e| anyhow::anyhow!("the agent: {e}"))
+    });
+    drop(temp);
+    outcome
 }
 
 /// This machine's size, as an agent would declare it.
@@ -83,6 +191,9 @@ impl Master {
 }
 
 pub fn run(args: &DevArgs, json: bool) -> Result<()> {
+    if !args.demo {
+        return run_cluster(args);
+    }
     if !(1..=100).contains(&args.tasks) {
         bail!("--tasks {} is out of range: give 1 to 100", args.tasks);
     }

@@ -624,3 +624,89 @@ async fn a_crash_between_recording_and_spawning_ends_in_one_process_or_a_definit
         "exactly one process for t2"
     );
 }
+
+#[test]
+fn bad_agent_flags_are_refused_with_the_flag_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("w");
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.args(["--master", "127.0.0.1:1", "agent", "--work-dir"])
+            .arg(&work)
+            .args(args);
+        let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
+        (status.and_then(|s| s.code()), err)
+    };
+    for (args, says) in [
+        (vec!["--resources", "cpus:lots"], "--resources"),
+        (vec!["--resources", "gpus:1"], "unknown resource"),
+        (vec!["--attributes", "rack"], "--attributes"),
+        (vec!["--domain", "{"], "--domain is not JSON"),
+        (
+            vec!["--domain", r#"{"fault_domain":{"region":{"name":"r1"}}}"#],
+            "zone",
+        ),
+        (vec!["--strict", "maybe"], "--strict"),
+        (vec!["--recovery-timeout", "soon"], "--recovery-timeout"),
+        (vec!["--ip", "not-an-ip"], "--ip"),
+        (vec!["--http", "localhost"], "--http"),
+    ] {
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (code, _) = run(&["--recover", "sometimes"]);
+    assert_eq!(code, Some(2), "a bad enum value is bad usage");
+}
+
+#[test]
+fn orrery_dev_runs_a_master_and_an_agent_and_cleans_up() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["dev", "--exit-after", "5s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn orrery dev");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0) > 0 {
+        text.push_str(&line);
+        if line.starts_with("Stop with") {
+            break;
+        }
+        line.clear();
+    }
+    let grpc = text
+        .lines()
+        .find(|l| l.contains("gRPC"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("the master's address is printed: {text}"))
+        .to_owned();
+    let data = text
+        .lines()
+        .next()
+        .and_then(|l| l.split("data in ").nth(1))
+        .unwrap_or_else(|| panic!("the data dir is printed: {text}"))
+        .to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["--master", &grpc, "--json", "agent", "list"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if v[0]["state"] == "REGISTERED" || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(listed[0]["state"], "REGISTERED", "{listed}");
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(!Path::new(&data).exists(), "the temp dir {data} is removed");
+}

@@ -437,6 +437,18 @@ fn cleanup(cfg: &AgentConfig, tasks: &BTreeMap<Key, Task>) {
     let _ = std::fs::remove_file(checkpoint::agent_file(&cfg.work_dir));
 }
 
+/// Stops every executor recorded under `work_dir` (each kills its task)
+/// and waits for them, up to the kill grace and 3 s more. For `orrery dev`,
+/// whose work dir is temporary; a production agent leaves its executors
+/// running when it stops.
+pub fn stop_all(cfg: &AgentConfig) {
+    let mut relaxed = cfg.clone();
+    relaxed.strict = false;
+    if let Ok((_, tasks)) = recover(&relaxed) {
+        cleanup(cfg, &tasks);
+    }
+}
+
 // --- running -------------------------------------------------------------------
 
 /// Runs the agent until `stop` resolves (or forever).
