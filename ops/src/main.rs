@@ -14,6 +14,7 @@
 //!   writes, with the state digest checked by a replay.
 
 mod agent;
+mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod dev;
@@ -90,6 +91,8 @@ enum BenchCmd {
     Log(bench_log::BenchLogArgs),
     /// One allocation cycle at 10k and 20k agents, and committed placements/s.
     Alloc(bench_alloc::BenchAllocArgs),
+    /// 1,000 real tasks on one agent: launch time, and recovery after kill -9.
+    Agent(bench_agent::BenchAgentArgs),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
             list::run(cli.master.as_deref(), list::What::Frameworks, cli.json)
         }
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
+        Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
     };
     match result {

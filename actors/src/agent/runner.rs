@@ -110,6 +110,10 @@ struct Task {
     backoff: Duration,
     /// When the executor was spawned by this run (None: adopted/recovered).
     spawned_at: Option<Instant>,
+    /// The executor's record, once read (it never changes).
+    exec_cache: Option<cp::ExecutorCheckpoint>,
+    /// When the executor was last checked alive.
+    checked_at: Option<Instant>,
 }
 
 impl Task {
@@ -125,6 +129,8 @@ impl Task {
             retry_at: None,
             backoff: Duration::from_millis(100),
             spawned_at: None,
+            exec_cache: None,
+            checked_at: None,
         }
     }
 
@@ -148,6 +154,16 @@ impl Task {
         }
         self.pending.push_back(rec);
         Ok(())
+    }
+
+    /// Copies what the executor recorded since last time, when its log grew.
+    fn poll_if_grown(&mut self) -> Result<(), Corrupt> {
+        let len = std::fs::metadata(self.paths.executor_log()).map_or(0, |m| m.len());
+        if len > self.exec_offset {
+            self.poll_executor()
+        } else {
+            Ok(())
+        }
     }
 
     /// Copies what the executor recorded since last time.
@@ -538,7 +554,7 @@ async fn poll_loop(shared: Arc<Shared>) {
                 continue;
             }
             let before = t.pending.len();
-            if let Err(c) = t.poll_executor() {
+            if let Err(c) = t.poll_if_grown() {
                 tracing::error!(problem = %c, "an executor's status stream is corrupt");
                 let _ = t.push(agent_update(
                     TaskState::TaskLost,
@@ -546,8 +562,18 @@ async fn poll_loop(shared: Arc<Shared>) {
                     format!("the executor's status stream is corrupt: {c}"),
                 ));
             }
-            if !t.terminal() {
-                let exec = t.executor().ok().flatten();
+            // Liveness: once a second per task is enough (an executor
+            // records its task's end itself; this catches executors that
+            // die without a word).
+            let due = t
+                .checked_at
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+            if !t.terminal() && due {
+                t.checked_at = Some(Instant::now());
+                if t.exec_cache.is_none() {
+                    t.exec_cache = t.executor().ok().flatten();
+                }
+                let exec = t.exec_cache.clone();
                 let gone = match &exec {
                     Some(e) => !procinfo::same_process(e.pid, e.start_ticks, &e.boot_id),
                     None => t
