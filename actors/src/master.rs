@@ -1079,6 +1079,7 @@ impl Handler<RegisterAgent> for Master {
             .iter()
             .map(|t| TaskKey::new(t.framework_id.clone(), t.task_id.clone()))
             .collect();
+        let hostname = msg.registration.hostname.clone();
         let command = match msg.agent_id {
             None => Command::RegisterAgent(msg.registration),
             Some(agent_id) => Command::ReregisterAgent {
@@ -1090,27 +1091,39 @@ impl Handler<RegisterAgent> for Master {
         self.enqueue(
             command,
             true,
-            reply_via(reply, move |act, ctx, c| {
-                let id = c
-                    .events
-                    .iter()
-                    .find_map(|e| match e {
-                        Payload::AgentRegistered(r) => Some(r.agent_id.clone()),
-                        Payload::AgentReregistered(r) => Some(r.agent_id.clone()),
-                        _ => None,
-                    })
-                    .ok_or_else(|| {
-                        MasterError::Unavailable("the registration committed no event".into())
-                    })?;
-                let id = AgentId::new(id);
-                act.open_agent(id.clone(), term, ctx);
-                act.reconcile_agent(&id, &reported);
-                Ok((id, term))
+            Box::new(move |act, ctx, res| {
+                if let Err(MasterError::Rejected(r)) = &res {
+                    tracing::warn!(%hostname, reason = r.name(), "refused an agent's registration: {r}");
+                }
+                let _ = reply.send(res.and_then(|c| register_done(act, ctx, c, term, &reported)));
             }),
             ctx,
         );
         wait(rx)
     }
+}
+
+/// A committed registration: open the agent's session and reconcile.
+fn register_done(
+    act: &mut Master,
+    ctx: &mut Context<Master>,
+    c: Committed,
+    term: u64,
+    reported: &BTreeSet<TaskKey>,
+) -> Result<(AgentId, u64), MasterError> {
+    let id = c
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Payload::AgentRegistered(r) => Some(r.agent_id.clone()),
+            Payload::AgentReregistered(r) => Some(r.agent_id.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| MasterError::Unavailable("the registration committed no event".into()))?;
+    let id = AgentId::new(id);
+    act.open_agent(id.clone(), term, ctx);
+    act.reconcile_agent(&id, reported);
+    Ok((id, term))
 }
 
 /// An agent opens its message stream.

@@ -607,3 +607,114 @@ fn after_a_leader_change_agents_that_do_not_reregister_in_time_are_unreachable()
         masters.shutdown().await;
     });
 }
+
+fn in_region(region: &str, zone: &str) -> Option<orrery_events::state::Domain> {
+    Some(orrery_events::state::Domain {
+        region: region.into(),
+        zone: zone.into(),
+    })
+}
+
+#[test]
+fn remote_region_offers_go_only_to_region_aware_frameworks() {
+    run(LIMIT, async {
+        let mut settings = test_settings();
+        settings.domain = in_region("us-east", "a");
+        let masters = Masters::start(1, settings).await;
+        let _local = SimAgent::spawn_in(masters.addrs(), "local-1", 2, Some(("us-east", "b")));
+        let _remote = SimAgent::spawn_in(masters.addrs(), "remote-1", 2, Some(("eu-west", "a")));
+        let mut plain =
+            Framework::subscribe(masters.addrs(), framework_info("plain", "p", &[]), false).await;
+        let mut aware = Framework::subscribe(
+            masters.addrs(),
+            framework_info("aware", "a", &[FrameworkCapability::RegionAware]),
+            false,
+        )
+        .await;
+        // The region-aware framework gets the remote agent, with its domain.
+        let remote = aware
+            .next("an offer from the remote agent", WAIT, |e| match e {
+                sp::event::Event::Offers(o) => {
+                    o.offers.into_iter().find(|o| o.hostname == "remote-1")
+                }
+                _ => None,
+            })
+            .await;
+        let d = remote.domain.expect("offers carry the agent's domain");
+        assert_eq!((d.region.as_str(), d.zone.as_str()), ("eu-west", "a"));
+        // The plain one sees the local agent and never the remote one, even
+        // when the aware framework declines it.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut hosts = std::collections::BTreeSet::new();
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, plain.events.recv()).await {
+            if let Some(sp::event::Event::Offers(o)) = ev.event {
+                for offer in o.offers {
+                    hosts.insert(offer.hostname.clone());
+                    let _ = plain
+                        .call(sp::call::Call::Decline(sp::Decline {
+                            offer_ids: vec![offer.offer_id],
+                            filters: Some(sp::Filters {
+                                refuse_seconds: Some(0.0),
+                            }),
+                        }))
+                        .await;
+                }
+            }
+            let _ = aware
+                .call(sp::call::Call::Decline(sp::Decline {
+                    offer_ids: vec![remote.offer_id.clone()],
+                    filters: Some(sp::Filters {
+                        refuse_seconds: Some(0.0),
+                    }),
+                }))
+                .await;
+        }
+        assert!(hosts.contains("local-1"), "{hosts:?}");
+        assert!(
+            !hosts.contains("remote-1"),
+            "a region-unaware framework got a remote offer: {hosts:?}"
+        );
+        masters.shutdown().await;
+    });
+}
+
+#[test]
+fn an_agent_with_a_domain_is_refused_by_a_master_without_one() {
+    run(LIMIT, async {
+        let masters = Masters::start(1, test_settings()).await;
+        let err = register_with_domain(&masters)
+            .await
+            .expect_err("a domain agent registered with a domain-less master");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("no fault domain"), "{err:?}");
+        masters.shutdown().await;
+    });
+}
+
+async fn register_with_domain(masters: &Masters) -> Result<(), tonic::Status> {
+    use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
+    orrery_gateway::client::with_leader(&masters.addrs(), PATIENCE, |ch| async move {
+        AgentLinkClient::new(ch)
+            .register(ap::RegisterRequest {
+                agent_id: String::new(),
+                info: Some(ap::AgentInfo {
+                    hostname: "h".into(),
+                    ip: "127.0.0.1".into(),
+                    resources: Some(orrery_events::pb::Resources {
+                        cpus_milli: 1000,
+                        mem_mb: 1024,
+                        ..Default::default()
+                    }),
+                    attributes: vec![],
+                    domain: Some(orrery_events::pb::Domain {
+                        region: "r1".into(),
+                        zone: "z1".into(),
+                    }),
+                }),
+                tasks: vec![],
+            })
+            .await
+    })
+    .await
+    .map(|_| ())
+}

@@ -55,6 +55,11 @@ pub struct MasterArgs {
     /// service (for tests and `orrery bench log`).
     #[arg(long)]
     accept_raw_appends: bool,
+    /// This master's fault domain, Mesos' JSON:
+    /// '{"fault_domain":{"region":{"name":"r1"},"zone":{"name":"z1"}}}'.
+    /// Every master of a group must share the region.
+    #[arg(long)]
+    domain: Option<String>,
     /// Where to serve HTTP admin (`/health`, `/state`), e.g.
     /// 127.0.0.1:5050.
     #[arg(long)]
@@ -113,6 +118,9 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
         positive("--agent-reregister-timeout", &args.agent_reregister_timeout)?;
     s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
     s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
+    if let Some(d) = &args.domain {
+        s.domain = Some(orrery_actors::agent::flags::domain(d).map_err(|e| anyhow::anyhow!(e))?);
+    }
     Ok(s)
 }
 
@@ -150,6 +158,11 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         config.snapshot_every_entries = args.snapshot_every;
         config.keep_after_snapshot_entries = args.keep_after_snapshot;
         config.rebuild = args.rebuild;
+        config.region = settings
+            .domain
+            .as_ref()
+            .map(|d| d.region.clone())
+            .unwrap_or_default();
         if args.accept_raw_appends {
             config.raw_appends = RawAppends::Checked(Arc::new(raw_append_allowed));
         }

@@ -710,3 +710,24 @@ fn orrery_dev_runs_a_master_and_an_agent_and_cleans_up() {
     assert_eq!(status.and_then(|s| s.code()), Some(0));
     assert!(!Path::new(&data).exists(), "the temp dir {data} is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_domain_exits_when_a_domain_less_master_refuses_it() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(
+        &[
+            "--domain",
+            r#"{"fault_domain":{"region":{"name":"r1"},"zone":{"name":"z1"}}}"#,
+        ],
+        &[],
+    );
+    assert_eq!(agent.wait_exit(WAIT), Some(1), "{}", agent.logs());
+    assert!(agent.logs().contains("no fault domain"), "{}", agent.logs());
+    let master = std::fs::read_to_string(m.log_path(1)).unwrap_or_default();
+    assert!(
+        master.contains("refused an agent's registration"),
+        "{master}"
+    );
+}

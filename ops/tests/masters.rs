@@ -545,3 +545,25 @@ fn http_admin_and_the_cli_follow_the_leader() {
     }
     assert_eq!((leaders, redirects), (1, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_of_different_regions_are_refused() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(3, &[]);
+    let domain = |r: &str| {
+        format!(r#"{{"fault_domain":{{"region":{{"name":"{r}"}},"zone":{{"name":"z1"}}}}}}"#)
+    };
+    let east = domain("east");
+    let west = domain("west");
+    m.start(1, &["--domain", &east]);
+    m.start(2, &["--domain", &east]);
+    m.start(3, &["--domain", &west]);
+    let mut three = take(&m, 3).expect("master 3 runs");
+    let status = wait_exit(&mut three, Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", m.logs());
+    let log = std::fs::read_to_string(m.log_path(3)).unwrap_or_default();
+    assert!(
+        log.contains("share") && log.contains("\"west\"") && log.contains("\"east\""),
+        "{log}"
+    );
+}

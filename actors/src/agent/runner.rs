@@ -497,7 +497,8 @@ pub async fn run(
     jobs.spawn(heartbeat_loop(cfg.work_dir.clone()));
     jobs.spawn(poll_loop(shared.clone()));
     jobs.spawn(send_loop(shared.clone()));
-    jobs.spawn(master_loop(shared.clone()));
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
+    jobs.spawn(master_loop(shared.clone(), fatal_tx));
     if let Some(addr) = cfg.http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -507,10 +508,13 @@ pub async fn run(
             let _ = axum::serve(listener, router).await;
         });
     }
-    stop.await;
+    let outcome = tokio::select! {
+        _ = stop => Ok(()),
+        Ok(why) = fatal_rx => Err(why),
+    };
     jobs.abort_all();
     drop(lock);
-    Ok(())
+    outcome
 }
 
 fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
@@ -711,7 +715,14 @@ fn acked(shared: &Shared, key: &Key, uuid: &str, outcome: Result<bool, tonic::St
     }
 }
 
-async fn master_loop(shared: Arc<Shared>) {
+/// Why a session ended: retry, or stop the agent (the masters refuse it for
+/// good, e.g. a fault domain a domain-less master cannot take).
+enum SessionEnd {
+    Retry(String),
+    Refused(String),
+}
+
+async fn master_loop(shared: Arc<Shared>, fatal: tokio::sync::oneshot::Sender<String>) {
     let cfg = &shared.cfg;
     let info = ap::AgentInfo {
         hostname: cfg.hostname.clone(),
@@ -734,7 +745,12 @@ async fn master_loop(shared: Arc<Shared>) {
     loop {
         match session(&shared, &info).await {
             Ok(()) => backoff = Duration::from_millis(100),
-            Err(e) => {
+            Err(SessionEnd::Refused(why)) => {
+                tracing::error!(error = %why, "the master refused this agent's registration");
+                let _ = fatal.send(format!("the master refused the registration: {why}"));
+                return;
+            }
+            Err(SessionEnd::Retry(e)) => {
                 tracing::warn!(error = %e, "the link to the master failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -744,7 +760,7 @@ async fn master_loop(shared: Arc<Shared>) {
 }
 
 /// One registration and message stream, until the stream ends.
-async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), String> {
+async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), SessionEnd> {
     let agent_id = shared.agent_id().unwrap_or_default();
     // Every task the agent still holds, terminal ones too (their end is
     // not acknowledged yet): a task left out would be launched again.
@@ -775,9 +791,12 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Strin
             // state was reset): register afresh.
             tracing::warn!(agent_id, error = %s.message(), "the master does not know this agent id; registering as a new agent");
             *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            return Err(s.message().to_owned());
+            return Err(SessionEnd::Retry(s.message().to_owned()));
         }
-        Err(s) => return Err(s.message().to_owned()),
+        Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
+            return Err(SessionEnd::Refused(s.message().to_owned()))
+        }
+        Err(s) => return Err(SessionEnd::Retry(s.message().to_owned())),
     };
     if resp.agent_id != agent_id {
         checkpoint::write_message(
@@ -787,28 +806,27 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Strin
                 boot_id: procinfo::boot_id(),
             },
         )
-        .map_err(|e| format!("recording the agent id: {e}"))?;
+        .map_err(|e| SessionEnd::Retry(format!("recording the agent id: {e}")))?;
         *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(resp.agent_id.clone());
     }
     shared.newest_term.fetch_max(resp.term, Ordering::SeqCst);
     tracing::info!(agent_id = %resp.agent_id, master = %addr, term = resp.term, "registered");
     shared.wake.notify_one();
-    let ch = crate::client::connect(&addr)
-        .await
-        .map_err(|s| s.message().to_owned())?;
+    let retry = |s: tonic::Status| SessionEnd::Retry(s.message().to_owned());
+    let ch = crate::client::connect(&addr).await.map_err(retry)?;
     let mut client = AgentLinkClient::new(ch);
     let mut stream = client
         .attach(ap::AttachRequest {
             agent_id: resp.agent_id.clone(),
         })
         .await
-        .map_err(|s| s.message().to_owned())?
+        .map_err(retry)?
         .into_inner();
     loop {
         let m = match stream.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => return Err("the master closed the stream".into()),
-            Err(s) => return Err(s.message().to_owned()),
+            Ok(None) => return Err(SessionEnd::Retry("the master closed the stream".into())),
+            Err(s) => return Err(retry(s)),
         };
         let newest = shared.newest_term.load(Ordering::SeqCst);
         if m.term < newest {

@@ -183,6 +183,16 @@ pub struct SimAgent {
 
 impl SimAgent {
     pub fn spawn(masters: Vec<String>, hostname: &str, cpus: u64) -> SimAgent {
+        Self::spawn_in(masters, hostname, cpus, None)
+    }
+
+    /// An agent in a fault domain (region, zone).
+    pub fn spawn_in(
+        masters: Vec<String>,
+        hostname: &str,
+        cpus: u64,
+        domain: Option<(&str, &str)>,
+    ) -> SimAgent {
         let shared = Arc::new(AgentShared::default());
         let info = ap::AgentInfo {
             hostname: hostname.to_owned(),
@@ -194,7 +204,10 @@ impl SimAgent {
                 ports: vec![],
             }),
             attributes: vec![],
-            domain: None,
+            domain: domain.map(|(region, zone)| pb::Domain {
+                region: region.into(),
+                zone: zone.into(),
+            }),
         };
         tokio::spawn(agent_loop(masters, info, shared.clone()));
         SimAgent {

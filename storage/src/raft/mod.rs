@@ -106,6 +106,9 @@ pub struct RaftConfig {
     /// Start from an empty data dir as an existing member (see module doc).
     pub rebuild: bool,
     pub raw_appends: RawAppends,
+    /// This master's fault-domain region ("" for none). Start-up refuses a
+    /// peer that answers with another: a group shares one region.
+    pub region: String,
 }
 
 impl RaftConfig {
@@ -127,6 +130,7 @@ impl RaftConfig {
             keep_after_snapshot_entries: 1_000,
             rebuild: false,
             raw_appends: RawAppends::Refused,
+            region: String::new(),
         }
     }
 
@@ -326,6 +330,7 @@ impl<S: StateMachine> Inner<S> {
                 .purged()
                 .map(|l| service::log_id_pb(&log_store::from_rl(l))),
             ready_to_join: self.adoption_allowed.load(Ordering::Acquire),
+            region: self.config.region.clone(),
         }
     }
 }
@@ -547,6 +552,27 @@ fn check_peers_match(
         )));
     }
     Ok(())
+}
+
+/// Refuses a peer in another fault-domain region (Mesos: the masters of a
+/// group share a region; agents and frameworks are local or remote to it).
+fn check_region(config: &RaftConfig, peer_id: u64, st: &pb::StatusResponse) -> Result<(), Fatal> {
+    if st.region == config.region {
+        return Ok(());
+    }
+    let show = |r: &str| {
+        if r.is_empty() {
+            "no --domain".to_owned()
+        } else {
+            format!("region {r:?}")
+        }
+    };
+    Err(Fatal::Refused(format!(
+        "this master has {} but master {peer_id} has {}; every master of a group must share \
+         one region (give each the same --domain region)",
+        show(&config.region),
+        show(&st.region)
+    )))
 }
 
 fn member_of(st: &pb::StatusResponse, node_id: u64) -> bool {
@@ -793,6 +819,7 @@ impl<S: StateMachine> RaftNode<S> {
             });
             for (id, addr, answer) in futures::future::join_all(asks).await {
                 if let Ok(st) = answer {
+                    check_region(config, id, &st)?;
                     if st.cluster_id == ours {
                         check_peers_match(config, id, &st)?;
                     }
@@ -817,7 +844,11 @@ impl<S: StateMachine> RaftNode<S> {
             let mut existing = None;
             let mut all_ready = true;
             for (id, addr) in config.others() {
-                match peer_status(addr, Duration::from_millis(500)).await {
+                let answer = peer_status(addr, Duration::from_millis(500)).await;
+                if let Ok(st) = &answer {
+                    check_region(config, id, st)?;
+                }
+                match answer {
                     Ok(st) if !st.cluster_id.is_empty() => existing = Some((id, st)),
                     Ok(st) => all_ready &= st.ready_to_join,
                     Err(e) => unreachable.push(format!("master {id} ({e})")),
