@@ -20,6 +20,9 @@ pub enum Effect {
     ToAgent(AgentId, ap::master_message::Message),
     /// The framework was removed: end its stream with this message.
     CloseFramework(FrameworkId, String),
+    /// A job was created or changed, or one of its tasks ended: the job
+    /// scheduler has work.
+    JobsChanged,
 }
 
 /// A scheduler-API task status from the log's status event.
@@ -128,7 +131,15 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                 ));
             }
         }
+        Payload::JobCreated(_) | Payload::JobUpdated(_) => out.push(Effect::JobsChanged),
         Payload::TaskStatusUpdated(e) => {
+            let key = TaskKey::new(e.framework_id.clone(), e.task_id.clone());
+            let state = pb::TaskState::try_from(e.state).unwrap_or(TaskState::Unspecified);
+            if orrery_events::state::task::is_terminal(state)
+                && before.task(&key).is_some_and(|t| t.job.is_some())
+            {
+                out.push(Effect::JobsChanged);
+            }
             out.push(Effect::ToFramework(
                 FrameworkId::new(e.framework_id.clone()),
                 sp::event::Event::Update(sp::Update {

@@ -34,10 +34,11 @@ use orrery_events::command::{
 };
 use orrery_events::pb::envelope::Payload;
 use orrery_events::pb::{self, TaskReason, TaskState};
+use orrery_events::state::JobKey;
 use orrery_events::state::{AgentState, Domain, MasterConfig};
 use orrery_events::{
-    codec, decide, envelopes, try_apply, AgentId, Cluster, Event, FrameworkId, OfferId, Rejection,
-    Resources, TaskId, TaskKey,
+    codec, decide, envelopes, jobs, try_apply, AgentId, Cluster, Event, FrameworkId, OfferId,
+    Rejection, Resources, TaskId, TaskKey,
 };
 use orrery_proto::scheduler as sp;
 use orrery_storage::raft::RaftNode;
@@ -205,6 +206,10 @@ pub struct Master {
     agents: BTreeMap<AgentId, AgentLink>,
     next_session: u64,
     timers: TimerState,
+    /// The built-in job scheduler's framework, once subscribed this term.
+    jobs_fw: Option<FrameworkId>,
+    /// Why each job instance that is not running waits (from the last plan).
+    job_pending: BTreeMap<(JobKey, u32), String>,
 }
 
 impl std::fmt::Debug for Master {
@@ -240,6 +245,8 @@ impl Master {
             agents: BTreeMap::new(),
             next_session: 0,
             timers: TimerState::default(),
+            jobs_fw: None,
+            job_pending: BTreeMap::new(),
         }
     }
 
@@ -389,7 +396,7 @@ impl Master {
                     done(self, ctx, Ok(Committed { last_index, events }));
                 }
                 if self.leading == Some(term) {
-                    self.dispatch(effects);
+                    self.dispatch(effects, ctx);
                 }
             }
             Err(e) => {
@@ -410,9 +417,14 @@ impl Master {
         self.flush(ctx);
     }
 
-    fn dispatch(&mut self, effects: Vec<Effect>) {
+    fn dispatch(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        let mut job_offers = false;
+        let mut jobs_changed = false;
         for fx in effects {
             match fx {
+                Effect::ToFramework(fid, ev) if self.jobs_fw.as_ref() == Some(&fid) => {
+                    job_offers |= matches!(ev, sp::event::Event::Offers(_));
+                }
                 Effect::ToFramework(fid, ev) => {
                     if let Some(link) = self.frameworks.get(&fid) {
                         if link.addr.try_send(framework_session::Deliver(ev)).is_err() {
@@ -439,8 +451,114 @@ impl Master {
                         link.addr.do_send(framework_session::Close(Ok(why)));
                     }
                 }
+                Effect::JobsChanged => jobs_changed = true,
             }
         }
+        if job_offers {
+            self.schedule_jobs(ctx);
+        }
+        if jobs_changed {
+            match &self.jobs_fw {
+                None => self.subscribe_jobs(ctx),
+                Some(fw) => {
+                    let suppressed = self
+                        .cluster
+                        .frameworks
+                        .get(fw)
+                        .is_some_and(|f| f.suppressed);
+                    if suppressed {
+                        self.submit_internal(
+                            Command::Revive {
+                                framework_id: fw.clone(),
+                            },
+                            ctx,
+                            Box::new(|_, _, _| {}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The built-in job scheduler answers its offers (`jobs::plan`).
+    fn schedule_jobs(&mut self, ctx: &mut Context<Self>) {
+        let Some(fw) = self.jobs_fw.clone() else {
+            return;
+        };
+        let plan = jobs::plan(&self.cluster, &fw, now_ms());
+        self.job_pending = plan.pending;
+        // Nothing to place and nothing waiting: stop taking offers (Mesos'
+        // SUPPRESS) until a job changes or one of its tasks ends.
+        let idle = plan.accepts.is_empty() && self.job_pending.is_empty();
+        for (offer_id, launches) in plan.accepts {
+            let n = launches.len();
+            self.submit_internal(
+                Command::Accept {
+                    framework_id: fw.clone(),
+                    offer_ids: vec![offer_id],
+                    launches,
+                    refuse_seconds: Some(1.0),
+                },
+                ctx,
+                Box::new(move |_, _, res| match res {
+                    Ok(_) => tracing::debug!(tasks = n, "job scheduler launched"),
+                    Err(e) => tracing::warn!(error = %e, "job scheduler launch refused"),
+                }),
+            );
+        }
+        if !plan.declines.is_empty() {
+            self.submit_internal(
+                Command::Decline {
+                    framework_id: fw.clone(),
+                    offer_ids: plan.declines,
+                    refuse_seconds: Some(1.0),
+                },
+                ctx,
+                Box::new(|_, _, _| {}),
+            );
+        }
+        if idle {
+            self.submit_internal(
+                Command::Suppress { framework_id: fw },
+                ctx,
+                Box::new(|_, _, _| {}),
+            );
+        }
+    }
+
+    /// Subscribes (or fails over) the job scheduler's framework.
+    fn subscribe_jobs(&mut self, ctx: &mut Context<Self>) {
+        let existing = self
+            .cluster
+            .frameworks
+            .values()
+            .find(|f| f.name == jobs::FRAMEWORK_NAME && !f.removed)
+            .map(|f| f.id.clone());
+        self.submit_internal(
+            Command::Subscribe(FrameworkSubscription {
+                framework_id: existing,
+                name: jobs::FRAMEWORK_NAME.into(),
+                role: jobs::FRAMEWORK_ROLE.into(),
+                region_aware: true,
+                partition_aware: false,
+                checkpoint: true,
+                failover_timeout_ms: orrery_events::decide::limits::DURATION_MS_MAX,
+                principal: String::new(),
+            }),
+            ctx,
+            Box::new(|act, _, res| match res {
+                Ok(_) => {
+                    act.jobs_fw = act
+                        .cluster
+                        .frameworks
+                        .values()
+                        .find(|f| f.name == jobs::FRAMEWORK_NAME && !f.removed)
+                        .map(|f| f.id.clone());
+                    tracing::info!(framework_id = ?act.jobs_fw, "the job scheduler subscribed");
+                }
+                Err(e) => tracing::warn!(error = %e, "the job scheduler could not subscribe; retrying at the next tick"),
+            }),
+        );
     }
 
     // --- leadership ---------------------------------------------------------
@@ -482,7 +600,7 @@ impl Master {
         self.submit_internal(
             cmd,
             ctx,
-            Box::new(move |act, _, res| match res {
+            Box::new(move |act, ctx, res| match res {
                 Ok(c) if act.leading == Some(term) => {
                     act.elected = true;
                     tracing::info!(
@@ -490,6 +608,9 @@ impl Master {
                         index = c.last_index,
                         "this master is the active master"
                     );
+                    if !act.cluster.jobs.is_empty() {
+                        act.subscribe_jobs(ctx);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -508,6 +629,8 @@ impl Master {
         }
         self.leading = None;
         self.elected = false;
+        self.jobs_fw = None;
+        self.job_pending.clear();
         let err = MasterError::NotLeader {
             leader_addr: info.leader_addr.clone(),
         };
@@ -1253,5 +1376,131 @@ impl Handler<Stop> for Master {
         let info = LeaderInfo::default();
         self.step_down(&info, ctx);
         ctx.stop();
+    }
+}
+
+/// `orrery job status`: every instance of a job, and why pending ones wait.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<orrery_proto::operator::JobStatusResponse, MasterError>")]
+pub struct JobStatus(pub JobKey);
+
+impl Handler<JobStatus> for Master {
+    type Result = Result<orrery_proto::operator::JobStatusResponse, MasterError>;
+    fn handle(&mut self, msg: JobStatus, _: &mut Context<Self>) -> Self::Result {
+        use orrery_proto::operator as op;
+        self.serving()?;
+        let c = &self.cluster;
+        let job = c.jobs.get(&msg.0).ok_or_else(|| {
+            MasterError::Rejected(Rejection::UnknownJob {
+                key: msg.0.to_string(),
+            })
+        })?;
+        let hist = jobs::histories(c);
+        let now = now_ms();
+        let instances = (0..job.spec.instances)
+            .map(|i| {
+                let h = hist.get(&(msg.0.clone(), i));
+                let mut s = op::InstanceStatus {
+                    instance: i,
+                    ..Default::default()
+                };
+                match jobs::instance_state(&job.spec, h, now) {
+                    jobs::InstanceState::Running(id) => {
+                        let key = TaskKey::new(
+                            self.jobs_fw.clone().unwrap_or_else(|| FrameworkId::new("")),
+                            id.clone(),
+                        );
+                        let task = c
+                            .tasks
+                            .iter()
+                            .find(|(k, _)| {
+                                k.task_id == id && (self.jobs_fw.is_none() || **k == key)
+                            })
+                            .map(|(_, t)| t);
+                        s.task_id = id.0.clone();
+                        if let Some(t) = task {
+                            s.state = t.state.as_str_name().to_owned();
+                            if let Some(a) = c.agents.get(&t.agent_id) {
+                                s.hostname = a.hostname.clone();
+                                if let Some(d) = &a.domain {
+                                    s.region = d.region.clone();
+                                    s.zone = d.zone.clone();
+                                }
+                            }
+                        }
+                    }
+                    jobs::InstanceState::Finished => s.state = "FINISHED".into(),
+                    jobs::InstanceState::GaveUp(n) => {
+                        s.state = "GAVE_UP".into();
+                        s.reason = format!("failed {n} times in a row (max_task_failures)");
+                    }
+                    jobs::InstanceState::BackingOff(until) => {
+                        s.state = "BACKING_OFF".into();
+                        s.reason = format!("restarting in {} ms", until.saturating_sub(now));
+                    }
+                    jobs::InstanceState::Pending => {
+                        s.state = "PENDING".into();
+                        s.reason = self
+                            .job_pending
+                            .get(&(msg.0.clone(), i))
+                            .cloned()
+                            .unwrap_or_else(|| "waiting for the next offers".into());
+                    }
+                }
+                s
+            })
+            .collect();
+        Ok(op::JobStatusResponse {
+            spec: Some(job.spec.clone()),
+            version: job.version,
+            instances,
+        })
+    }
+}
+
+/// `orrery job list`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<orrery_proto::operator::JobList, MasterError>")]
+pub struct ListJobs;
+
+impl Handler<ListJobs> for Master {
+    type Result = Result<orrery_proto::operator::JobList, MasterError>;
+    fn handle(&mut self, _: ListJobs, _: &mut Context<Self>) -> Self::Result {
+        use orrery_proto::operator as op;
+        self.serving()?;
+        let c = &self.cluster;
+        let hist = jobs::histories(c);
+        let now = now_ms();
+        Ok(op::JobList {
+            jobs: c
+                .jobs
+                .values()
+                .map(|j| {
+                    let states: Vec<_> = (0..j.spec.instances)
+                        .map(|i| jobs::instance_state(&j.spec, hist.get(&(j.key.clone(), i)), now))
+                        .collect();
+                    op::JobSummary {
+                        key: Some(j.key.to_proto()),
+                        instances: j.spec.instances,
+                        running: states
+                            .iter()
+                            .filter(|s| matches!(s, jobs::InstanceState::Running(_)))
+                            .count() as u32,
+                        pending: states
+                            .iter()
+                            .filter(|s| {
+                                matches!(
+                                    s,
+                                    jobs::InstanceState::Pending
+                                        | jobs::InstanceState::BackingOff(_)
+                                )
+                            })
+                            .count() as u32,
+                        service: j.spec.service,
+                        version: j.version,
+                    }
+                })
+                .collect(),
+        })
     }
 }

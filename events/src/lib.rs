@@ -39,6 +39,7 @@ pub mod digest;
 pub mod explain;
 pub mod ids;
 pub mod invariants;
+pub mod jobs;
 pub mod projections;
 pub mod rejection;
 pub mod resources;

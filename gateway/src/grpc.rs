@@ -10,8 +10,8 @@ use std::pin::Pin;
 
 use actix::Addr;
 use orrery_actors::master::{
-    AgentPong, AttachAgent, FrameworkCall, Log, Master, MasterError, RegisterAgent, Serving,
-    Submit, SubscribeFramework,
+    AgentPong, AttachAgent, FrameworkCall, JobStatus, ListJobs, Log, Master, MasterError,
+    RegisterAgent, Serving, Submit, SubscribeFramework,
 };
 use orrery_actors::{agent_session, framework_session, not_leader_status, views};
 use orrery_events::command::{
@@ -304,6 +304,69 @@ impl op::operator_server::Operator for OperatorService {
             .map_err(mailbox)?
             .map_err(status_of)?;
         Ok(Response::new(op::UpdateWeightsResponse {
+            committed_index: committed.last_index,
+        }))
+    }
+
+    async fn create_job(
+        &self,
+        r: Request<pb::JobSpec>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        self.job_command(Command::CreateJob(r.into_inner())).await
+    }
+
+    async fn update_job(
+        &self,
+        r: Request<pb::JobSpec>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        self.job_command(Command::UpdateJob(r.into_inner())).await
+    }
+
+    async fn kill_job(&self, r: Request<pb::JobKey>) -> Result<Response<op::JobResponse>, Status> {
+        let key = orrery_events::state::JobKey::from_proto(Some(&r.into_inner()));
+        self.job_command(Command::KillJob(key)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<op::ListJobsRequest>,
+    ) -> Result<Response<op::JobList>, Status> {
+        let list = self
+            .master
+            .send(ListJobs)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(list))
+    }
+
+    async fn job_status(
+        &self,
+        r: Request<pb::JobKey>,
+    ) -> Result<Response<op::JobStatusResponse>, Status> {
+        let key = orrery_events::state::JobKey::from_proto(Some(&r.into_inner()));
+        let status = self
+            .master
+            .send(JobStatus(key))
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(status))
+    }
+}
+
+impl OperatorService {
+    async fn job_command(&self, command: Command) -> Result<Response<op::JobResponse>, Status> {
+        let committed = self
+            .master
+            .send(Submit {
+                command,
+                want_events: false,
+            })
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(op::JobResponse {
             committed_index: committed.last_index,
         }))
     }

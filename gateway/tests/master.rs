@@ -632,14 +632,37 @@ fn remote_region_offers_go_only_to_region_aware_frameworks() {
         )
         .await;
         // The region-aware framework gets the remote agent, with its domain.
+        // (It also gets local offers; it declines those for a minute so
+        // that they go to the other framework.)
+        let mut local_ids = Vec::new();
         let remote = aware
             .next("an offer from the remote agent", WAIT, |e| match e {
                 sp::event::Event::Offers(o) => {
+                    local_ids.extend(
+                        o.offers
+                            .iter()
+                            .filter(|o| o.hostname != "remote-1")
+                            .map(|o| o.offer_id.clone()),
+                    );
                     o.offers.into_iter().find(|o| o.hostname == "remote-1")
                 }
                 _ => None,
             })
             .await;
+        let decline_local = |ids: Vec<String>| {
+            sp::call::Call::Decline(sp::Decline {
+                offer_ids: ids,
+                filters: Some(sp::Filters {
+                    refuse_seconds: Some(60.0),
+                }),
+            })
+        };
+        if !local_ids.is_empty() {
+            aware
+                .call(decline_local(local_ids))
+                .await
+                .expect("declined");
+        }
         let d = remote.domain.expect("offers carry the agent's domain");
         assert_eq!((d.region.as_str(), d.zone.as_str()), ("eu-west", "a"));
         // The plain one sees the local agent and never the remote one, even
@@ -660,14 +683,19 @@ fn remote_region_offers_go_only_to_region_aware_frameworks() {
                         .await;
                 }
             }
-            let _ = aware
-                .call(sp::call::Call::Decline(sp::Decline {
-                    offer_ids: vec![remote.offer_id.clone()],
-                    filters: Some(sp::Filters {
-                        refuse_seconds: Some(0.0),
-                    }),
-                }))
-                .await;
+            while let Ok(ev) = aware.events.try_recv() {
+                if let Some(sp::event::Event::Offers(o)) = ev.event {
+                    let ids: Vec<String> = o
+                        .offers
+                        .iter()
+                        .filter(|o| o.hostname != "remote-1")
+                        .map(|o| o.offer_id.clone())
+                        .collect();
+                    if !ids.is_empty() {
+                        let _ = aware.call(decline_local(ids)).await;
+                    }
+                }
+            }
         }
         assert!(hosts.contains("local-1"), "{hosts:?}");
         assert!(

@@ -303,18 +303,21 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
             shared.newest_term.store(m.term, Ordering::SeqCst);
             match m.message {
                 Some(ap::master_message::Message::Launch(l)) => {
-                    shared.tasks.lock().unwrap().insert(
-                        (l.framework_id.clone(), l.task_id.clone()),
-                        TaskState::TaskRunning as i32,
-                    );
+                    // A task whose shell line is `false` fails at once.
+                    let fails = l.command.as_ref().is_some_and(|c| c.shell == "false");
+                    let state = if fails {
+                        TaskState::TaskFailed
+                    } else {
+                        TaskState::TaskRunning
+                    };
+                    shared
+                        .tasks
+                        .lock()
+                        .unwrap()
+                        .insert((l.framework_id.clone(), l.task_id.clone()), state as i32);
                     tokio::spawn(send_status(
                         masters.clone(),
-                        update(
-                            &resp.agent_id,
-                            &l.framework_id,
-                            &l.task_id,
-                            TaskState::TaskRunning,
-                        ),
+                        update(&resp.agent_id, &l.framework_id, &l.task_id, state),
                     ));
                 }
                 Some(ap::master_message::Message::Kill(k)) => {

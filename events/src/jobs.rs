@@ -1,0 +1,359 @@
+//! The built-in job scheduler's decisions, as pure functions of the state.
+//!
+//! The job scheduler is a framework inside the master (Aurora's scheduler):
+//! it receives offers from the same allocator as external frameworks and
+//! answers them with [`plan`]: which pending job instances go on which
+//! offer, which offers it declines, and *why* every instance it could not
+//! place is still pending (shown by `orrery job status`). Everything it
+//! needs is in the log — running and ended tasks carry their job and
+//! instance — so a plan can be replayed and explained like any decision.
+//!
+//! Rules:
+//! - a service job keeps `instances` instances running: an instance whose
+//!   task ended is pending again after an exponential backoff (1 s, doubling
+//!   per failure in a row, at most 60 s);
+//! - a batch job's instance is done once it FINISHED, and given up after
+//!   `max_task_failures` failures (0: never given up);
+//! - a job that is not `region_aware` is placed only on agents in the
+//!   master's region;
+//! - Marathon's constraints: field `hostname`, `@region`, `@zone` or an
+//!   attribute; IS, LIKE and UNLIKE (a regex matching the whole value),
+//!   UNIQUE, CLUSTER, GROUP_BY[:n] (spread evenly: never more on one value
+//!   than on the least-used value + 0, and with n at most ⌈instances / n⌉
+//!   per value), MAX_PER:n.
+
+use std::collections::BTreeMap;
+
+use orrery_proto::events as pb;
+
+use crate::command::TaskSpec;
+use crate::ids::{FrameworkId, OfferId, TaskId};
+use crate::projections::domains;
+use crate::resources::Resources;
+use crate::state::task::is_terminal;
+use crate::state::{Agent, Cluster, JobKey, TaskState};
+
+/// The first restart waits this long; each further failure doubles it.
+pub const BACKOFF_BASE_MS: u64 = 1_000;
+pub const BACKOFF_MAX_MS: u64 = 60_000;
+
+/// The job scheduler's name and role (one framework in the log).
+pub const FRAMEWORK_NAME: &str = "orrery-jobs";
+pub const FRAMEWORK_ROLE: &str = "orrery-jobs";
+
+/// What one instance's tasks say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceHistory {
+    /// A non-terminal task of the instance, if any (its id).
+    pub live: Option<TaskId>,
+    /// Tasks ever launched for it (names the next task).
+    pub launched: u32,
+    /// Failures since the last success or the start (FAILED, LOST, ERROR,
+    /// DROPPED, GONE; not KILLED on request).
+    pub failures_in_a_row: u32,
+    pub finished: bool,
+    /// When its last task ended (ms).
+    pub last_end_ms: u64,
+}
+
+/// Every job instance's history, from one pass over the tasks.
+pub fn histories(c: &Cluster) -> BTreeMap<(JobKey, u32), InstanceHistory> {
+    let mut out: BTreeMap<(JobKey, u32), InstanceHistory> = BTreeMap::new();
+    let mut tasks: Vec<_> = c.tasks.values().filter(|t| t.job.is_some()).collect();
+    tasks.sort_by_key(|t| (t.launched_at_ms, t.key.task_id.0.clone()));
+    for t in tasks {
+        let Some(job) = &t.job else { continue };
+        let h = out.entry((job.clone(), t.instance)).or_default();
+        h.launched += 1;
+        if !is_terminal(t.state) {
+            h.live = Some(t.key.task_id.clone());
+            continue;
+        }
+        h.last_end_ms = h.last_end_ms.max(t.updated_at_ms);
+        match t.state {
+            TaskState::TaskFinished => {
+                h.finished = true;
+                h.failures_in_a_row = 0;
+            }
+            TaskState::TaskKilled if t.healthy.is_none_or(|ok| ok) => {}
+            _ => h.failures_in_a_row += 1,
+        }
+    }
+    out
+}
+
+/// The restart delay after `failures` failures in a row.
+pub fn backoff_ms(failures: u32) -> u64 {
+    if failures == 0 {
+        return 0;
+    }
+    BACKOFF_BASE_MS
+        .saturating_mul(1u64 << (failures - 1).min(16))
+        .min(BACKOFF_MAX_MS)
+}
+
+/// Where an instance stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Running(TaskId),
+    Finished,
+    /// A batch instance that failed `max_task_failures` times.
+    GaveUp(u32),
+    /// Waiting for its backoff to pass (until, ms).
+    BackingOff(u64),
+    Pending,
+}
+
+pub fn instance_state(
+    spec: &pb::JobSpec,
+    h: Option<&InstanceHistory>,
+    now_ms: u64,
+) -> InstanceState {
+    let Some(h) = h else {
+        return InstanceState::Pending;
+    };
+    if let Some(id) = &h.live {
+        return InstanceState::Running(id.clone());
+    }
+    if !spec.service && h.finished {
+        return InstanceState::Finished;
+    }
+    if !spec.service && spec.max_task_failures > 0 && h.failures_in_a_row >= spec.max_task_failures
+    {
+        return InstanceState::GaveUp(h.failures_in_a_row);
+    }
+    let until = h
+        .last_end_ms
+        .saturating_add(backoff_ms(h.failures_in_a_row));
+    if h.failures_in_a_row > 0 && now_ms < until {
+        return InstanceState::BackingOff(until);
+    }
+    InstanceState::Pending
+}
+
+/// The value of a constraint field on an agent.
+pub fn field_value<'a>(agent: &'a Agent, field: &str) -> Option<&'a str> {
+    match field {
+        "hostname" => Some(agent.hostname.as_str()),
+        "@region" => agent.domain.as_ref().map(|d| d.region.as_str()),
+        "@zone" => agent.domain.as_ref().map(|d| d.zone.as_str()),
+        attr => agent.attributes.get(attr).map(String::as_str),
+    }
+}
+
+fn whole_match(pattern: &str, value: &str) -> Result<bool, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map(|r| r.is_match(value))
+        .map_err(|e| format!("{pattern:?} is not a regular expression: {e}"))
+}
+
+/// Counts of a job's live (and just placed) tasks per field value.
+type Spread = BTreeMap<String, BTreeMap<String, u32>>;
+
+/// Whether constraint `con` allows placing one more instance on `agent`;
+/// `Err` says why not.
+fn allows(
+    con: &pb::Constraint,
+    agent: &Agent,
+    spread: &BTreeMap<String, u32>,
+    all_values: &[String],
+    instances: u32,
+) -> Result<(), String> {
+    let value = field_value(agent, &con.field);
+    let show = || format!("[{:?}, {:?}, {:?}]", con.field, con.operator, con.value);
+    let Some(v) = value else {
+        return Err(format!(
+            "{} : {} has no {}",
+            show(),
+            agent.hostname,
+            con.field
+        ));
+    };
+    let count = spread.get(v).copied().unwrap_or(0);
+    let ok = match con.operator.as_str() {
+        "IS" => v == con.value,
+        "LIKE" => whole_match(&con.value, v)?,
+        "UNLIKE" => !whole_match(&con.value, v)?,
+        "UNIQUE" => count == 0,
+        "CLUSTER" => {
+            if con.value.is_empty() {
+                spread.is_empty() || count > 0
+            } else {
+                v == con.value
+            }
+        }
+        "MAX_PER" => count < con.value.parse::<u32>().unwrap_or(1),
+        "GROUP_BY" => {
+            let least = all_values
+                .iter()
+                .map(|x| spread.get(x).copied().unwrap_or(0))
+                .min()
+                .unwrap_or(0);
+            let cap = match con.value.parse::<u32>() {
+                Ok(n) if n > 0 => instances.div_ceil(n),
+                _ => u32::MAX,
+            };
+            count <= least && count < cap
+        }
+        other => return Err(format!("unknown operator {other}")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not met on {} ({} = {v:?})",
+            show(),
+            agent.hostname,
+            con.field
+        ))
+    }
+}
+
+/// The job scheduler's answer to its offers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Per used offer, the tasks to launch on it.
+    pub accepts: Vec<(OfferId, Vec<TaskSpec>)>,
+    /// Offers it has no use for.
+    pub declines: Vec<OfferId>,
+    /// Why each instance that could not be placed waits.
+    pub pending: BTreeMap<(JobKey, u32), String>,
+}
+
+/// Places pending instances on the job scheduler's outstanding offers.
+pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
+    let offers: Vec<_> = c
+        .offers
+        .values()
+        .filter(|o| &o.framework_id == framework_id)
+        .collect();
+    let mut remaining: Vec<Resources> = offers.iter().map(|o| o.resources.clone()).collect();
+    let mut used: Vec<Vec<TaskSpec>> = vec![Vec::new(); offers.len()];
+    let hist = histories(c);
+    let mut plan = Plan::default();
+    for (key, job) in &c.jobs {
+        let spec = &job.spec;
+        let resources = Resources::from_logged(spec.resources.as_ref());
+        // Live placement of this job's tasks per constraint field.
+        let mut spread: Spread = BTreeMap::new();
+        let mut all_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for con in &spec.constraints {
+            let per = spread.entry(con.field.clone()).or_default();
+            for t in c
+                .tasks
+                .values()
+                .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal())
+            {
+                if let Some(v) = c
+                    .agents
+                    .get(&t.agent_id)
+                    .and_then(|a| field_value(a, &con.field))
+                {
+                    *per.entry(v.to_owned()).or_default() += 1;
+                }
+            }
+            let mut values: Vec<String> = c
+                .agents
+                .values()
+                .filter(|a| a.is_active() && (spec.region_aware || !domains::is_remote(c, a)))
+                .filter_map(|a| field_value(a, &con.field).map(str::to_owned))
+                .collect();
+            values.sort();
+            values.dedup();
+            all_values.insert(con.field.clone(), values);
+        }
+        for instance in 0..spec.instances {
+            let h = hist.get(&(key.clone(), instance));
+            match instance_state(spec, h, now_ms) {
+                InstanceState::Pending => {}
+                InstanceState::BackingOff(until) => {
+                    plan.pending.insert(
+                        (key.clone(), instance),
+                        format!(
+                            "restarting after {} failure(s) in a row: backing off for {} ms more",
+                            h.map_or(0, |h| h.failures_in_a_row),
+                            until - now_ms
+                        ),
+                    );
+                    continue;
+                }
+                _ => continue,
+            }
+            let mut why: Vec<String> = Vec::new();
+            let mut placed = false;
+            for (i, offer) in offers.iter().enumerate() {
+                let Some(agent) = c.agents.get(&offer.agent_id) else {
+                    continue;
+                };
+                if !spec.region_aware && domains::is_remote(c, agent) {
+                    why.push(format!(
+                        "{} is in a remote region and the job is not region_aware",
+                        agent.hostname
+                    ));
+                    continue;
+                }
+                if !remaining[i].contains(&resources) {
+                    why.push(format!(
+                        "{} has {} left, the task needs {}",
+                        agent.hostname, remaining[i], resources
+                    ));
+                    continue;
+                }
+                let refused = spec.constraints.iter().find_map(|con| {
+                    let empty = BTreeMap::new();
+                    let per = spread.get(&con.field).unwrap_or(&empty);
+                    let values = all_values.get(&con.field).map_or(&[][..], |v| v.as_slice());
+                    allows(con, agent, per, values, spec.instances).err()
+                });
+                if let Some(r) = refused {
+                    why.push(r);
+                    continue;
+                }
+                remaining[i] = remaining[i].minus(&resources);
+                for con in &spec.constraints {
+                    if let Some(v) = field_value(agent, &con.field) {
+                        *spread
+                            .entry(con.field.clone())
+                            .or_default()
+                            .entry(v.to_owned())
+                            .or_default() += 1;
+                    }
+                }
+                let n = h.map_or(0, |h| h.launched) + 1;
+                used[i].push(TaskSpec {
+                    task_id: TaskId::new(format!(
+                        "{}.{}.{}.{instance}.{n}",
+                        key.role, key.env, key.name
+                    )),
+                    name: format!("{key}/{instance}"),
+                    resources: resources.clone(),
+                    command: spec.command.clone().unwrap_or_default(),
+                    job: Some(key.clone()),
+                    instance,
+                });
+                placed = true;
+                break;
+            }
+            if !placed {
+                let reason = if offers.is_empty() {
+                    "no offers: every agent is in use, filtered, or none is registered".to_owned()
+                } else {
+                    why.sort();
+                    why.dedup();
+                    let shown: Vec<&str> = why.iter().take(3).map(String::as_str).collect();
+                    format!("no offer fits: {}", shown.join("; "))
+                };
+                plan.pending.insert((key.clone(), instance), reason);
+            }
+        }
+    }
+    for (i, offer) in offers.iter().enumerate() {
+        let tasks = std::mem::take(&mut used[i]);
+        if tasks.is_empty() {
+            plan.declines.push(offer.id.clone());
+        } else {
+            plan.accepts.push((offer.id.clone(), tasks));
+        }
+    }
+    plan
+}
