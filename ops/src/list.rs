@@ -51,7 +51,7 @@ fn mem(r: &Option<pb::Resources>) -> u64 {
     r.as_ref().map_or(0, |r| r.mem_mb)
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {

@@ -18,6 +18,7 @@ mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod dev;
+mod job;
 mod list;
 mod logging;
 mod master;
@@ -56,6 +57,9 @@ enum Cmd {
     /// Runs one task for the agent (started by the agent, not by hand).
     #[command(hide = true)]
     Executor(agent::ExecutorFlags),
+    /// Aurora-style jobs: create, update, kill, status, list.
+    #[command(subcommand)]
+    Job(job::JobCmd),
     /// Tasks the active master knows.
     #[command(subcommand)]
     Task(ListCmd),
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Cmd::Framework(ListCmd::List) => {
             list::run(cli.master.as_deref(), list::What::Frameworks, cli.json)
         }
+        Cmd::Job(cmd) => job::run(cli.master.as_deref(), &cmd, cli.json),
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),

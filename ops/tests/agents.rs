@@ -731,3 +731,95 @@ async fn an_agent_with_a_domain_exits_when_a_domain_less_master_refuses_it() {
         "{master}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_real_processes_restart_failures_and_are_killed() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let orrery = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["--master", &masters])
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.toml");
+    std::fs::write(
+        &web,
+        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
+         constraints = [[\"hostname\", \"MAX_PER\", \"2\"]]\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let crashy = dir.path().join("crashy.toml");
+    std::fs::write(
+        &crashy,
+        "role = \"www\"\nenv = \"prod\"\nname = \"crashy\"\ninstances = 1\ncommand = \"exit 7\"\n\
+         [resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", web.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = orrery(&["job", "create", web.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "a second create is refused");
+    assert!(err.contains("www/prod/web"), "{err}");
+    let (code, out, err) = orrery(&["job", "create", crashy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+
+    eventually("both web instances RUNNING as processes", WAIT, || {
+        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/web"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let running = v["instances"].as_array().map_or(0, |a| {
+            a.iter().filter(|i| i["state"] == "TASK_RUNNING").count()
+        });
+        async move { (running == 2).then_some(()) }
+    })
+    .await;
+    let (_, table, _) = orrery(&["job", "status", "www/prod/web"]);
+    assert!(
+        table.contains("INSTANCE") && table.contains("host-1"),
+        "{table}"
+    );
+    for i in 0..2 {
+        let sandbox = agent.sandbox("F1", &format!("www.prod.web.{i}.1"));
+        assert_eq!(
+            pids_in(&sandbox).len(),
+            1,
+            "instance {i} runs in {}",
+            sandbox.display()
+        );
+    }
+    // The crashing job is restarted with backoff: attempts 1, 2, 3 ...
+    eventually("crashy restarted twice", WAIT, || {
+        let ok = agent.sandbox("F1", "www.prod.crashy.0.3").exists();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    let (_, list, _) = orrery(&["job", "list"]);
+    assert!(
+        list.contains("www/prod/web") && list.contains("www/prod/crashy"),
+        "{list}"
+    );
+
+    let (code, _, err) = orrery(&["job", "kill", "www/prod/web"]);
+    assert_eq!(code, Some(0), "{err}");
+    let sandboxes: Vec<PathBuf> = (0..2)
+        .map(|i| agent.sandbox("F1", &format!("www.prod.web.{i}.1")))
+        .collect();
+    eventually("the web processes killed", WAIT, || {
+        let gone = sandboxes.iter().all(|s| pids_in(s).is_empty());
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let (code, _, err) = orrery(&["job", "status", "www/prod/web"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("www/prod/web"), "{err}");
+}

@@ -1,0 +1,387 @@
+//! `orrery job create|update|kill|status|list`: Aurora-style jobs from TOML
+//! files, through the operator API of whichever master leads.
+//!
+//! Why the `toml` crate with serde: the format users already write for
+//! Cargo and Nomad, and `deny_unknown_fields` makes a typo an error naming
+//! the key and its line rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use orrery_events::pb;
+use orrery_gateway::client::with_leader;
+use orrery_proto::operator::{self as op, operator_client::OperatorClient};
+use serde::Deserialize;
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Create a job from a TOML file.
+    Create { file: std::path::PathBuf },
+    /// Replace a job's spec from a TOML file.
+    Update { file: std::path::PathBuf },
+    /// Kill every instance of a job and remove it: ROLE/ENV/NAME.
+    Kill { key: String },
+    /// Every instance: state, host, zone, and why pending ones wait.
+    Status { key: String },
+    /// Every job, with running and pending counts.
+    List,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourcesFile {
+    #[serde(default)]
+    cpus: f64,
+    #[serde(default)]
+    mem: u64,
+    #[serde(default)]
+    disk: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    role: String,
+    env: String,
+    name: String,
+    instances: u32,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    argv: Option<Vec<String>>,
+    resources: ResourcesFile,
+    #[serde(default)]
+    constraints: Vec<Vec<String>>,
+    #[serde(default = "yes")]
+    service: bool,
+    #[serde(default)]
+    max_task_failures: u32,
+    #[serde(default)]
+    region_aware: bool,
+    #[serde(default)]
+    max_unavailable: u32,
+    #[serde(default)]
+    env_vars: BTreeMap<String, String>,
+    /// Recognised so that the error can say they are not supported yet.
+    #[serde(default)]
+    health_check: Option<toml::Value>,
+    #[serde(default)]
+    update_strategy: Option<toml::Value>,
+    #[serde(default)]
+    restart_policy: Option<toml::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parses a job file into the spec the master validates.
+pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
+    let f: JobFile = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    for (key, v) in [
+        ("health_check", &f.health_check),
+        ("update_strategy", &f.update_strategy),
+        ("restart_policy", &f.restart_policy),
+    ] {
+        if v.is_some() {
+            bail!("{origin}: `{key}` is not supported yet (not finished in this version of Orrery); remove it");
+        }
+    }
+    let command = match (&f.command, &f.argv) {
+        (Some(c), None) => pb::CommandInfo {
+            shell: c.clone(),
+            argv: vec![],
+            environment: vec![],
+        },
+        (None, Some(a)) => pb::CommandInfo {
+            shell: String::new(),
+            argv: a.clone(),
+            environment: vec![],
+        },
+        _ => bail!("{origin}: give exactly one of `command` (a shell line) or `argv` (a list)"),
+    };
+    let mut command = command;
+    command.environment = f
+        .env_vars
+        .iter()
+        .map(|(name, value)| pb::EnvironmentVariable {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    let cpus_milli = orrery_events::resources::cpus_milli_from_f64(f.resources.cpus)
+        .map_err(|e| anyhow!("{origin}: resources.cpus: {e}"))?;
+    let mut constraints = Vec::new();
+    for (i, c) in f.constraints.iter().enumerate() {
+        let (field, operator, value) = match c.as_slice() {
+            [f, o] => (f, o, String::new()),
+            [f, o, v] => (f, o, v.clone()),
+            _ => bail!(
+                "{origin}: constraint #{}: expected [field, operator] or [field, operator, value], got {} items",
+                i + 1,
+                c.len()
+            ),
+        };
+        constraints.push(pb::Constraint {
+            field: field.clone(),
+            operator: operator.clone(),
+            value,
+        });
+    }
+    Ok(pb::JobSpec {
+        key: Some(pb::JobKey {
+            role: f.role,
+            env: f.env,
+            name: f.name,
+        }),
+        instances: f.instances,
+        command: Some(command),
+        resources: Some(pb::Resources {
+            cpus_milli,
+            mem_mb: f.resources.mem,
+            disk_mb: f.resources.disk,
+            ports: vec![],
+        }),
+        constraints,
+        region_aware: f.region_aware,
+        max_unavailable: f.max_unavailable,
+        service: f.service,
+        max_task_failures: f.max_task_failures,
+    })
+}
+
+pub fn parse_key(text: &str) -> Result<pb::JobKey> {
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [role, env, name] if !role.is_empty() && !env.is_empty() && !name.is_empty() => {
+            Ok(pb::JobKey {
+                role: role.to_string(),
+                env: env.to_string(),
+                name: name.to_string(),
+            })
+        }
+        _ => bail!("{text:?} is not a job key: ROLE/ENV/NAME"),
+    }
+}
+
+fn key_text(k: &Option<pb::JobKey>) -> String {
+    k.as_ref()
+        .map(|k| format!("{}/{}/{}", k.role, k.env, k.name))
+        .unwrap_or_default()
+}
+
+async fn ask<T, F, Fut>(masters: &[String], call: F) -> Result<T>
+where
+    F: FnMut(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    with_leader(masters, Duration::from_secs(10), call)
+        .await
+        .map(|(v, _)| v)
+        .map_err(|e| anyhow!("{}", e.message()))
+}
+
+pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {
+    let masters = crate::list::parse_masters(masters)?;
+    let spec_of = |file: &std::path::Path| -> Result<pb::JobSpec> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the job file {}", file.display()))?;
+        parse_job(&text, &file.display().to_string())
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cmd {
+            JobCmd::Create { file } | JobCmd::Update { file } => {
+                let spec = spec_of(file)?;
+                let create = matches!(cmd, JobCmd::Create { .. });
+                let r = ask(&masters, |ch| {
+                    let s = spec.clone();
+                    async move {
+                        let mut c = OperatorClient::new(ch);
+                        if create {
+                            c.create_job(s).await
+                        } else {
+                            c.update_job(s).await
+                        }
+                        .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+                println!(
+                    "job {} {} (log index {})",
+                    key_text(&spec.key),
+                    if create { "created" } else { "updated" },
+                    r.committed_index
+                );
+            }
+            JobCmd::Kill { key } => {
+                let k = parse_key(key)?;
+                ask(&masters, |ch| {
+                    let k = k.clone();
+                    async move { OperatorClient::new(ch).kill_job(k).await }
+                })
+                .await?;
+                println!("job {key} killed");
+            }
+            JobCmd::Status { key } => {
+                let k = parse_key(key)?;
+                let s = ask(&masters, |ch| {
+                    let k = k.clone();
+                    async move {
+                        OperatorClient::new(ch)
+                            .job_status(k)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+                print!("{}", render_status(key, &s, json));
+            }
+            JobCmd::List => {
+                let l = ask(&masters, |ch| async move {
+                    OperatorClient::new(ch)
+                        .list_jobs(op::ListJobsRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+                print!("{}", render_list(&l, json));
+            }
+        }
+        Ok(())
+    })
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+pub fn render_status(key: &str, s: &op::JobStatusResponse, json: bool) -> String {
+    if json {
+        let v = serde_json::json!({
+            "key": key,
+            "version": s.version,
+            "instances": s.instances.iter().map(|i| serde_json::json!({
+                "instance": i.instance, "state": i.state, "task_id": i.task_id,
+                "hostname": i.hostname, "region": i.region, "zone": i.zone, "reason": i.reason,
+            })).collect::<Vec<_>>(),
+        });
+        return format!("{v}\n");
+    }
+    let service = s.spec.as_ref().is_some_and(|x| x.service);
+    let mut out = format!(
+        "{key}  version {}  {}  {} instances\n",
+        s.version,
+        if service { "service" } else { "batch" },
+        s.instances.len()
+    );
+    out.push_str(&crate::list::table(
+        &["INSTANCE", "STATE", "TASK", "HOST", "ZONE", "WHY"],
+        s.instances
+            .iter()
+            .map(|i| {
+                vec![
+                    i.instance.to_string(),
+                    i.state.clone(),
+                    dash(&i.task_id).to_owned(),
+                    dash(&i.hostname).to_owned(),
+                    dash(&i.zone).to_owned(),
+                    i.reason.clone(),
+                ]
+            })
+            .collect(),
+    ));
+    out
+}
+
+pub fn render_list(l: &op::JobList, json: bool) -> String {
+    if json {
+        let v: Vec<_> = l
+            .jobs
+            .iter()
+            .map(|j| {
+                serde_json::json!({
+                    "key": key_text(&j.key), "instances": j.instances, "running": j.running,
+                    "pending": j.pending, "service": j.service, "version": j.version,
+                })
+            })
+            .collect();
+        return format!("{}\n", serde_json::Value::from(v));
+    }
+    crate::list::table(
+        &["JOB", "KIND", "INSTANCES", "RUNNING", "PENDING", "VERSION"],
+        l.jobs
+            .iter()
+            .map(|j| {
+                vec![
+                    key_text(&j.key),
+                    if j.service { "service" } else { "batch" }.to_owned(),
+                    j.instances.to_string(),
+                    j.running.to_string(),
+                    j.pending.to_string(),
+                    j.version.to_string(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+role = "www"
+env = "prod"
+name = "hello"
+instances = 3
+command = "sleep 1000"
+constraints = [["@zone", "GROUP_BY", "3"], ["hostname", "UNIQUE"]]
+
+[resources]
+cpus = 0.5
+mem = 128
+"#;
+
+    #[test]
+    fn job_files_parse_and_bad_ones_say_where() {
+        let s = parse_job(GOOD, "hello.toml").unwrap();
+        assert_eq!(s.instances, 3);
+        assert!(s.service);
+        assert_eq!(s.resources.as_ref().unwrap().cpus_milli, 500);
+        assert_eq!(s.constraints.len(), 2);
+        assert_eq!(s.constraints[1].value, "");
+
+        let typo = GOOD.replace("instances = 3", "instanses = 3");
+        let e = parse_job(&typo, "hello.toml").unwrap_err().to_string();
+        assert!(e.contains("hello.toml") && e.contains("instanses"), "{e}");
+        let e = parse_job(
+            &GOOD.replace("[\"hostname\", \"UNIQUE\"]", "[\"hostname\"]"),
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("constraint #2"), "{e}");
+        let e = parse_job(&format!("{GOOD}\n[health_check]\nkind = \"http\"\n"), "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("health_check") && e.contains("not supported yet"),
+            "{e}"
+        );
+        let e = parse_job(&GOOD.replace("command = \"sleep 1000\"", ""), "f")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exactly one of"), "{e}");
+        assert!(parse_key("www/prod/hello").is_ok());
+        assert!(parse_key("www/prod").is_err());
+    }
+}
