@@ -69,6 +69,12 @@ pub fn offer_view(before: &Cluster, o: &pb::Offer) -> sp::Offer {
     }
 }
 
+/// The health check of a job's tasks, if the job has one.
+pub fn health_check_of(c: &Cluster, job: Option<&pb::JobKey>) -> Option<pb::HealthCheck> {
+    let key = orrery_events::state::JobKey::from_proto(Some(job?));
+    c.jobs.get(&key)?.spec.health_check.clone()
+}
+
 /// The effects of one committed event, given the state before it.
 pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
     let mut out = Vec::new();
@@ -116,6 +122,7 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                     resources: e.resources.clone(),
                     command: e.command.clone(),
                     checkpoint,
+                    health_check: health_check_of(before, e.job.as_ref()),
                 }),
             ));
         }
@@ -135,9 +142,9 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
         Payload::TaskStatusUpdated(e) => {
             let key = TaskKey::new(e.framework_id.clone(), e.task_id.clone());
             let state = pb::TaskState::try_from(e.state).unwrap_or(TaskState::Unspecified);
-            if orrery_events::state::task::is_terminal(state)
-                && before.task(&key).is_some_and(|t| t.job.is_some())
-            {
+            let ended_or_sick =
+                orrery_events::state::task::is_terminal(state) || e.healthy == Some(false);
+            if ended_or_sick && before.task(&key).is_some_and(|t| t.job.is_some()) {
                 out.push(Effect::JobsChanged);
             }
             out.push(Effect::ToFramework(

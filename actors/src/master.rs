@@ -458,6 +458,7 @@ impl Master {
             self.schedule_jobs(ctx);
         }
         if jobs_changed {
+            self.kill_unhealthy(ctx);
             match &self.jobs_fw {
                 None => self.subscribe_jobs(ctx),
                 Some(fw) => {
@@ -520,6 +521,38 @@ impl Master {
         if idle {
             self.submit_internal(
                 Command::Suppress { framework_id: fw },
+                ctx,
+                Box::new(|_, _, _| {}),
+            );
+        }
+    }
+
+    /// Kills job tasks their executor reports unhealthy; the scheduler
+    /// replaces them (an unhealthy kill counts as a failure, with backoff).
+    fn kill_unhealthy(&mut self, ctx: &mut Context<Self>) {
+        let Some(fw) = self.jobs_fw.clone() else {
+            return;
+        };
+        let sick: Vec<TaskId> = self
+            .cluster
+            .tasks
+            .iter()
+            .filter(|(k, t)| {
+                k.framework_id == fw
+                    && t.job.is_some()
+                    && t.healthy == Some(false)
+                    && !t.is_terminal()
+                    && !t.kill_requested
+            })
+            .map(|(k, _)| k.task_id.clone())
+            .collect();
+        for task_id in sick {
+            tracing::info!(%task_id, "killing an unhealthy job task");
+            self.submit_internal(
+                Command::Kill {
+                    framework_id: fw.clone(),
+                    task_id,
+                },
                 ctx,
                 Box::new(|_, _, _| {}),
             );
@@ -847,6 +880,12 @@ impl Master {
                         resources: Some(t.resources.to_proto()),
                         command: Some(t.command.clone()),
                         checkpoint,
+                        health_check: t.job.as_ref().and_then(|k| {
+                            self.cluster
+                                .jobs
+                                .get(k)
+                                .and_then(|j| j.spec.health_check.clone())
+                        }),
                     },
                 ));
             }

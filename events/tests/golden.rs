@@ -73,6 +73,7 @@ fn samples() -> Vec<Payload> {
         max_unavailable: 1,
         service: true,
         max_task_failures: 4,
+        health_check: None,
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {

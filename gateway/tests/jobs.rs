@@ -44,6 +44,7 @@ fn spec(name: &str, instances: u32, constraints: &[[&str; 3]]) -> pb::JobSpec {
         max_unavailable: 0,
         service: true,
         max_task_failures: 0,
+        health_check: None,
     }
 }
 

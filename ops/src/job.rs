@@ -64,13 +64,47 @@ struct JobFile {
     max_unavailable: u32,
     #[serde(default)]
     env_vars: BTreeMap<String, String>,
-    /// Recognised so that the error can say they are not supported yet.
     #[serde(default)]
-    health_check: Option<toml::Value>,
+    health_check: Option<HealthCheckFile>,
+    /// Recognised so that the error can say they are not supported yet.
     #[serde(default)]
     update_strategy: Option<toml::Value>,
     #[serde(default)]
     restart_policy: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFile {
+    /// command, http or tcp.
+    kind: String,
+    #[serde(default)]
+    command: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    port_index: u32,
+    #[serde(default = "ten_s")]
+    interval: String,
+    #[serde(default = "twenty_s")]
+    timeout: String,
+    #[serde(default = "zero_s")]
+    grace_period: String,
+    #[serde(default = "three")]
+    consecutive_failures: u32,
+}
+
+fn ten_s() -> String {
+    "10s".into()
+}
+fn twenty_s() -> String {
+    "20s".into()
+}
+fn zero_s() -> String {
+    "0s".into()
+}
+fn three() -> u32 {
+    3
 }
 
 fn yes() -> bool {
@@ -81,7 +115,6 @@ fn yes() -> bool {
 pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
     let f: JobFile = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
     for (key, v) in [
-        ("health_check", &f.health_check),
         ("update_strategy", &f.update_strategy),
         ("restart_policy", &f.restart_policy),
     ] {
@@ -130,7 +163,28 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
             value,
         });
     }
+    let health_check = match &f.health_check {
+        None => None,
+        Some(h) => {
+            let ms = |field: &str, text: &str| -> Result<u64> {
+                humantime::parse_duration(text)
+                    .map(|d| d.as_millis() as u64)
+                    .map_err(|_| anyhow!("{origin}: health_check.{field} {text:?} is not a duration (like 500ms, 10s)"))
+            };
+            Some(pb::HealthCheck {
+                kind: h.kind.clone(),
+                command: h.command.clone(),
+                path: h.path.clone(),
+                port_index: h.port_index,
+                interval_ms: ms("interval", &h.interval)?,
+                timeout_ms: ms("timeout", &h.timeout)?,
+                grace_period_ms: ms("grace_period", &h.grace_period)?,
+                consecutive_failures: h.consecutive_failures,
+            })
+        }
+    };
     Ok(pb::JobSpec {
+        health_check,
         key: Some(pb::JobKey {
             role: f.role,
             env: f.env,
@@ -370,11 +424,30 @@ mem = 128
         .unwrap_err()
         .to_string();
         assert!(e.contains("constraint #2"), "{e}");
-        let e = parse_job(&format!("{GOOD}\n[health_check]\nkind = \"http\"\n"), "f")
+        let s = parse_job(
+            &format!(
+                "{GOOD}\n[health_check]\nkind = \"http\"\npath = \"/health\"\ninterval = \"2s\"\n"
+            ),
+            "f",
+        )
+        .unwrap();
+        let hc = s.health_check.unwrap();
+        assert_eq!(
+            (hc.kind.as_str(), hc.interval_ms, hc.consecutive_failures),
+            ("http", 2000, 3)
+        );
+        let e = parse_job(
+            &format!("{GOOD}\n[health_check]\nkind = \"http\"\ninterval = \"often\"\n"),
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("health_check.interval"), "{e}");
+        let e = parse_job(&format!("{GOOD}\n[update_strategy]\nbatch_size = 1\n"), "f")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("health_check") && e.contains("not supported yet"),
+            e.contains("update_strategy") && e.contains("not supported yet"),
             "{e}"
         );
         let e = parse_job(&GOOD.replace("command = \"sleep 1000\"", ""), "f")

@@ -823,3 +823,49 @@ async fn jobs_run_real_processes_restart_failures_and_are_killed() {
     assert_eq!(code, Some(1));
     assert!(err.contains("www/prod/web"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_job_task_is_killed_and_replaced() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sick.toml");
+    // Healthy only while a file named `ok` exists in the sandbox: never.
+    std::fs::write(
+        &file,
+        "role = \"www\"\nenv = \"prod\"\nname = \"sick\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
+         [resources]\ncpus = 0.1\nmem = 16\n\
+         [health_check]\nkind = \"command\"\ncommand = \"test -f ok\"\ninterval = \"200ms\"\n\
+         timeout = \"1s\"\ngrace_period = \"0s\"\nconsecutive_failures = 2\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["--master", &masters, "job", "create"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = agent.sandbox("F1", "www.prod.sick.0.1");
+    let second = agent.sandbox("F1", "www.prod.sick.0.2");
+    eventually("the unhealthy task replaced", WAIT, || {
+        let ok = second.exists();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    eventually("the unhealthy task's process killed", WAIT, || {
+        let gone = pids_in(&first).is_empty();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let ms = addrs(&m);
+    let s = eventually_state(&ms).await;
+    let t = s
+        .tasks
+        .iter()
+        .find(|t| t.task_id == "www.prod.sick.0.1")
+        .expect("the first task is recorded");
+    assert_eq!(t.state, TaskState::TaskKilled as i32, "{t:?}");
+}

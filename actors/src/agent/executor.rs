@@ -57,6 +57,17 @@ impl Recorder {
         message: impl Into<String>,
         exit_code: Option<i32>,
     ) {
+        self.record_health(state, reason, message, exit_code, None)
+    }
+
+    fn record_health(
+        &self,
+        state: TaskState,
+        reason: TaskReason,
+        message: impl Into<String>,
+        exit_code: Option<i32>,
+        healthy: Option<bool>,
+    ) {
         let rec = cp::StreamRecord {
             record: Some(cp::stream_record::Record::Update(cp::StatusRecord {
                 uuid: uuid::Uuid::new_v4().to_string(),
@@ -66,6 +77,7 @@ impl Recorder {
                 source: StatusSource::SourceExecutor as i32,
                 exit_code,
                 at_ms: now_ms(),
+                healthy,
             })),
         };
         if let Err(e) = checkpoint::append(&self.path, &rec) {
@@ -127,6 +139,63 @@ fn limit(name: &str, cpus_milli: u64, mem_mb: u64) -> Result<Vec<PathBuf>, Strin
     w(cpu.join("cgroup.procs"), &pid)?;
     w(mem.join("cgroup.procs"), &pid)?;
     Ok(vec![cpu, mem])
+}
+
+/// One health check: whether the task is healthy now.
+pub async fn check_once(
+    hc: &orrery_events::pb::HealthCheck,
+    sandbox: &Path,
+    ports: &[u32],
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limit = Duration::from_millis(hc.timeout_ms.max(1));
+    let port = || ports.get(hc.port_index as usize).copied();
+    let check = async {
+        match hc.kind.as_str() {
+            "command" => tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&hc.command)
+                .current_dir(sandbox)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .is_ok_and(|s| s.success()),
+            "tcp" => match port() {
+                Some(p) => tokio::net::TcpStream::connect(("127.0.0.1", p as u16))
+                    .await
+                    .is_ok(),
+                None => false,
+            },
+            "http" => {
+                let Some(p) = port() else { return false };
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", p as u16)).await
+                else {
+                    return false;
+                };
+                let path = if hc.path.is_empty() {
+                    "/"
+                } else {
+                    hc.path.as_str()
+                };
+                let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    return false;
+                }
+                let mut buf = [0u8; 64];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&buf[..n]);
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .is_some_and(|c| (200..400).contains(&c))
+            }
+            _ => false,
+        }
+    };
+    tokio::time::timeout(limit, check).await.unwrap_or(false)
 }
 
 fn heartbeat_age(path: &Path, started: SystemTime) -> Duration {
@@ -263,6 +332,33 @@ async fn supervise(
     };
     let pgid = child.id().map(|p| Pid::from_raw(p as i32));
     recorder.record(TaskState::TaskRunning, TaskReason::Unspecified, "", None);
+    // Health checks run beside the task and report each result here.
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::channel::<bool>(16);
+    let mut healthy: Option<bool> = None;
+    let mut failures = 0u32;
+    let threshold = launch
+        .health_check
+        .as_ref()
+        .map_or(1, |h| h.consecutive_failures.max(1));
+    if let Some(hc) = launch.health_check.clone() {
+        let sandbox = paths.sandbox.clone();
+        let ports: Vec<u32> = resources
+            .ports
+            .iter()
+            .flat_map(|r| r.begin..=r.end)
+            .take(64)
+            .collect();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(hc.grace_period_ms)).await;
+            loop {
+                let ok = check_once(&hc, &sandbox, &ports).await;
+                if health_tx.send(ok).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(hc.interval_ms.max(100))).await;
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("handling SIGTERM: {e}"))?;
     let mut killing: Option<(TaskReason, &str, tokio::time::Instant)> = None;
@@ -270,6 +366,15 @@ async fn supervise(
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
+            Some(ok) = health_rx.recv() => {
+                failures = if ok { 0 } else { failures + 1 };
+                let now_healthy = if ok { Some(true) } else if failures >= threshold { Some(false) } else { healthy };
+                if now_healthy != healthy {
+                    healthy = now_healthy;
+                    let message = if ok { "the health check passes".to_owned() } else { format!("the health check failed {failures} times in a row") };
+                    recorder.record_health(TaskState::TaskRunning, TaskReason::ReasonTaskUnhealthy, message, None, healthy);
+                }
+            }
             _ = term.recv() => {
                 if killing.is_none() {
                     killing = Some((TaskReason::ReasonKilledByFramework, "killed on request", tokio::time::Instant::now() + args.kill_grace));
@@ -341,4 +446,65 @@ async fn supervise(
         let _ = std::fs::remove_dir(dir);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orrery_events::pb::HealthCheck;
+
+    fn hc(kind: &str) -> HealthCheck {
+        HealthCheck {
+            kind: kind.into(),
+            timeout_ms: 1_000,
+            interval_ms: 100,
+            consecutive_failures: 1,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn command_tcp_and_http_checks_tell_healthy_from_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = hc("command");
+        c.command = "true".into();
+        assert!(check_once(&c, dir.path(), &[]).await);
+        c.command = "exit 1".into();
+        assert!(!check_once(&c, dir.path(), &[]).await);
+        c.command = "sleep 5".into();
+        c.timeout_ms = 100;
+        assert!(
+            !check_once(&c, dir.path(), &[]).await,
+            "a check past its timeout fails"
+        );
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port() as u32;
+        let served = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for reply in ["HTTP/1.0 200 OK\r\n\r\n", "HTTP/1.0 503 Busy\r\n\r\n", ""] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 256];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        let mut h = hc("http");
+        h.path = "/health".into();
+        assert!(check_once(&h, dir.path(), &[port]).await);
+        assert!(
+            !check_once(&h, dir.path(), &[port]).await,
+            "503 is unhealthy"
+        );
+        assert!(check_once(&hc("tcp"), dir.path(), &[port]).await);
+        served.await.unwrap();
+        assert!(
+            !check_once(&hc("tcp"), dir.path(), &[port]).await,
+            "nobody listens"
+        );
+        assert!(
+            !check_once(&hc("tcp"), dir.path(), &[]).await,
+            "no such port"
+        );
+    }
 }

@@ -211,6 +211,7 @@ fn agent_update(
         source: StatusSource::SourceAgent as i32,
         exit_code: None,
         at_ms: now_ms(),
+        healthy: None,
     }
 }
 
@@ -658,7 +659,7 @@ async fn send_one(
         message: rec.message.clone(),
         source: rec.source,
         exit_code: rec.exit_code,
-        healthy: None,
+        healthy: rec.healthy,
     };
     let r = crate::client::with_leader(masters, Duration::from_secs(2), |ch| {
         let req = req.clone();

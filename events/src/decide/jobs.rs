@@ -75,6 +75,44 @@ fn check_constraints(constraints: &[pb::Constraint]) -> Result<(), Rejection> {
     Ok(())
 }
 
+fn check_health_check(hc: &pb::HealthCheck) -> Result<(), Rejection> {
+    let bad = |problem: String| Rejection::InvalidField {
+        field: "health_check",
+        problem,
+    };
+    match hc.kind.as_str() {
+        "command" if hc.command.is_empty() => {
+            return Err(bad("a command check needs a command".into()))
+        }
+        "command" | "http" | "tcp" => {}
+        other => {
+            return Err(bad(format!(
+                "kind {:?} is not command, http or tcp",
+                crate::ids::truncate_for_message(other)
+            )))
+        }
+    }
+    if hc.interval_ms == 0 || hc.timeout_ms == 0 {
+        return Err(bad("interval and timeout must be longer than zero".into()));
+    }
+    if hc.consecutive_failures == 0 {
+        return Err(bad("consecutive_failures must be at least 1".into()));
+    }
+    for (what, ms) in [
+        ("interval", hc.interval_ms),
+        ("timeout", hc.timeout_ms),
+        ("grace_period", hc.grace_period_ms),
+    ] {
+        if ms > limits::DURATION_MS_MAX {
+            return Err(bad(format!("{what} is longer than one year")));
+        }
+    }
+    if hc.command.len() > limits::TEXT_LEN_MAX || hc.path.len() > limits::NAME_LEN_MAX {
+        return Err(bad("the command or path is too long".into()));
+    }
+    Ok(())
+}
+
 fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
     let key = spec.key.as_ref().ok_or(Rejection::InvalidField {
         field: "job key",
@@ -122,6 +160,9 @@ fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
         });
     }
     check_constraints(&spec.constraints)?;
+    if let Some(hc) = &spec.health_check {
+        check_health_check(hc)?;
+    }
     Ok(JobKey::from_proto(Some(key)))
 }
 
