@@ -490,7 +490,43 @@ impl Master {
         self.job_pending = plan.pending;
         // Nothing to place and nothing waiting: stop taking offers (Mesos'
         // SUPPRESS) until a job changes or one of its tasks ends.
-        let idle = plan.accepts.is_empty() && self.job_pending.is_empty();
+        let idle = plan.accepts.is_empty()
+            && self.job_pending.is_empty()
+            && !plan.updating
+            && plan.kills.is_empty();
+        for task_id in plan.kills {
+            tracing::info!(%task_id, "rolling update: replacing a task of an older version");
+            self.submit_internal(
+                Command::Kill {
+                    framework_id: fw.clone(),
+                    task_id,
+                },
+                ctx,
+                Box::new(|_, _, _| {}),
+            );
+        }
+        for (key, version) in plan.finished {
+            self.submit_internal(
+                Command::FinishJobUpdate {
+                    key: key.clone(),
+                    version,
+                },
+                ctx,
+                Box::new(move |_, _, res| {
+                    if res.is_ok() {
+                        tracing::info!(job = %key, version, "rolling update finished");
+                    }
+                }),
+            );
+        }
+        for (key, version) in plan.rollbacks {
+            tracing::warn!(job = %key, version, "the new version failed during its update; rolling back");
+            self.submit_internal(
+                Command::RollbackJob { key, version },
+                ctx,
+                Box::new(|_, _, _| {}),
+            );
+        }
         for (offer_id, launches) in plan.accepts {
             let n = launches.len();
             self.submit_internal(
@@ -1100,6 +1136,7 @@ pub fn call_command(
                     command: t.command.unwrap_or_default(),
                     job: None,
                     instance: 0,
+                    job_version: 0,
                 });
             }
             Command::Accept {
@@ -1493,6 +1530,7 @@ impl Handler<JobStatus> for Master {
             spec: Some(job.spec.clone()),
             version: job.version,
             instances,
+            updating: job.previous.is_some(),
         })
     }
 }

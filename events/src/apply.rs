@@ -380,6 +380,7 @@ impl Cx<'_> {
                         spec,
                         created_at_ms: now_ms,
                         version: 1,
+                        previous: None,
                     },
                 );
             }
@@ -388,8 +389,15 @@ impl Cx<'_> {
                 let key = JobKey::from_proto(spec.key.as_ref());
                 let err = self.dangling("job", &key);
                 let job = self.c.jobs.get_mut(&key).ok_or(err)?;
-                job.spec = spec;
+                let old = std::mem::replace(&mut job.spec, spec);
+                job.previous = if e.rollback { None } else { Some(old) };
                 job.version += 1;
+            }
+            Payload::JobUpdateFinished(e) => {
+                let key = JobKey::from_proto(e.key.as_ref());
+                let err = self.dangling("job", &key);
+                let job = self.c.jobs.get_mut(&key).ok_or(err)?;
+                job.previous = None;
             }
             Payload::JobKilled(e) => {
                 let key = JobKey::from_proto(e.key.as_ref());
@@ -499,6 +507,7 @@ impl Cx<'_> {
             command: e.command.clone().unwrap_or_default(),
             job: e.job.as_ref().map(|k| JobKey::from_proto(Some(k))),
             instance: e.instance,
+            job_version: e.job_version,
             state: pb::TaskState::TaskStaging,
             status_uuid: String::new(),
             acknowledged: true,

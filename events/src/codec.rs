@@ -115,7 +115,8 @@ pub fn check(env: &pb::Envelope) -> Result<(), DecodeError> {
         | Payload::HostUp(_)
         | Payload::JobCreated(_)
         | Payload::JobUpdated(_)
-        | Payload::JobKilled(_) => {}
+        | Payload::JobKilled(_)
+        | Payload::JobUpdateFinished(_) => {}
     }
     Ok(())
 }
@@ -152,6 +153,7 @@ pub fn event_name(payload: &Payload) -> &'static str {
         Payload::JobCreated(_) => "JobCreated",
         Payload::JobUpdated(_) => "JobUpdated",
         Payload::JobKilled(_) => "JobKilled",
+        Payload::JobUpdateFinished(_) => "JobUpdateFinished",
     }
 }
 

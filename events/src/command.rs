@@ -109,6 +109,16 @@ pub enum Command {
     CreateJob(orrery_proto::events::JobSpec),
     UpdateJob(orrery_proto::events::JobSpec),
     KillJob(JobKey),
+    /// The job scheduler saw every instance on the job's current version.
+    FinishJobUpdate {
+        key: JobKey,
+        version: u64,
+    },
+    /// The job scheduler saw the new version fail during an update.
+    RollbackJob {
+        key: JobKey,
+        version: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +169,8 @@ pub struct TaskSpec {
     pub command: CommandInfo,
     pub job: Option<JobKey>,
     pub instance: u32,
+    /// The job version it is launched for (0 for framework tasks).
+    pub job_version: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

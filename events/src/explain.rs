@@ -198,7 +198,13 @@ pub fn explain(payload: &Payload) -> String {
         Payload::HostDown(e) => format!("host {} is DOWN", machine(e.machine.as_ref())),
         Payload::HostUp(e) => format!("host {} is UP", machine(e.machine.as_ref())),
         Payload::JobCreated(e) => job_line("created", e.spec.as_ref()),
+        Payload::JobUpdated(e) if e.rollback => job_line("rolled back", e.spec.as_ref()),
         Payload::JobUpdated(e) => job_line("updated", e.spec.as_ref()),
+        Payload::JobUpdateFinished(e) => format!(
+            "job {}: every instance runs version {}; the update is finished",
+            crate::state::JobKey::from_proto(e.key.as_ref()),
+            e.version
+        ),
         Payload::JobKilled(e) => format!(
             "job {} killed",
             crate::state::JobKey::from_proto(e.key.as_ref())

@@ -218,6 +218,92 @@ pub struct Plan {
     pub declines: Vec<OfferId>,
     /// Why each instance that could not be placed waits.
     pub pending: BTreeMap<(JobKey, u32), String>,
+    /// Tasks of an older version to replace now (a rolling update's batch).
+    pub kills: Vec<TaskId>,
+    /// Jobs whose update reached every instance: (key, version).
+    pub finished: Vec<(JobKey, u64)>,
+    /// Jobs whose new version failed during its update: (key, version).
+    pub rollbacks: Vec<(JobKey, u64)>,
+    /// Some job is mid-update: keep the offers coming.
+    pub updating: bool,
+}
+
+fn is_failure(t: &crate::state::Task) -> bool {
+    match t.state {
+        TaskState::TaskFinished => false,
+        TaskState::TaskKilled => t.healthy == Some(false),
+        s => is_terminal(s),
+    }
+}
+
+/// A rolling update's step for one job: which old tasks to kill now,
+/// whether it is finished, or whether to roll back.
+fn update_step(
+    c: &Cluster,
+    key: &JobKey,
+    job: &crate::state::Job,
+    now_ms: u64,
+    plan: &mut Plan,
+) -> bool {
+    let spec = &job.spec;
+    let v = job.version;
+    let strategy = spec.update_strategy.unwrap_or(pb::UpdateStrategy {
+        batch_size: 1,
+        watch_ms: 0,
+        rollback_on_failure: true,
+    });
+    let tasks: Vec<&crate::state::Task> = c
+        .tasks
+        .values()
+        .filter(|t| t.job.as_ref() == Some(key))
+        .collect();
+    if job.previous.is_some()
+        && strategy.rollback_on_failure
+        && tasks.iter().any(|t| t.job_version == v && is_failure(t))
+    {
+        plan.rollbacks.push((key.clone(), v));
+        return true;
+    }
+    let live: BTreeMap<u32, &crate::state::Task> = tasks
+        .iter()
+        .filter(|t| !t.is_terminal())
+        .map(|t| (t.instance, *t))
+        .collect();
+    let settled = |t: &crate::state::Task| {
+        t.job_version == v
+            && t.state == TaskState::TaskRunning
+            && t.healthy != Some(false)
+            && (spec.health_check.is_none() || t.healthy == Some(true))
+            && t.launched_at_ms.saturating_add(strategy.watch_ms) <= now_ms
+    };
+    let mut outdated: Vec<&crate::state::Task> = live
+        .values()
+        .filter(|t| t.job_version < v && !t.kill_requested)
+        .copied()
+        .collect();
+    outdated.sort_by_key(|t| t.instance);
+    let all_settled = (0..spec.instances).all(|i| live.get(&i).is_some_and(|t| settled(t)));
+    if all_settled {
+        if job.previous.is_some() {
+            plan.finished.push((key.clone(), v));
+        }
+        return false;
+    }
+    if outdated.is_empty() && job.previous.is_none() {
+        return false;
+    }
+    // Instances on their way to the new version: not settled yet, or
+    // waiting to be placed.
+    let in_flight = (0..spec.instances)
+        .filter(|i| match live.get(i) {
+            Some(t) => t.job_version == v && !settled(t) || t.kill_requested,
+            None => true,
+        })
+        .count() as u32;
+    let room = strategy.batch_size.max(1).saturating_sub(in_flight) as usize;
+    plan.kills
+        .extend(outdated.iter().take(room).map(|t| t.key.task_id.clone()));
+    true
 }
 
 /// Places pending instances on the job scheduler's outstanding offers.
@@ -233,6 +319,10 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
     let mut plan = Plan::default();
     for (key, job) in &c.jobs {
         let spec = &job.spec;
+        plan.updating |= update_step(c, key, job, now_ms, &mut plan);
+        if plan.rollbacks.last().is_some_and(|(k, _)| k == key) {
+            continue;
+        }
         let resources = Resources::from_logged(spec.resources.as_ref());
         // Live placement of this job's tasks per constraint field.
         let mut spread: Spread = BTreeMap::new();
@@ -330,6 +420,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
                     command: spec.command.clone().unwrap_or_default(),
                     job: Some(key.clone()),
                     instance,
+                    job_version: job.version,
                 });
                 placed = true;
                 break;

@@ -133,6 +133,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
                     command: Some(t.command.clone()),
                     job: t.job.as_ref().map(JobKey::to_proto),
                     instance: t.instance,
+                    job_version: t.job_version,
                 }),
                 state: t.state as i32,
                 status_uuid: t.status_uuid.clone(),
@@ -210,6 +211,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
                 spec: Some(j.spec.clone()),
                 created_at_ms: j.created_at_ms,
                 version: j.version,
+                previous_spec: j.previous.clone(),
             })
             .collect(),
         next_agent_seq: c.seq.next_agent,
@@ -340,6 +342,7 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
             command: l.command.unwrap_or_default(),
             job: l.job.as_ref().map(|k| JobKey::from_proto(Some(k))),
             instance: l.instance,
+            job_version: l.job_version,
             state,
             status_uuid: t.status_uuid.clone(),
             acknowledged: t.acknowledged,
@@ -419,6 +422,7 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
                 spec,
                 created_at_ms: j.created_at_ms,
                 version: j.version,
+                previous: j.previous_spec,
             },
         );
     }

@@ -191,6 +191,7 @@ impl Scenario {
             command: shell("sleep 1000"),
             job: None,
             instance: 0,
+            job_version: 0,
         }
     }
 

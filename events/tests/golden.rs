@@ -74,6 +74,7 @@ fn samples() -> Vec<Payload> {
         service: true,
         max_task_failures: 4,
         health_check: None,
+        update_strategy: None,
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {
@@ -181,6 +182,7 @@ fn samples() -> Vec<Payload> {
             }],
         }),
         Payload::TaskLaunched(pb::TaskLaunched {
+            job_version: 0,
             framework_id: "F1".into(),
             task_id: "t1".into(),
             agent_id: "S1".into(),
@@ -237,13 +239,24 @@ fn samples() -> Vec<Payload> {
         }),
         Payload::HostUp(pb::HostUp { machine }),
         Payload::JobCreated(pb::JobCreated { spec: spec.clone() }),
-        Payload::JobUpdated(pb::JobUpdated { spec }),
+        Payload::JobUpdated(pb::JobUpdated {
+            spec,
+            rollback: false,
+        }),
         Payload::JobKilled(pb::JobKilled {
             key: Some(pb::JobKey {
                 role: "www".into(),
                 env: "prod".into(),
                 name: "hello".into(),
             }),
+        }),
+        Payload::JobUpdateFinished(pb::JobUpdateFinished {
+            key: Some(pb::JobKey {
+                role: "www".into(),
+                env: "prod".into(),
+                name: "hello".into(),
+            }),
+            version: 2,
         }),
     ]
 }

@@ -425,6 +425,7 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
                     },
                     job: None,
                     instance: 0,
+                    job_version: 0,
                 }],
                 refuse_seconds: Some(number),
             },

@@ -45,6 +45,7 @@ fn spec(name: &str, instances: u32, constraints: &[[&str; 3]]) -> pb::JobSpec {
         service: true,
         max_task_failures: 0,
         health_check: None,
+        update_strategy: None,
     }
 }
 
@@ -337,6 +338,109 @@ fn failed_instances_restart_with_backoff_and_bad_constraints_are_refused() {
         .expect_err("bad constraints are refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("constraint #1"), "{err:?}");
+        m.shutdown().await;
+    });
+}
+
+async fn update(m: &Masters, spec: pb::JobSpec) -> Result<(), tonic::Status> {
+    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
+        let s = spec.clone();
+        async move { OperatorClient::new(ch).update_job(s).await }
+    })
+    .await
+    .map(|_| ())
+}
+
+fn rolling(name: &str, shell: &str) -> pb::JobSpec {
+    let mut s = spec(name, 3, &[]);
+    s.command = Some(pb::CommandInfo {
+        shell: shell.into(),
+        argv: vec![],
+        environment: vec![],
+    });
+    s.update_strategy = Some(pb::UpdateStrategy {
+        batch_size: 1,
+        watch_ms: 200,
+        rollback_on_failure: true,
+    });
+    s
+}
+
+#[test]
+fn a_rolling_update_replaces_one_instance_at_a_time_and_a_failing_one_rolls_back() {
+    run(LIMIT, async {
+        let m = Masters::start(1, local_settings()).await;
+        let _agents: Vec<SimAgent> = (0..3)
+            .map(|i| SimAgent::spawn_in(m.addrs(), &format!("local-{i}"), 4, Some(("local", "a"))))
+            .collect();
+        create(&m, rolling("roll", "sleep 1000"))
+            .await
+            .expect("created");
+        let running = |s: &op::JobStatusResponse| {
+            s.instances
+                .iter()
+                .filter(|i| i.state == "TASK_RUNNING")
+                .count()
+        };
+        eventually("3 running", WAIT, || {
+            let m = &m;
+            async move { (running(&status(m, "roll").await) == 3).then_some(()) }
+        })
+        .await;
+
+        // v2 works: each instance is replaced, never more than one down.
+        update(&m, rolling("roll", "sleep 2000"))
+            .await
+            .expect("updated");
+        let mut most_down = 0;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = status(&m, "roll").await;
+            most_down = most_down.max(3 - running(&s));
+            let on_v2 = s
+                .instances
+                .iter()
+                .all(|i| i.state == "TASK_RUNNING" && i.task_id.ends_with(".2"));
+            if on_v2 && !s.updating {
+                assert_eq!(s.version, 2);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the update did not finish: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            most_down <= 1,
+            "batch_size 1: at most one instance down at a time, saw {most_down}"
+        );
+
+        // v3 fails at once: the job rolls back to v2's spec by itself, and
+        // only the first batch ever ran v3.
+        update(&m, rolling("roll", "false")).await.expect("updated");
+        let s = eventually("rolled back and running", WAIT, || {
+            let m = &m;
+            async move {
+                let s = status(m, "roll").await;
+                let back = s.version == 4
+                    && !s.updating
+                    && s.spec
+                        .as_ref()
+                        .and_then(|x| x.command.as_ref())
+                        .is_some_and(|c| c.shell == "sleep 2000");
+                (back && running(&s) == 3).then_some(s)
+            }
+        })
+        .await;
+        assert_eq!(s.instances.len(), 3);
+        let state = m.state().await;
+        let failed_v3 = state
+            .tasks
+            .iter()
+            .filter(|t| t.state == pb::TaskState::TaskFailed as i32)
+            .count();
+        assert_eq!(failed_v3, 1, "one batch of one instance tried v3");
         m.shutdown().await;
     });
 }

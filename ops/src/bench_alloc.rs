@@ -221,6 +221,7 @@ async fn cell(
                     },
                     job: None,
                     instance: 0,
+                    job_version: 0,
                 }],
                 refuse_seconds: Some(0.0),
             };

@@ -270,6 +270,7 @@ pub fn run(args: &DevArgs, json: bool) -> Result<()> {
             },
             job: None,
             instance: i,
+            job_version: 0,
         })
         .collect();
     m.run(Command::Accept {

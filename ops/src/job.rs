@@ -68,9 +68,24 @@ struct JobFile {
     health_check: Option<HealthCheckFile>,
     /// Recognised so that the error can say they are not supported yet.
     #[serde(default)]
-    update_strategy: Option<toml::Value>,
+    update_strategy: Option<UpdateFile>,
     #[serde(default)]
     restart_policy: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateFile {
+    #[serde(default = "one")]
+    batch_size: u32,
+    #[serde(default = "zero_s")]
+    watch: String,
+    #[serde(default = "yes")]
+    rollback_on_failure: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,10 +129,7 @@ fn yes() -> bool {
 /// Parses a job file into the spec the master validates.
 pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
     let f: JobFile = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
-    for (key, v) in [
-        ("update_strategy", &f.update_strategy),
-        ("restart_policy", &f.restart_policy),
-    ] {
+    for (key, v) in [("restart_policy", &f.restart_policy)] {
         if v.is_some() {
             bail!("{origin}: `{key}` is not supported yet (not finished in this version of Orrery); remove it");
         }
@@ -183,7 +195,27 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
             })
         }
     };
+    let update_strategy = match &f.update_strategy {
+        None => None,
+        Some(u) => {
+            if u.batch_size == 0 {
+                bail!("{origin}: update_strategy.batch_size must be at least 1");
+            }
+            let watch = humantime::parse_duration(&u.watch).map_err(|_| {
+                anyhow!(
+                    "{origin}: update_strategy.watch {:?} is not a duration (like 30s)",
+                    u.watch
+                )
+            })?;
+            Some(pb::UpdateStrategy {
+                batch_size: u.batch_size,
+                watch_ms: watch.as_millis() as u64,
+                rollback_on_failure: u.rollback_on_failure,
+            })
+        }
+    };
     Ok(pb::JobSpec {
+        update_strategy,
         health_check,
         key: Some(pb::JobKey {
             role: f.role,
@@ -323,6 +355,7 @@ pub fn render_status(key: &str, s: &op::JobStatusResponse, json: bool) -> String
         let v = serde_json::json!({
             "key": key,
             "version": s.version,
+            "updating": s.updating,
             "instances": s.instances.iter().map(|i| serde_json::json!({
                 "instance": i.instance, "state": i.state, "task_id": i.task_id,
                 "hostname": i.hostname, "region": i.region, "zone": i.zone, "reason": i.reason,
@@ -332,8 +365,9 @@ pub fn render_status(key: &str, s: &op::JobStatusResponse, json: bool) -> String
     }
     let service = s.spec.as_ref().is_some_and(|x| x.service);
     let mut out = format!(
-        "{key}  version {}  {}  {} instances\n",
+        "{key}  version {}{}  {}  {} instances\n",
         s.version,
+        if s.updating { " (updating)" } else { "" },
         if service { "service" } else { "batch" },
         s.instances.len()
     );
@@ -443,11 +477,21 @@ mem = 128
         .unwrap_err()
         .to_string();
         assert!(e.contains("health_check.interval"), "{e}");
-        let e = parse_job(&format!("{GOOD}\n[update_strategy]\nbatch_size = 1\n"), "f")
+        let s = parse_job(
+            &format!("{GOOD}\n[update_strategy]\nbatch_size = 2\nwatch = \"5s\"\n"),
+            "f",
+        )
+        .unwrap();
+        let u = s.update_strategy.unwrap();
+        assert_eq!(
+            (u.batch_size, u.watch_ms, u.rollback_on_failure),
+            (2, 5000, true)
+        );
+        let e = parse_job(&format!("{GOOD}\nrestart_policy = \"never\"\n"), "f")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("update_strategy") && e.contains("not supported yet"),
+            e.contains("restart_policy") && e.contains("not supported yet"),
             "{e}"
         );
         let e = parse_job(&GOOD.replace("command = \"sleep 1000\"", ""), "f")

@@ -183,7 +183,57 @@ pub(super) fn update(c: &Cluster, spec: pb::JobSpec) -> Result<Vec<Event>, Rejec
             key: key.to_string(),
         });
     }
-    Ok(vec![Event::JobUpdated(pb::JobUpdated { spec: Some(spec) })])
+    Ok(vec![Event::JobUpdated(pb::JobUpdated {
+        spec: Some(spec),
+        rollback: false,
+    })])
+}
+
+fn job_at<'a>(
+    c: &'a Cluster,
+    key: &JobKey,
+    version: u64,
+) -> Result<&'a crate::state::Job, Rejection> {
+    let job = c.jobs.get(key).ok_or_else(|| Rejection::UnknownJob {
+        key: key.to_string(),
+    })?;
+    if job.version != version || job.previous.is_none() {
+        return Err(Rejection::InvalidField {
+            field: "job version",
+            problem: format!(
+                "job {key} is at version {} {}; the request was for version {version}",
+                job.version,
+                if job.previous.is_some() {
+                    "(updating)"
+                } else {
+                    "(no update in progress)"
+                }
+            ),
+        });
+    }
+    Ok(job)
+}
+
+/// The rolling update reached every instance.
+pub(super) fn finish_update(
+    c: &Cluster,
+    key: JobKey,
+    version: u64,
+) -> Result<Vec<Event>, Rejection> {
+    job_at(c, &key, version)?;
+    Ok(vec![Event::JobUpdateFinished(pb::JobUpdateFinished {
+        key: Some(key.to_proto()),
+        version,
+    })])
+}
+
+/// The new version failed during its update: back to the previous spec.
+pub(super) fn rollback(c: &Cluster, key: JobKey, version: u64) -> Result<Vec<Event>, Rejection> {
+    let job = job_at(c, &key, version)?;
+    Ok(vec![Event::JobUpdated(pb::JobUpdated {
+        spec: job.previous.clone(),
+        rollback: true,
+    })])
 }
 
 /// Killing a job removes it and asks for every live task of it to be killed.

@@ -120,6 +120,8 @@ pub fn decide(cluster: &Cluster, command: Command, now_ms: NowMs) -> Result<Vec<
         Command::CreateJob(spec) => jobs::create(c, spec),
         Command::UpdateJob(spec) => jobs::update(c, spec),
         Command::KillJob(key) => jobs::kill(c, key),
+        Command::FinishJobUpdate { key, version } => jobs::finish_update(c, key, version),
+        Command::RollbackJob { key, version } => jobs::rollback(c, key, version),
     }
 }
 

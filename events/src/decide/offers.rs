@@ -174,6 +174,7 @@ pub(super) fn accept(
             command: Some(spec.command),
             job: spec.job.map(|k| k.to_proto()),
             instance: spec.instance,
+            job_version: spec.job_version,
         }));
     }
     Ok(events)

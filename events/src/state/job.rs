@@ -51,4 +51,7 @@ pub struct Job {
     pub created_at_ms: u64,
     /// Bumped by every update.
     pub version: u64,
+    /// The spec before the update in progress (what a rollback restores);
+    /// `None` once the update finished or rolled back.
+    pub previous: Option<pb::JobSpec>,
 }

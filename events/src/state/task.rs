@@ -18,6 +18,8 @@ pub struct Task {
     pub command: CommandInfo,
     pub job: Option<JobKey>,
     pub instance: u32,
+    /// The job version it was launched for.
+    pub job_version: u64,
     pub state: TaskState,
     /// The uuid of the latest status update ("" before the first).
     pub status_uuid: String,

@@ -152,6 +152,7 @@ mod tests {
             command: Default::default(),
             job: None,
             instance: 0,
+            job_version: 0,
             state: crate::state::TaskState::TaskStaging,
             status_uuid: String::new(),
             acknowledged: true,
