@@ -869,3 +869,73 @@ async fn an_unhealthy_job_task_is_killed_and_replaced() {
         .expect("the first task is recorded");
     assert_eq!(t.state, TaskState::TaskKilled as i32, "{t:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_failing_its_health_check_rolls_back_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let job = |check: &str| {
+        format!(
+            "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
+             [resources]\ncpus = 0.1\nmem = 16\n\
+             [health_check]\nkind = \"command\"\ncommand = \"{check}\"\ninterval = \"200ms\"\n\
+             timeout = \"1s\"\nconsecutive_failures = 2\n\
+             [update_strategy]\nbatch_size = 1\nwatch = \"300ms\"\n"
+        )
+    };
+    let v1 = dir.path().join("v1.toml");
+    let v2 = dir.path().join("v2.toml");
+    std::fs::write(&v1, job("true")).unwrap();
+    std::fs::write(&v2, job("false")).unwrap();
+    let orrery = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["--master", &masters])
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    assert!(orrery(&["job", "create", v1.to_str().unwrap()]).0);
+    let status = || {
+        let (_, out) = orrery(&["--json", "job", "status", "www/prod/svc"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_default()
+    };
+    let running = |v: &serde_json::Value| {
+        v["instances"].as_array().map_or(0, |a| {
+            a.iter().filter(|i| i["state"] == "TASK_RUNNING").count()
+        })
+    };
+    eventually("v1 running", WAIT, || {
+        let v = status();
+        async move { (running(&v) == 2).then_some(()) }
+    })
+    .await;
+    assert!(orrery(&["job", "update", v2.to_str().unwrap()]).0);
+    // v2's first instance turns unhealthy, is killed, and the job goes
+    // back to v1's spec (version 3) with both instances running and healthy.
+    let v = eventually("rolled back", Duration::from_secs(40), || {
+        let v = status();
+        async move { (v["version"] == 3 && v["updating"] == false && running(&v) == 2).then_some(v) }
+    })
+    .await;
+    assert_eq!(v["instances"].as_array().map(Vec::len), Some(2));
+    let ms = addrs(&m);
+    let st = eventually_state(&ms).await;
+    let v2_tasks: Vec<_> = st
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::TaskKilled as i32 && t.message.contains("killed"))
+        .collect();
+    assert!(
+        !v2_tasks.is_empty(),
+        "the unhealthy v2 task was killed: {:?}",
+        st.tasks
+    );
+}
