@@ -10,8 +10,9 @@
 //!
 //! Rules:
 //! - a service job keeps `instances` instances running: an instance whose
-//!   task ended is pending again after an exponential backoff (1 s, doubling
-//!   per failure in a row, at most 60 s);
+//!   task ended is pending again after an exponential backoff (the job's
+//!   restart policy; by default 1 s, doubling per failure in a row, at most
+//!   60 s);
 //! - a batch job's instance is done once it FINISHED, and given up after
 //!   `max_task_failures` failures (0: never given up);
 //! - a job that is not `region_aware` is placed only on agents in the
@@ -82,14 +83,18 @@ pub fn histories(c: &Cluster) -> BTreeMap<(JobKey, u32), InstanceHistory> {
     out
 }
 
-/// The restart delay after `failures` failures in a row.
-pub fn backoff_ms(failures: u32) -> u64 {
+/// The restart delay after `failures` failures in a row, by the job's
+/// restart policy (default: 1 s, doubling, at most 60 s).
+pub fn backoff_ms(spec: &pb::JobSpec, failures: u32) -> u64 {
     if failures == 0 {
         return 0;
     }
-    BACKOFF_BASE_MS
-        .saturating_mul(1u64 << (failures - 1).min(16))
-        .min(BACKOFF_MAX_MS)
+    let (base, max) = spec
+        .restart_policy
+        .map_or((BACKOFF_BASE_MS, BACKOFF_MAX_MS), |p| {
+            (p.initial_backoff_ms, p.max_backoff_ms)
+        });
+    base.saturating_mul(1u64 << (failures - 1).min(16)).min(max)
 }
 
 /// Where an instance stands.
@@ -124,7 +129,7 @@ pub fn instance_state(
     }
     let until = h
         .last_end_ms
-        .saturating_add(backoff_ms(h.failures_in_a_row));
+        .saturating_add(backoff_ms(spec, h.failures_in_a_row));
     if h.failures_in_a_row > 0 && now_ms < until {
         return InstanceState::BackingOff(until);
     }
@@ -447,4 +452,76 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         }
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(service: bool, max_failures: u32) -> pb::JobSpec {
+        pb::JobSpec {
+            service,
+            max_task_failures: max_failures,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_policy_cap() {
+        let s = spec(true, 0);
+        assert_eq!(
+            (1..=8).map(|n| backoff_ms(&s, n)).collect::<Vec<_>>(),
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+        );
+        assert_eq!(backoff_ms(&s, 0), 0);
+        let mut p = spec(true, 0);
+        p.restart_policy = Some(pb::RestartPolicy {
+            initial_backoff_ms: 500,
+            max_backoff_ms: 1_500,
+        });
+        assert_eq!(
+            (1..=4).map(|n| backoff_ms(&p, n)).collect::<Vec<_>>(),
+            vec![500, 1_000, 1_500, 1_500]
+        );
+    }
+
+    #[test]
+    fn instance_states_follow_service_and_batch_rules() {
+        let failed = |n: u32| InstanceHistory {
+            failures_in_a_row: n,
+            launched: n,
+            last_end_ms: 10_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            instance_state(&spec(true, 0), None, 0),
+            InstanceState::Pending
+        );
+        assert_eq!(
+            instance_state(&spec(true, 0), Some(&failed(2)), 11_000),
+            InstanceState::BackingOff(12_000)
+        );
+        assert_eq!(
+            instance_state(&spec(true, 0), Some(&failed(2)), 12_000),
+            InstanceState::Pending
+        );
+        assert_eq!(
+            instance_state(&spec(false, 2), Some(&failed(2)), 99_000),
+            InstanceState::GaveUp(2)
+        );
+        let done = InstanceHistory {
+            finished: true,
+            launched: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            instance_state(&spec(false, 0), Some(&done), 0),
+            InstanceState::Finished
+        );
+        assert_eq!(
+            instance_state(&spec(true, 0), Some(&done), 0),
+            InstanceState::Pending,
+            "a service instance that finished runs again"
+        );
+    }
 }

@@ -75,6 +75,7 @@ fn samples() -> Vec<Payload> {
         max_task_failures: 4,
         health_check: None,
         update_strategy: None,
+        restart_policy: None,
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {

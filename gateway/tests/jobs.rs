@@ -46,6 +46,7 @@ fn spec(name: &str, instances: u32, constraints: &[[&str; 3]]) -> pb::JobSpec {
         max_task_failures: 0,
         health_check: None,
         update_strategy: None,
+        restart_policy: None,
     }
 }
 

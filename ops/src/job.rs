@@ -66,11 +66,26 @@ struct JobFile {
     env_vars: BTreeMap<String, String>,
     #[serde(default)]
     health_check: Option<HealthCheckFile>,
-    /// Recognised so that the error can say they are not supported yet.
     #[serde(default)]
     update_strategy: Option<UpdateFile>,
     #[serde(default)]
-    restart_policy: Option<toml::Value>,
+    restart_policy: Option<RestartFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartFile {
+    #[serde(default = "one_s")]
+    initial_backoff: String,
+    #[serde(default = "sixty_s")]
+    max_backoff: String,
+}
+
+fn one_s() -> String {
+    "1s".into()
+}
+fn sixty_s() -> String {
+    "60s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,11 +144,6 @@ fn yes() -> bool {
 /// Parses a job file into the spec the master validates.
 pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
     let f: JobFile = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
-    for (key, v) in [("restart_policy", &f.restart_policy)] {
-        if v.is_some() {
-            bail!("{origin}: `{key}` is not supported yet (not finished in this version of Orrery); remove it");
-        }
-    }
     let command = match (&f.command, &f.argv) {
         (Some(c), None) => pb::CommandInfo {
             shell: c.clone(),
@@ -195,6 +205,18 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
             })
         }
     };
+    let duration = |field: &str, text: &str| -> Result<u64> {
+        humantime::parse_duration(text)
+            .map(|d| d.as_millis() as u64)
+            .map_err(|_| anyhow!("{origin}: {field} {text:?} is not a duration (like 500ms, 10s)"))
+    };
+    let restart_policy = match &f.restart_policy {
+        None => None,
+        Some(r) => Some(pb::RestartPolicy {
+            initial_backoff_ms: duration("restart_policy.initial_backoff", &r.initial_backoff)?,
+            max_backoff_ms: duration("restart_policy.max_backoff", &r.max_backoff)?,
+        }),
+    };
     let update_strategy = match &f.update_strategy {
         None => None,
         Some(u) => {
@@ -215,6 +237,7 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
         }
     };
     Ok(pb::JobSpec {
+        restart_policy,
         update_strategy,
         health_check,
         key: Some(pb::JobKey {
@@ -487,13 +510,20 @@ mem = 128
             (u.batch_size, u.watch_ms, u.rollback_on_failure),
             (2, 5000, true)
         );
-        let e = parse_job(&format!("{GOOD}\nrestart_policy = \"never\"\n"), "f")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("restart_policy") && e.contains("not supported yet"),
-            "{e}"
-        );
+        let s = parse_job(
+            &format!("{GOOD}\n[restart_policy]\ninitial_backoff = \"2s\"\nmax_backoff = \"1m\"\n"),
+            "f",
+        )
+        .unwrap();
+        let r = s.restart_policy.unwrap();
+        assert_eq!((r.initial_backoff_ms, r.max_backoff_ms), (2_000, 60_000));
+        let e = parse_job(
+            &format!("{GOOD}\n[restart_policy]\nmax_backoff = \"soon\"\n"),
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("restart_policy.max_backoff"), "{e}");
         let e = parse_job(&GOOD.replace("command = \"sleep 1000\"", ""), "f")
             .unwrap_err()
             .to_string();

@@ -163,6 +163,17 @@ fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
     if let Some(hc) = &spec.health_check {
         check_health_check(hc)?;
     }
+    if let Some(p) = &spec.restart_policy {
+        if p.initial_backoff_ms > p.max_backoff_ms || p.max_backoff_ms > limits::DURATION_MS_MAX {
+            return Err(Rejection::InvalidField {
+                field: "restart_policy",
+                problem: format!(
+                    "initial backoff {} ms must not exceed the max backoff {} ms (at most one year)",
+                    p.initial_backoff_ms, p.max_backoff_ms
+                ),
+            });
+        }
+    }
     Ok(JobKey::from_proto(Some(key)))
 }
 
