@@ -202,6 +202,9 @@ pub struct Master {
     elected: bool,
     queue: VecDeque<Pending>,
     in_flight: bool,
+    /// Inside `flush`: a callback that submits must not start a second
+    /// batch decided against a copy the first is still changing.
+    flushing: bool,
     frameworks: BTreeMap<FrameworkId, FrameworkLink>,
     agents: BTreeMap<AgentId, AgentLink>,
     next_session: u64,
@@ -241,6 +244,7 @@ impl Master {
             elected: false,
             queue: VecDeque::new(),
             in_flight: false,
+            flushing: false,
             frameworks: BTreeMap::new(),
             agents: BTreeMap::new(),
             next_session: 0,
@@ -292,9 +296,19 @@ impl Master {
     /// Decides every queued command against the copy, applies the events to
     /// it, and appends them as one batch.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.queue.is_empty() {
+        if self.flushing {
             return;
         }
+        self.flushing = true;
+        // Callbacks may queue more; a batch that committed nothing (all
+        // refused, or no events) lets the next one go at once.
+        while !self.in_flight && !self.queue.is_empty() {
+            self.flush_batch(ctx);
+        }
+        self.flushing = false;
+    }
+
+    fn flush_batch(&mut self, ctx: &mut Context<Self>) {
         let Some(term) = self.leading else {
             let err = MasterError::NotLeader {
                 leader_addr: self.log.leader().leader_addr,
@@ -358,7 +372,6 @@ impl Master {
             for (done, last_index, events) in decided {
                 done(self, ctx, Ok(Committed { last_index, events }));
             }
-            self.flush(ctx);
             return;
         }
         self.in_flight = true;

@@ -94,12 +94,15 @@ async fn leader_kill9_loses_no_acknowledged_event_and_it_catches_up() {
         }
     }
     let elected_in = killed_at.elapsed();
+    eprintln!("a new leader after the kill: {elected_in:?}");
     let new_leader =
         new_leader.unwrap_or_else(|| panic!("no new leader after the kill\n{}", m.logs()));
-    // Two election timeouts (each at most 2 × ELECTION_MS), plus 1 s for
-    // process scheduling and this test's polling on a loaded 2-core machine
-    // (seen: 2.95 s while a build shared the cores).
-    let bound = Duration::from_millis(2 * 2 * ELECTION_MS + 1000);
+    // Two election timeouts (each at most 2 × ELECTION_MS), plus one more
+    // for a split vote (randomized timeouts make one possible, and a
+    // fresh-clone CI run saw 3.18 s once), plus 500 ms for process
+    // scheduling and this test's polling on 2 cores. Typical: 1.6-1.9 s
+    // (printed above).
+    let bound = Duration::from_millis(3 * 2 * ELECTION_MS + 500);
     assert!(
         elected_in <= bound,
         "a new leader took {elected_in:?} (bound {bound:?})"
@@ -468,7 +471,9 @@ fn http_admin_and_the_cli_follow_the_leader() {
     let http: BTreeMap<u64, String> = m
         .addrs
         .keys()
-        .map(|&id| (id, format!("127.0.0.1:{}", free_port())))
+        .copied()
+        .zip(free_ports(3))
+        .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
         .collect();
     for (&id, h) in &http {
         m.start(id, &["--http", h]);
@@ -558,12 +563,36 @@ async fn masters_of_different_regions_are_refused() {
     m.start(1, &["--domain", &east]);
     m.start(2, &["--domain", &east]);
     m.start(3, &["--domain", &west]);
-    let mut three = take(&m, 3).expect("master 3 runs");
-    let status = wait_exit(&mut three, Duration::from_secs(20));
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{}", m.logs());
-    let log = std::fs::read_to_string(m.log_path(3)).unwrap_or_default();
+    // Whichever side notices first refuses (the others may then wait for
+    // peers that are gone; the harness kills them): at least one master
+    // exits 1 naming both regions, and no cluster forms.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let exited: Vec<(u64, Option<i32>)> = {
+            let mut procs = m.procs.lock().unwrap();
+            procs
+                .iter_mut()
+                .filter_map(|(id, c)| c.try_wait().ok().flatten().map(|s| (*id, s.code())))
+                .collect()
+        };
+        if !exited.is_empty() || Instant::now() > deadline {
+            break exited;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!refused.is_empty(), "no master refused\n{}", m.logs());
+    for (id, code) in refused {
+        assert_eq!(code, Some(1), "master {id}\n{}", m.logs());
+        let log = std::fs::read_to_string(m.log_path(id)).unwrap_or_default();
+        assert!(
+            log.contains("share") && log.contains("\"west\"") && log.contains("\"east\""),
+            "{log}"
+        );
+    }
     assert!(
-        log.contains("share") && log.contains("\"west\"") && log.contains("\"east\""),
-        "{log}"
+        m.leader_among(&[1, 2, 3], Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no cluster forms"
     );
 }

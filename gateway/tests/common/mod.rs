@@ -41,12 +41,14 @@ pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
     });
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// `n` distinct free ports, held open together while picked.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 pub fn test_settings() -> Settings {
@@ -70,7 +72,8 @@ pub struct Masters {
 impl Masters {
     pub async fn start(n: u64, settings: Settings) -> Masters {
         let peers: BTreeMap<u64, String> = (1..=n)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .zip(free_ports(n as usize))
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
             .collect();
         let mut m = Masters {
             dir: tempfile::tempdir().expect("tempdir"),

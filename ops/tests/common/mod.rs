@@ -24,11 +24,18 @@ pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const HEARTBEAT_MS: u64 = 100;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports: all held open together while they are picked,
+/// so that the kernel cannot hand out one of them twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// A group of master processes in one temp dir; every child is killed on drop.
@@ -55,7 +62,8 @@ impl Drop for Masters {
 impl Masters {
     pub fn new(n: u64, extra: &[&str]) -> Self {
         let addrs = (1..=n)
-            .map(|id| (id, format!("127.0.0.1:{}", free_port())))
+            .zip(free_ports(n as usize))
+            .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
             .collect();
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
