@@ -958,6 +958,16 @@ impl Master {
         }
     }
 
+    /// Whether a report comes from the agent's current session while this
+    /// master serves (an older session's report is stale).
+    fn is_current_agent_session(&self, agent_id: &AgentId, session: u64) -> bool {
+        self.serving().is_ok()
+            && self
+                .agents
+                .get(agent_id)
+                .is_some_and(|l| l.session == session)
+    }
+
     /// The session of a registered agent, while serving.
     fn agent_link(&self, agent_id: AgentId) -> Result<&Addr<AgentSession>, MasterError> {
         self.serving()?;
@@ -1374,11 +1384,7 @@ impl Handler<AgentPong> for Master {
 impl Handler<agent_session::Silent> for Master {
     type Result = ();
     fn handle(&mut self, msg: agent_session::Silent, ctx: &mut Context<Self>) {
-        let current = self
-            .agents
-            .get(&msg.agent_id)
-            .is_some_and(|l| l.session == msg.session);
-        if !current || self.serving().is_err() {
+        if !self.is_current_agent_session(&msg.agent_id, msg.session) {
             return;
         }
         tracing::warn!(agent_id = %msg.agent_id, missed = msg.missed, "agent missed its ping budget; marking it unreachable");
@@ -1416,11 +1422,7 @@ impl Handler<agent_session::Silent> for Master {
 impl Handler<agent_session::Detached> for Master {
     type Result = ();
     fn handle(&mut self, msg: agent_session::Detached, ctx: &mut Context<Self>) {
-        let current = self
-            .agents
-            .get(&msg.agent_id)
-            .is_some_and(|l| l.session == msg.session);
-        if !current || self.serving().is_err() {
+        if !self.is_current_agent_session(&msg.agent_id, msg.session) {
             return;
         }
         let connected = self
