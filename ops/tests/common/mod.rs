@@ -294,6 +294,8 @@ pub fn take(m: &Masters, id: u64) -> Option<Child> {
     m.procs.lock().unwrap().remove(&id)
 }
 
+/// Waits for `child` to exit, at most `timeout`; then kills it and says
+/// `None`.
 pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -302,6 +304,9 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Past the deadline: kill it, so that a failing test leaves no process.
+    let _ = child.kill();
+    let _ = child.wait();
     None
 }
 
