@@ -25,8 +25,12 @@
 //!   framework clients): follow `orrery-leader`, retry UNAVAILABLE.
 //! - [`agent`]: the agent daemon and `orrery executor`.
 //!
-//! **Not finished**: the `Host` and `Job` actors come with the maintenance
-//! and jobs issues.
+//! The built-in job scheduler runs inside `Master` (it answers the offers
+//! made to its framework with the core's `jobs::plan`) rather than as one
+//! actor per job: every decision it makes needs the whole cluster's state,
+//! which the master's copy already is.
+//!
+//! **Not finished**: the `Host` actor comes with the maintenance issue.
 
 pub mod agent;
 pub mod agent_session;

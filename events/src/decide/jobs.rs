@@ -1,5 +1,6 @@
-//! Jobs as records: create, update, kill. Keeping N instances running is the
-//! job scheduler's work (the jobs issue); this file validates specs.
+//! Jobs as records: create, update, kill, and the end or rollback of a
+//! rolling update. Keeping N instances running is the job scheduler's work
+//! (`crate::jobs::plan`); this file validates specs.
 
 use orrery_proto::events::{self as pb, TaskReason};
 

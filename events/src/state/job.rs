@@ -1,6 +1,6 @@
 //! An Aurora-style job as the master records it: its key and its spec.
-//! Owns `JobKey` and `Job`; the job scheduler (a later issue) keeps N
-//! instances of it running.
+//! Owns `JobKey` and `Job`; the job scheduler (`crate::jobs`) keeps N
+//! instances of it running and rolls updates out.
 
 use std::fmt;
 
