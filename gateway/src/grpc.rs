@@ -340,6 +340,124 @@ impl op::operator_server::Operator for OperatorService {
         Ok(Response::new(list))
     }
 
+    async fn update_schedule(
+        &self,
+        r: Request<op::MaintenanceSchedule>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        let windows = r
+            .into_inner()
+            .windows
+            .into_iter()
+            .map(window_from)
+            .collect();
+        self.job_command(Command::UpdateSchedule { windows }).await
+    }
+
+    async fn get_schedule(
+        &self,
+        _: Request<op::GetScheduleRequest>,
+    ) -> Result<Response<op::MaintenanceSchedule>, Status> {
+        self.master
+            .send(Serving)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        let windows = self.log.with_state(|m| {
+            m.cluster
+                .schedule
+                .iter()
+                .map(|w| pb::MaintenanceWindow {
+                    machines: w
+                        .machines
+                        .iter()
+                        .map(orrery_events::projections::maintenance::machine_proto)
+                        .collect(),
+                    unavailability: Some(pb::Unavailability {
+                        start_ns: w.unavailability.start_ns,
+                        duration_ns: w.unavailability.duration_ns,
+                    }),
+                })
+                .collect()
+        });
+        Ok(Response::new(op::MaintenanceSchedule { windows }))
+    }
+
+    async fn start_maintenance(
+        &self,
+        r: Request<op::Hosts>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        let hostnames = r.into_inner().hostnames;
+        self.job_command(Command::StartMaintenance { hostnames })
+            .await
+    }
+
+    async fn complete_maintenance(
+        &self,
+        r: Request<op::Hosts>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        let hostnames = r.into_inner().hostnames;
+        self.job_command(Command::CompleteMaintenance { hostnames })
+            .await
+    }
+
+    async fn machines_down(
+        &self,
+        r: Request<op::Machines>,
+    ) -> Result<Response<op::JobResponse>, Status> {
+        let machines = r
+            .into_inner()
+            .machines
+            .into_iter()
+            .map(|m| orrery_events::state::MachineId {
+                hostname: m.hostname,
+                ip: m.ip,
+            })
+            .collect();
+        self.job_command(Command::MarkMachinesDown { machines })
+            .await
+    }
+
+    async fn query_hosts(
+        &self,
+        r: Request<op::QueryHostsRequest>,
+    ) -> Result<Response<op::HostList>, Status> {
+        let states = r.into_inner().states;
+        const KNOWN: [&str; 4] = [
+            "HOST_STATE_UP",
+            "HOST_STATE_DRAINING",
+            "HOST_STATE_DRAINED",
+            "HOST_STATE_DOWN",
+        ];
+        if let Some(bad) = states.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+            return Err(Status::invalid_argument(format!(
+                "{bad:?} is not a host state ({})",
+                KNOWN.join(", ")
+            )));
+        }
+        self.master
+            .send(Serving)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        let hosts = self.log.with_state(|m| {
+            m.cluster
+                .hosts
+                .values()
+                .filter(|h| states.is_empty() || states.iter().any(|s| s == h.state.as_str()))
+                .map(|h| op::HostView {
+                    hostname: h.machine.hostname.clone(),
+                    ip: h.machine.ip.clone(),
+                    state: h.state.as_str().to_owned(),
+                    live_tasks: orrery_events::projections::maintenance::live_tasks_on_host(
+                        &m.cluster,
+                        &h.machine.hostname,
+                    ) as u32,
+                })
+                .collect()
+        });
+        Ok(Response::new(op::HostList { hosts }))
+    }
+
     async fn job_status(
         &self,
         r: Request<pb::JobKey>,
@@ -352,6 +470,24 @@ impl op::operator_server::Operator for OperatorService {
             .map_err(mailbox)?
             .map_err(status_of)?;
         Ok(Response::new(status))
+    }
+}
+
+fn window_from(w: pb::MaintenanceWindow) -> orrery_events::state::Window {
+    let u = w.unavailability.unwrap_or_default();
+    orrery_events::state::Window {
+        machines: w
+            .machines
+            .into_iter()
+            .map(|m| orrery_events::state::MachineId {
+                hostname: m.hostname,
+                ip: m.ip,
+            })
+            .collect(),
+        unavailability: orrery_events::state::Unavailability {
+            start_ns: u.start_ns,
+            duration_ns: u.duration_ns,
+        },
     }
 }
 

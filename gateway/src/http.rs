@@ -32,6 +32,19 @@ pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/state", get(state))
+        .route(
+            "/maintenance/schedule",
+            get(crate::maintenance::get_schedule).post(crate::maintenance::post_schedule),
+        )
+        .route("/maintenance/status", get(crate::maintenance::get_status))
+        .route(
+            "/machine/down",
+            axum::routing::post(crate::maintenance::post_down),
+        )
+        .route(
+            "/machine/up",
+            axum::routing::post(crate::maintenance::post_up),
+        )
         .with_state(admin)
 }
 

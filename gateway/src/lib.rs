@@ -17,12 +17,16 @@
 //! - [`client`]: connect to whichever master leads, following
 //!   `orrery-leader` answers.
 //!
-//! **Not finished**: `/metrics`, `/vars.json` and the Mesos-compatible
-//! maintenance endpoints come with the operations and maintenance issues.
+//! - [`maintenance`]: Mesos' maintenance endpoints (`/maintenance/schedule`,
+//!   `/maintenance/status`, `/machine/down`, `/machine/up`).
+//!
+//! **Not finished**: `/metrics` and `/vars.json` come with the operations
+//! issue.
 
 /// The leader-following client lives in orrery-actors (the agent uses it
 /// too); re-exported here for the CLI and framework clients.
 pub use orrery_actors::client;
 pub mod grpc;
 pub mod http;
+pub mod maintenance;
 pub mod server;

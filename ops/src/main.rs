@@ -18,6 +18,7 @@ mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod dev;
+mod host;
 mod job;
 mod list;
 mod logging;
@@ -57,6 +58,9 @@ enum Cmd {
     /// Runs one task for the agent (started by the agent, not by hand).
     #[command(hide = true)]
     Executor(agent::ExecutorFlags),
+    /// Host maintenance (Peloton's CLI): maintenance start|complete, query.
+    #[command(subcommand)]
+    Host(host::HostCmd),
     /// Aurora-style jobs: create, update, kill, status, list.
     #[command(subcommand)]
     Job(job::JobCmd),
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
             list::run(cli.master.as_deref(), list::What::Frameworks, cli.json)
         }
         Cmd::Job(cmd) => job::run(cli.master.as_deref(), &cmd, cli.json),
+        Cmd::Host(cmd) => host::run(cli.master.as_deref(), &cmd, cli.json),
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),

@@ -939,3 +939,93 @@ async fn a_rolling_update_failing_its_health_check_rolls_back_by_itself() {
         st.tasks
     );
 }
+
+/// One HTTP/1.0 request on a raw socket; the whole response.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to --http");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_endpoints_and_host_commands() {
+    let _serial = SERIAL.lock().await;
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut flags = master_flags();
+    flags.extend(["--http", http_addr.as_str()]);
+    let m = one_master(&flags).await;
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let orrery = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["--master", &masters])
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    eventually("the agent registered", WAIT, || {
+        let (_, out, _) = orrery(&["--json", "host", "query"]);
+        async move { out.contains("host-1").then_some(()) }
+    })
+    .await;
+
+    // A malformed schedule is refused, naming the field; the master stays up.
+    let r = http(
+        &http_addr,
+        "POST",
+        "/maintenance/schedule",
+        r#"{"windows":[{"machine_ids":[{"hostname":"host-1"}],"unavailability":{"start":{"nanoseconds":"soon"}}}]}"#,
+    );
+    assert!(
+        r.contains(" 400 ") && r.contains("windows[0].unavailability.start.nanoseconds"),
+        "{r}"
+    );
+    assert!(http(&http_addr, "GET", "/health", "").ends_with("OK\n"));
+
+    // A schedule in Mesos' JSON, read back.
+    let schedule = r#"{"windows":[{"machine_ids":[{"hostname":"host-1","ip":"127.0.0.1"}],"unavailability":{"start":{"nanoseconds":1000000000},"duration":{"nanoseconds":3600000000000}}}]}"#;
+    let r = http(&http_addr, "POST", "/maintenance/schedule", schedule);
+    assert!(r.contains(" 200 "), "{r}");
+    let r = http(&http_addr, "GET", "/maintenance/schedule", "");
+    assert!(
+        r.contains("\"hostname\":\"host-1\"") && r.contains("3600000000000"),
+        "{r}"
+    );
+
+    // Peloton's CLI: drain, query, complete.
+    let (ok, _, err) = orrery(&["host", "maintenance", "start", "host-1"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = orrery(&[
+        "host",
+        "query",
+        "--states",
+        "HOST_STATE_DRAINING,HOST_STATE_DRAINED",
+    ]);
+    assert!(out.contains("host-1"), "{out}");
+    let r = http(&http_addr, "GET", "/maintenance/status", "");
+    assert!(
+        r.contains("draining_machines") && r.contains("host-1"),
+        "{r}"
+    );
+    let (ok, _, err) = orrery(&["host", "query", "--states", "HOST_STATE_SIDEWAYS"]);
+    assert!(!ok && err.contains("not a host state"), "{err}");
+    let (ok, _, err) = orrery(&["host", "maintenance", "complete", "host-1"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = orrery(&["--json", "host", "query"]);
+    assert!(out.contains("HOST_STATE_UP"), "{out}");
+}
