@@ -23,6 +23,9 @@ pub enum Effect {
     /// A job was created or changed, or one of its tasks ended: the job
     /// scheduler has work.
     JobsChanged,
+    /// The agent's id was retired (its host went DOWN, or the operator):
+    /// end its stream so it registers again, as a new agent.
+    CloseAgent(AgentId),
 }
 
 /// A scheduler-API task status from the log's status event.
@@ -138,7 +141,9 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                 ));
             }
         }
-        Payload::JobCreated(_) | Payload::JobUpdated(_) => out.push(Effect::JobsChanged),
+        Payload::JobCreated(_) | Payload::JobUpdated(_) | Payload::HostDrainStarted(_) => {
+            out.push(Effect::JobsChanged)
+        }
         Payload::TaskStatusUpdated(e) => {
             let key = TaskKey::new(e.framework_id.clone(), e.task_id.clone());
             let state = pb::TaskState::try_from(e.state).unwrap_or(TaskState::Unspecified);
@@ -156,6 +161,9 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
         }
         Payload::AgentUnreachable(pb::AgentUnreachable { agent_id, .. })
         | Payload::AgentGone(pb::AgentGone { agent_id, .. }) => {
+            if matches!(payload, Payload::AgentGone(_)) {
+                out.push(Effect::CloseAgent(AgentId::new(agent_id.clone())));
+            }
             // Mesos' FAILURE, to every framework with live tasks there.
             let id = AgentId::new(agent_id.clone());
             let mut told: Vec<&FrameworkId> = Vec::new();

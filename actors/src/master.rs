@@ -189,6 +189,7 @@ struct TimerState {
     expiring_offers: bool,
     expiring: BTreeSet<FrameworkId>,
     marking: BTreeSet<AgentId>,
+    downing: BTreeSet<String>,
 }
 
 pub struct Master {
@@ -465,6 +466,18 @@ impl Master {
                     }
                 }
                 Effect::JobsChanged => jobs_changed = true,
+                Effect::CloseAgent(aid) => {
+                    if let Some(link) = self.agents.remove(&aid) {
+                        let mut status = tonic::Status::failed_precondition(format!(
+                            "agent {aid} was retired (its host went DOWN, or an operator retired it); \
+                             register as a new agent"
+                        ));
+                        if let Ok(v) = "agent_gone".parse() {
+                            status.metadata_mut().insert("orrery-rejection", v);
+                        }
+                        link.addr.do_send(agent_session::Close(status));
+                    }
+                }
             }
         }
         if job_offers {
@@ -473,6 +486,7 @@ impl Master {
         if jobs_changed {
             self.kill_unhealthy(ctx);
             match &self.jobs_fw {
+                None if self.cluster.jobs.is_empty() => {}
                 None => self.subscribe_jobs(ctx),
                 Some(fw) => {
                     let suppressed = self
@@ -790,6 +804,37 @@ impl Master {
             );
         }
         self.reregistration_deadline(now, ctx);
+        self.drained_to_down(ctx);
+    }
+
+    /// Peloton's last step: a DRAINED host goes DOWN (its agent is shut out
+    /// until `host maintenance complete`).
+    fn drained_to_down(&mut self, ctx: &mut Context<Self>) {
+        let drained: Vec<orrery_events::state::MachineId> = self
+            .cluster
+            .hosts
+            .values()
+            .filter(|h| h.state == orrery_events::state::HostState::Drained)
+            .filter(|h| !self.timers.downing.contains(&h.machine.hostname))
+            .map(|h| h.machine.clone())
+            .collect();
+        for machine in drained {
+            let host = machine.hostname.clone();
+            self.timers.downing.insert(host.clone());
+            self.submit_internal(
+                Command::MarkMachinesDown {
+                    machines: vec![machine],
+                },
+                ctx,
+                Box::new(move |act, _, res| {
+                    act.timers.downing.remove(&host);
+                    match res {
+                        Ok(_) => tracing::info!(%host, "host drained and put DOWN"),
+                        Err(e) => tracing::warn!(%host, error = %e, "putting a drained host down"),
+                    }
+                }),
+            );
+        }
     }
 
     /// After a leader change, agents that did not reregister in time are

@@ -214,6 +214,47 @@ fn allows(
     }
 }
 
+/// Draining hosts (Peloton): a job's tasks there are killed — and so
+/// rescheduled elsewhere, as a draining host gets no offers — never more at
+/// once than the job's SLA allows: at most `max_unavailable` instances (at
+/// least 1) not running at any moment. Whether any remain to move.
+fn drain_step(c: &Cluster, key: &JobKey, job: &crate::state::Job, plan: &mut Plan) -> bool {
+    let spec = &job.spec;
+    let mut on_draining: Vec<&crate::state::Task> = Vec::new();
+    let mut running = 0u32;
+    for t in c
+        .tasks
+        .values()
+        .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal())
+    {
+        if t.state == TaskState::TaskRunning && !t.kill_requested {
+            running += 1;
+        }
+        let draining = c
+            .agents
+            .get(&t.agent_id)
+            .and_then(|a| c.hosts.get(&a.hostname))
+            .is_some_and(|h| h.state == crate::state::HostState::Draining);
+        if draining && !t.kill_requested {
+            on_draining.push(t);
+        }
+    }
+    if on_draining.is_empty() {
+        return false;
+    }
+    on_draining.sort_by_key(|t| t.instance);
+    let down = spec.instances.saturating_sub(running);
+    let budget = spec.max_unavailable.max(1).saturating_sub(down) as usize;
+    plan.kills.extend(
+        on_draining
+            .iter()
+            .filter(|t| t.state == TaskState::TaskRunning)
+            .take(budget)
+            .map(|t| t.key.task_id.clone()),
+    );
+    true
+}
+
 /// The job scheduler's answer to its offers.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
@@ -325,6 +366,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
     for (key, job) in &c.jobs {
         let spec = &job.spec;
         plan.updating |= update_step(c, key, job, now_ms, &mut plan);
+        plan.updating |= drain_step(c, key, job, &mut plan);
         if plan.rollbacks.last().is_some_and(|(k, _)| k == key) {
             continue;
         }
@@ -443,6 +485,8 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
             }
         }
     }
+    plan.kills.sort();
+    plan.kills.dedup();
     for (i, offer) in offers.iter().enumerate() {
         let tasks = std::mem::take(&mut used[i]);
         if tasks.is_empty() {

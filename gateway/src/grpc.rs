@@ -27,6 +27,9 @@ use orrery_storage::{EventLog, StateAccess};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// The metadata key naming a rejection (`host_in_maintenance`, ...).
+pub const REJECTION_METADATA: &str = "orrery-rejection";
+
 /// Largest message a client may send (an Accept with 1,000 tasks fits).
 pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
 
@@ -35,11 +38,17 @@ pub fn status_of(e: MasterError) -> Status {
         MasterError::NotLeader { leader_addr } => not_leader_status(leader_addr.as_deref()),
         MasterError::Rejected(r) => {
             let message = r.to_string();
-            match r.class() {
+            let mut status = match r.class() {
                 RejectionClass::Invalid => Status::invalid_argument(message),
                 RejectionClass::NotFound => Status::not_found(message),
                 RejectionClass::Precondition => Status::failed_precondition(message),
+            };
+            // The refusal's name, for clients that react to one in
+            // particular (an agent waits out a DOWN host).
+            if let Ok(v) = r.name().parse() {
+                status.metadata_mut().insert(REJECTION_METADATA, v);
             }
+            status
         }
         e @ (MasterError::StaleStream { .. } | MasterError::NotRegistered(_)) => {
             Status::failed_precondition(e.to_string())

@@ -445,3 +445,93 @@ fn a_rolling_update_replaces_one_instance_at_a_time_and_a_failing_one_rolls_back
         m.shutdown().await;
     });
 }
+
+#[test]
+fn draining_a_host_moves_a_job_within_its_sla_and_puts_the_host_down() {
+    run(LIMIT, async {
+        let m = Masters::start(1, local_settings()).await;
+        let first = SimAgent::spawn_in(m.addrs(), "host-a", 4, Some(("local", "a")));
+        let mut job = spec("svc", 3, &[]);
+        job.max_unavailable = 1;
+        create(&m, job).await.expect("created");
+        let running_on = |s: &op::JobStatusResponse, host: &str| {
+            s.instances
+                .iter()
+                .filter(|i| i.state == "TASK_RUNNING" && i.hostname == host)
+                .count()
+        };
+        eventually("3 on host-a", WAIT, || {
+            let m = &m;
+            async move { (running_on(&status(m, "svc").await, "host-a") == 3).then_some(()) }
+        })
+        .await;
+        let others: Vec<SimAgent> = ["host-b", "host-c"]
+            .iter()
+            .map(|h| SimAgent::spawn_in(m.addrs(), h, 4, Some(("local", "a"))))
+            .collect();
+        eventually("3 agents", WAIT, || {
+            let m = &m;
+            async move { (m.state().await.agents.len() == 3).then_some(()) }
+        })
+        .await;
+        orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
+            OperatorClient::new(ch)
+                .start_maintenance(op::Hosts {
+                    hostnames: vec!["host-a".into()],
+                })
+                .await
+        })
+        .await
+        .expect("drain started");
+        // Never more than max_unavailable (1) instance down while they move.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut fewest_running = 3;
+        loop {
+            let s = status(&m, "svc").await;
+            let running = s
+                .instances
+                .iter()
+                .filter(|i| i.state == "TASK_RUNNING")
+                .count();
+            fewest_running = fewest_running.min(running);
+            if running == 3 && running_on(&s, "host-a") == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the drain did not finish: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            fewest_running >= 2,
+            "at most one instance down at a time, saw {} running",
+            fewest_running
+        );
+        // The empty host goes DRAINED, then DOWN by itself.
+        eventually("host-a DOWN", WAIT, || {
+            let m = &m;
+            async move {
+                let (hosts, _) =
+                    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
+                        OperatorClient::new(ch)
+                            .query_hosts(op::QueryHostsRequest {
+                                states: vec!["HOST_STATE_DOWN".into()],
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await
+                    .ok()?;
+                hosts
+                    .hosts
+                    .iter()
+                    .any(|h| h.hostname == "host-a")
+                    .then_some(())
+            }
+        })
+        .await;
+        drop((first, others));
+        m.shutdown().await;
+    });
+}

@@ -1014,12 +1014,18 @@ async fn maintenance_endpoints_and_host_commands() {
         "host",
         "query",
         "--states",
-        "HOST_STATE_DRAINING,HOST_STATE_DRAINED",
+        "HOST_STATE_DRAINING,HOST_STATE_DRAINED,HOST_STATE_DOWN",
     ]);
     assert!(out.contains("host-1"), "{out}");
+    // With no task on it, the host drains at once and goes DOWN by itself.
+    eventually("host-1 DOWN", WAIT, || {
+        let (_, out, _) = orrery(&["host", "query", "--states", "HOST_STATE_DOWN"]);
+        async move { out.contains("host-1").then_some(()) }
+    })
+    .await;
     let r = http(&http_addr, "GET", "/maintenance/status", "");
     assert!(
-        r.contains("draining_machines") && r.contains("host-1"),
+        r.contains("\"down_machines\":[{\"hostname\":\"host-1\""),
         "{r}"
     );
     let (ok, _, err) = orrery(&["host", "query", "--states", "HOST_STATE_SIDEWAYS"]);
@@ -1028,4 +1034,23 @@ async fn maintenance_endpoints_and_host_commands() {
     assert!(ok, "{err}");
     let (_, out, _) = orrery(&["--json", "host", "query"]);
     assert!(out.contains("HOST_STATE_UP"), "{out}");
+    // The agent waited out the DOWN host (it did not exit) and comes back.
+    eventually("the agent registered again", WAIT, || {
+        let ms = addrs(&m);
+        async move {
+            let s = eventually_state(&ms).await;
+            s.agents
+                .iter()
+                .any(|a| a.hostname == "host-1" && a.state == "REGISTERED")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        agent
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
+        "the agent still runs"
+    );
 }

@@ -794,6 +794,30 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
             *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
+        Err(s)
+            if s.metadata()
+                .get("orrery-rejection")
+                .and_then(|v| v.to_str().ok())
+                == Some("host_in_maintenance") =>
+        {
+            // DOWN for maintenance: wait for `host maintenance complete`.
+            return Err(SessionEnd::Retry(s.message().to_owned()));
+        }
+        Err(s)
+            if s.metadata()
+                .get("orrery-rejection")
+                .and_then(|v| v.to_str().ok())
+                == Some("agent_gone") =>
+        {
+            // This id was retired (its host went DOWN): come back as a new
+            // agent.
+            tracing::warn!(
+                agent_id,
+                "this agent's id was retired; registering as a new agent"
+            );
+            *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return Err(SessionEnd::Retry(s.message().to_owned()));
+        }
         Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
             return Err(SessionEnd::Refused(s.message().to_owned()))
         }
