@@ -178,17 +178,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
         schedule: c
             .schedule
             .iter()
-            .map(|w| pb::MaintenanceWindow {
-                machines: w
-                    .machines
-                    .iter()
-                    .map(crate::projections::maintenance::machine_proto)
-                    .collect(),
-                unavailability: Some(pb::Unavailability {
-                    start_ns: w.unavailability.start_ns,
-                    duration_ns: w.unavailability.duration_ns,
-                }),
-            })
+            .map(crate::projections::maintenance::window_proto)
             .collect(),
         hosts: c
             .hosts

@@ -375,17 +375,7 @@ impl op::operator_server::Operator for OperatorService {
             m.cluster
                 .schedule
                 .iter()
-                .map(|w| pb::MaintenanceWindow {
-                    machines: w
-                        .machines
-                        .iter()
-                        .map(orrery_events::projections::maintenance::machine_proto)
-                        .collect(),
-                    unavailability: Some(pb::Unavailability {
-                        start_ns: w.unavailability.start_ns,
-                        duration_ns: w.unavailability.duration_ns,
-                    }),
-                })
+                .map(orrery_events::projections::maintenance::window_proto)
                 .collect()
         });
         Ok(Response::new(op::MaintenanceSchedule { windows }))

@@ -16,19 +16,9 @@ use crate::projections::{maintenance, offers};
 use crate::rejection::Rejection;
 use crate::state::{AgentState, Cluster, HostState, MachineId, Window};
 
-fn window_proto(w: &Window) -> pb::MaintenanceWindow {
-    pb::MaintenanceWindow {
-        machines: w.machines.iter().map(maintenance::machine_proto).collect(),
-        unavailability: Some(pb::Unavailability {
-            start_ns: w.unavailability.start_ns,
-            duration_ns: w.unavailability.duration_ns,
-        }),
-    }
-}
-
 fn schedule_event(windows: &[Window]) -> Event {
     Event::MaintenanceScheduleUpdated(pb::MaintenanceScheduleUpdated {
-        windows: windows.iter().map(window_proto).collect(),
+        windows: windows.iter().map(maintenance::window_proto).collect(),
     })
 }
 

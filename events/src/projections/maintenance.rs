@@ -12,6 +12,17 @@ pub fn machine_proto(m: &MachineId) -> pb::MachineId {
     }
 }
 
+/// A maintenance window as the log (and the operator API) encodes it.
+pub fn window_proto(w: &Window) -> pb::MaintenanceWindow {
+    pb::MaintenanceWindow {
+        machines: w.machines.iter().map(machine_proto).collect(),
+        unavailability: Some(pb::Unavailability {
+            start_ns: w.unavailability.start_ns,
+            duration_ns: w.unavailability.duration_ns,
+        }),
+    }
+}
+
 /// The window that schedules `hostname` (by hostname, or by the ip of the
 /// host record), if any.
 pub fn window_of<'c>(c: &'c Cluster, hostname: &str) -> Option<&'c Window> {
