@@ -64,10 +64,9 @@ pub fn offer_view(before: &Cluster, o: &pb::Offer) -> sp::Offer {
                     .collect()
             })
             .unwrap_or_default(),
-        domain: agent.and_then(|a| a.domain.as_ref()).map(|d| pb::Domain {
-            region: d.region.clone(),
-            zone: d.zone.clone(),
-        }),
+        domain: agent
+            .and_then(|a| a.domain.as_ref())
+            .map(orrery_events::state::Domain::to_proto),
         unavailability: o.unavailability,
     }
 }

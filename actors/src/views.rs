@@ -8,10 +8,7 @@ use orrery_events::Cluster;
 use orrery_proto::operator as op;
 
 fn domain(d: &Option<Domain>) -> Option<pb::Domain> {
-    d.as_ref().map(|d| pb::Domain {
-        region: d.region.clone(),
-        zone: d.zone.clone(),
-    })
+    d.as_ref().map(Domain::to_proto)
 }
 
 /// The whole view. `commit_index` is the log's applied event index.
@@ -49,13 +46,7 @@ pub fn state(c: &Cluster) -> op::State {
             .frameworks
             .values()
             .map(|f| {
-                let mut capabilities = Vec::new();
-                if f.region_aware {
-                    capabilities.push(pb::FrameworkCapability::RegionAware as i32);
-                }
-                if f.partition_aware {
-                    capabilities.push(pb::FrameworkCapability::PartitionAware as i32);
-                }
+                let capabilities = f.capabilities_proto();
                 op::FrameworkView {
                     framework_id: f.id.0.clone(),
                     name: f.name.clone(),

@@ -32,10 +32,7 @@ pub enum SnapshotError {
 }
 
 fn domain_proto(d: &Option<crate::state::Domain>) -> Option<pb::Domain> {
-    d.as_ref().map(|d| pb::Domain {
-        region: d.region.clone(),
-        zone: d.zone.clone(),
-    })
+    d.as_ref().map(crate::state::Domain::to_proto)
 }
 
 pub fn to_proto(c: &Cluster) -> pb::Snapshot {
@@ -94,13 +91,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
             .frameworks
             .values()
             .map(|f| {
-                let mut capabilities = Vec::new();
-                if f.region_aware {
-                    capabilities.push(pb::FrameworkCapability::RegionAware as i32);
-                }
-                if f.partition_aware {
-                    capabilities.push(pb::FrameworkCapability::PartitionAware as i32);
-                }
+                let capabilities = f.capabilities_proto();
                 pb::SnapshotFramework {
                     info: Some(pb::FrameworkSubscribed {
                         framework_id: f.id.0.clone(),

@@ -13,6 +13,15 @@ pub struct Domain {
     pub zone: String,
 }
 
+impl Domain {
+    pub fn to_proto(&self) -> orrery_proto::events::Domain {
+        orrery_proto::events::Domain {
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AgentState {
     /// Connected to the current leader (or not yet known to be otherwise).

@@ -30,6 +30,19 @@ pub struct Framework {
 }
 
 impl Framework {
+    /// Its capabilities as the log's enum values (REGION_AWARE first).
+    pub fn capabilities_proto(&self) -> Vec<i32> {
+        use orrery_proto::events::FrameworkCapability as C;
+        let mut out = Vec::new();
+        if self.region_aware {
+            out.push(C::RegionAware as i32);
+        }
+        if self.partition_aware {
+            out.push(C::PartitionAware as i32);
+        }
+        out
+    }
+
     /// Whether it may be offered anything right now.
     pub fn wants_offers(&self) -> bool {
         self.connected && !self.suppressed && !self.removed
