@@ -71,6 +71,30 @@ pub fn offer_view(before: &Cluster, o: &pb::Offer) -> sp::Offer {
     }
 }
 
+/// Groups (framework, item) pairs into one list per framework, in the order
+/// frameworks first appear (one Offers event per framework, in offer order).
+fn by_framework<'a, T>(items: impl Iterator<Item = (&'a str, T)>) -> Vec<(FrameworkId, Vec<T>)> {
+    let mut out: Vec<(FrameworkId, Vec<T>)> = Vec::new();
+    for (fw, item) in items {
+        match out.iter_mut().find(|(f, _)| f.0 == fw) {
+            Some((_, list)) => list.push(item),
+            None => out.push((FrameworkId::new(fw.to_owned()), vec![item])),
+        }
+    }
+    out
+}
+
+/// An inverse offer as the scheduler API shows it.
+pub fn inverse_offer_view(o: &pb::InverseOffer) -> sp::InverseOffer {
+    sp::InverseOffer {
+        offer_id: o.offer_id.clone(),
+        framework_id: o.framework_id.clone(),
+        agent_id: o.agent_id.clone(),
+        hostname: o.hostname.clone(),
+        unavailability: o.unavailability,
+    }
+}
+
 /// The health check of a job's tasks, if the job has one.
 pub fn health_check_of(c: &Cluster, job: Option<&pb::JobKey>) -> Option<pb::HealthCheck> {
     let key = orrery_events::state::JobKey::from_proto(Some(job?));
@@ -82,18 +106,13 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
     let mut out = Vec::new();
     match payload {
         Payload::OffersMade(e) => {
-            // One Offers event per framework, in offer order.
-            let mut by_fw: Vec<(String, Vec<sp::Offer>)> = Vec::new();
-            for o in &e.offers {
-                let view = offer_view(before, o);
-                match by_fw.iter_mut().find(|(f, _)| *f == o.framework_id) {
-                    Some((_, list)) => list.push(view),
-                    None => by_fw.push((o.framework_id.clone(), vec![view])),
-                }
-            }
-            for (fw, offers) in by_fw {
+            let views = e
+                .offers
+                .iter()
+                .map(|o| (o.framework_id.as_str(), offer_view(before, o)));
+            for (fw, offers) in by_framework(views) {
                 out.push(Effect::ToFramework(
-                    FrameworkId::new(fw),
+                    fw,
                     sp::event::Event::Offers(sp::Offers { offers }),
                 ));
             }
@@ -104,6 +123,30 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                     out.push(Effect::ToFramework(
                         o.framework_id.clone(),
                         sp::event::Event::Rescind(sp::Rescind {
+                            offer_id: id.clone(),
+                        }),
+                    ));
+                }
+            }
+        }
+        Payload::InverseOffersMade(e) => {
+            let views = e
+                .inverse_offers
+                .iter()
+                .map(|o| (o.framework_id.as_str(), inverse_offer_view(o)));
+            for (fw, inverse_offers) in by_framework(views) {
+                out.push(Effect::ToFramework(
+                    fw,
+                    sp::event::Event::InverseOffers(sp::InverseOffers { inverse_offers }),
+                ));
+            }
+        }
+        Payload::InverseOffersRescinded(e) => {
+            for id in &e.offer_ids {
+                if let Some(o) = before.inverse_offers.get(id.as_str()) {
+                    out.push(Effect::ToFramework(
+                        o.framework_id.clone(),
+                        sp::event::Event::RescindInverseOffer(sp::RescindInverseOffer {
                             offer_id: id.clone(),
                         }),
                     ));
@@ -231,6 +274,7 @@ mod tests {
                     offer_timeout_ms: 0,
                     default_refuse_ms: 5_000,
                     agent_reregister_timeout_ms: 600_000,
+                    drain_grace_ms: 60_000,
                 },
             }),
         );

@@ -77,6 +77,10 @@ pub struct Settings {
     pub max_agent_ping_timeouts: u32,
     pub allocation_interval: Duration,
     pub framework_heartbeat: Duration,
+    /// On a DRAINING host, frameworks' tasks are killed this long after the
+    /// drain started (at once for a framework that accepted the inverse
+    /// offer).
+    pub drain_grace: Duration,
     /// How often the actor checks leadership and its timers.
     pub tick: Duration,
 }
@@ -95,6 +99,7 @@ impl Settings {
             max_agent_ping_timeouts: 5,
             allocation_interval: Duration::from_secs(1),
             framework_heartbeat: Duration::from_secs(15),
+            drain_grace: Duration::from_secs(60),
             tick: Duration::from_millis(100),
         }
     }
@@ -186,6 +191,8 @@ struct AgentLink {
 struct TimerState {
     last_allocation: Option<Instant>,
     allocating: bool,
+    last_drain: Option<Instant>,
+    draining: bool,
     expiring_offers: bool,
     expiring: BTreeSet<FrameworkId>,
     marking: BTreeSet<AgentId>,
@@ -489,11 +496,19 @@ impl Master {
                 None if self.cluster.jobs.is_empty() => {}
                 None => self.subscribe_jobs(ctx),
                 Some(fw) => {
+                    // Suppressed, or about to be: a Suppress from a plan made
+                    // before this change may still wait in the queue (it
+                    // was planned on a view without the change), and must
+                    // not have the last word.
                     let suppressed = self
                         .cluster
                         .frameworks
                         .get(fw)
-                        .is_some_and(|f| f.suppressed);
+                        .is_some_and(|f| f.suppressed)
+                        || self.queue.iter().any(|p| {
+                            matches!(&p.cmd, Command::Suppress { framework_id } if framework_id == fw)
+                        });
+                    tracing::debug!(suppressed, "jobs changed");
                     if suppressed {
                         self.submit_internal(
                             Command::Revive {
@@ -514,6 +529,14 @@ impl Master {
             return;
         };
         let plan = jobs::plan(&self.cluster, &fw, now_ms());
+        tracing::debug!(
+            accepts = plan.accepts.len(),
+            declines = plan.declines.len(),
+            pending = plan.pending.len(),
+            kills = plan.kills.len(),
+            updating = plan.updating,
+            "job scheduler plan"
+        );
         self.job_pending = plan.pending;
         // Nothing to place and nothing waiting: stop taking offers (Mesos'
         // SUPPRESS) until a job changes or one of its tasks ends.
@@ -691,6 +714,7 @@ impl Master {
                 offer_timeout_ms: s.offer_timeout.as_millis() as u64,
                 default_refuse_ms: s.default_refuse.as_millis() as u64,
                 agent_reregister_timeout_ms: s.agent_reregister_timeout.as_millis() as u64,
+                drain_grace_ms: s.drain_grace.as_millis() as u64,
             },
         });
         self.submit_internal(
@@ -758,6 +782,31 @@ impl Master {
                     act.timers.allocating = false;
                     if let Err(e) = res {
                         tracing::debug!(error = %e, "allocation cycle");
+                    }
+                }),
+            );
+        }
+        // Frameworks' tasks on DRAINING hosts (each allocation cycle).
+        if !self.timers.draining
+            && self
+                .timers
+                .last_drain
+                .is_none_or(|at| at.elapsed() >= self.settings.allocation_interval)
+            && self
+                .cluster
+                .hosts
+                .values()
+                .any(|h| h.state == orrery_events::state::HostState::Draining)
+        {
+            self.timers.draining = true;
+            self.timers.last_drain = Some(Instant::now());
+            self.submit_internal(
+                Command::DrainHosts,
+                ctx,
+                Box::new(|act, _, res| {
+                    act.timers.draining = false;
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "drain of frameworks' tasks");
                     }
                 }),
             );
@@ -906,6 +955,24 @@ impl Master {
             event: Some(sp::event::Event::Subscribed(subscribed.clone())),
         }))
         .map_err(|_| MasterError::Unavailable("the framework's stream closed".into()))?;
+        // Inverse offers still unanswered are made again to the new stream.
+        let inverse_offers: Vec<sp::InverseOffer> = self
+            .cluster
+            .inverse_offers
+            .values()
+            .filter(|o| {
+                o.framework_id == framework_id
+                    && o.answer == orrery_events::state::InverseAnswer::Outstanding
+            })
+            .map(|o| crate::effects::inverse_offer_view(&o.to_proto()))
+            .collect();
+        if !inverse_offers.is_empty() {
+            let _ = tx.try_send(Ok(sp::Event {
+                event: Some(sp::event::Event::InverseOffers(sp::InverseOffers {
+                    inverse_offers,
+                })),
+            }));
+        }
         let addr = FrameworkSession::new(
             framework_id.clone(),
             stream_id.clone(),
@@ -985,10 +1052,12 @@ impl Master {
             }
         }
         for key in reported {
+            // A kill requested while the agent was away (a drain, a
+            // framework's kill) is sent again: the first may be lost.
             let live = self
                 .cluster
                 .task(key)
-                .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id);
+                .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id && !t.kill_requested);
             if !live {
                 messages.push(orrery_proto::agent::master_message::Message::Kill(
                     orrery_proto::agent::KillTask {
@@ -1231,6 +1300,16 @@ pub fn call_command(
             uuid: a.uuid,
         },
         C::Teardown(_) => Command::Teardown { framework_id },
+        C::AcceptInverseOffers(a) => Command::AnswerInverseOffers {
+            framework_id,
+            offer_ids: a.inverse_offer_ids.into_iter().map(OfferId::new).collect(),
+            accepted: true,
+        },
+        C::DeclineInverseOffers(d) => Command::AnswerInverseOffers {
+            framework_id,
+            offer_ids: d.inverse_offer_ids.into_iter().map(OfferId::new).collect(),
+            accepted: false,
+        },
         C::Reconcile(_) => return Ok(None),
     }))
 }

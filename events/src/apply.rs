@@ -19,8 +19,8 @@ use crate::ids::{AgentId, FrameworkId, OfferId, TaskKey};
 use crate::resources::Resources;
 use crate::state::task::is_terminal;
 use crate::state::{
-    Agent, AgentState, Cluster, Domain, Framework, Host, HostState, Job, JobKey, Leader, MachineId,
-    MasterConfig, Offer, Task, Unavailability, Window,
+    Agent, AgentState, Cluster, Domain, Framework, Host, HostState, InverseAnswer, InverseOffer,
+    Job, JobKey, Leader, MachineId, MasterConfig, Offer, Task, Unavailability, Window,
 };
 
 /// Why an envelope could not be applied: the log is not one a correct
@@ -148,6 +148,7 @@ pub(crate) fn config_from(p: Option<&pb::MasterConfig>) -> MasterConfig {
         offer_timeout_ms: c.offer_timeout_ms,
         default_refuse_ms: c.default_refuse_ms,
         agent_reregister_timeout_ms: c.agent_reregister_timeout_ms,
+        drain_grace_ms: c.drain_grace_ms,
     })
 }
 
@@ -343,6 +344,53 @@ impl Cx<'_> {
                         FrameworkId::from(k.framework_id.as_str()),
                         AgentId::from(k.agent_id.as_str()),
                     ));
+                }
+            }
+            Payload::InverseOffersMade(e) => {
+                for o in &e.inverse_offers {
+                    if !self.c.agents.contains_key(o.agent_id.as_str()) {
+                        return Err(self.dangling("agent", &o.agent_id));
+                    }
+                    if !self.c.frameworks.contains_key(o.framework_id.as_str()) {
+                        return Err(self.dangling("framework", &o.framework_id));
+                    }
+                    self.c.seq.next_offer += 1;
+                    let id = OfferId::from(o.offer_id.as_str());
+                    self.c.inverse_offers.insert(
+                        id.clone(),
+                        InverseOffer {
+                            id,
+                            framework_id: FrameworkId::from(o.framework_id.as_str()),
+                            agent_id: AgentId::from(o.agent_id.as_str()),
+                            hostname: o.hostname.clone(),
+                            unavailability: unavailability_from(o.unavailability.as_ref()),
+                            answer: InverseAnswer::Outstanding,
+                            answered_at_ms: 0,
+                        },
+                    );
+                }
+            }
+            Payload::InverseOffersAnswered(e) => {
+                let (index, event, now_ms) = (self.index, self.event, self.now_ms);
+                for id in &e.offer_ids {
+                    let o = self
+                        .c
+                        .inverse_offers
+                        .get_mut(id.as_str())
+                        .ok_or_else(|| dangling(index, event, "inverse offer", id))?;
+                    o.answer = if e.accepted {
+                        InverseAnswer::Accepted
+                    } else {
+                        InverseAnswer::Declined
+                    };
+                    o.answered_at_ms = now_ms;
+                }
+            }
+            Payload::InverseOffersRescinded(e) => {
+                for id in &e.offer_ids {
+                    if self.c.inverse_offers.remove(id.as_str()).is_none() {
+                        return Err(self.dangling("inverse offer", id));
+                    }
                 }
             }
             Payload::TaskLaunched(e) => self.launch(e)?,

@@ -106,6 +106,9 @@ pub fn check(env: &pb::Envelope) -> Result<(), DecodeError> {
         | Payload::OffersDeclined(_)
         | Payload::OffersAccepted(_)
         | Payload::DeclineFiltersExpired(_)
+        | Payload::InverseOffersMade(_)
+        | Payload::InverseOffersAnswered(_)
+        | Payload::InverseOffersRescinded(_)
         | Payload::TaskLaunched(_)
         | Payload::TaskStatusAcknowledged(_)
         | Payload::MaintenanceScheduleUpdated(_)
@@ -141,6 +144,9 @@ pub fn event_name(payload: &Payload) -> &'static str {
         Payload::OffersDeclined(_) => "OffersDeclined",
         Payload::OffersAccepted(_) => "OffersAccepted",
         Payload::DeclineFiltersExpired(_) => "DeclineFiltersExpired",
+        Payload::InverseOffersMade(_) => "InverseOffersMade",
+        Payload::InverseOffersAnswered(_) => "InverseOffersAnswered",
+        Payload::InverseOffersRescinded(_) => "InverseOffersRescinded",
         Payload::TaskLaunched(_) => "TaskLaunched",
         Payload::TaskStatusUpdated(_) => "TaskStatusUpdated",
         Payload::TaskStatusAcknowledged(_) => "TaskStatusAcknowledged",

@@ -101,6 +101,15 @@ pub enum Command {
     MarkMachinesDown {
         machines: Vec<MachineId>,
     },
+    /// A framework accepts (or declines) inverse offers.
+    AnswerInverseOffers {
+        framework_id: FrameworkId,
+        offer_ids: Vec<OfferId>,
+        accepted: bool,
+    },
+    /// The leader's drain timer: kill what may now be killed on DRAINING
+    /// hosts (frameworks' tasks; jobs drain through the job scheduler).
+    DrainHosts,
     /// Peloton's `host maintenance complete` / Mesos' /machine/up.
     CompleteMaintenance {
         hostnames: Vec<String>,

@@ -157,6 +157,28 @@ pub fn explain(payload: &Payload) -> String {
         Payload::DeclineFiltersExpired(e) => {
             format!("{} decline filter(s) expired", e.filters.len())
         }
+        Payload::InverseOffersMade(e) => {
+            let shown: Vec<String> = e
+                .inverse_offers
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{} asks framework {} to vacate agent {} on {}",
+                        o.offer_id, o.framework_id, o.agent_id, o.hostname
+                    )
+                })
+                .collect();
+            format!("inverse offer(s): {}", shown.join("; "))
+        }
+        Payload::InverseOffersAnswered(e) => format!(
+            "framework {} {} inverse offer(s) {}",
+            e.framework_id,
+            if e.accepted { "accepted" } else { "declined" },
+            e.offer_ids.join(", ")
+        ),
+        Payload::InverseOffersRescinded(e) => {
+            format!("inverse offer(s) {} rescinded", e.offer_ids.join(", "))
+        }
         Payload::TaskLaunched(e) => format!(
             "task {}/{} launched on agent {} with {}",
             e.framework_id,

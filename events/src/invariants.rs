@@ -37,6 +37,57 @@ pub fn check(c: &Cluster) -> Result<(), Violation> {
     tasks_reference_known_entities(c)?;
     terminal_is_final(c)?;
     offers_respect_maintenance_and_domains(c)?;
+    inverse_offers_stand(c)?;
+    Ok(())
+}
+
+/// An inverse offer stands only for a live framework on an agent that is
+/// not gone, on a machine in the schedule that is not DOWN, once per
+/// (framework, agent).
+fn inverse_offers_stand(c: &Cluster) -> Result<(), Violation> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for o in c.inverse_offers.values() {
+        let live_framework = c
+            .frameworks
+            .get(&o.framework_id)
+            .is_some_and(|f| !f.removed);
+        let problem = if !live_framework {
+            Some(format!(
+                "framework {} is unknown or removed",
+                o.framework_id
+            ))
+        } else if !c
+            .agents
+            .get(&o.agent_id)
+            .is_some_and(|a| a.state != AgentState::Gone && a.hostname == o.hostname)
+        {
+            Some(format!(
+                "agent {} is unknown, gone or not on {}",
+                o.agent_id, o.hostname
+            ))
+        } else if crate::projections::maintenance::window_of(c, &o.hostname).is_none() {
+            Some(format!("{} is not in the maintenance schedule", o.hostname))
+        } else if c
+            .hosts
+            .get(&o.hostname)
+            .is_some_and(|h| h.state == HostState::Down)
+        {
+            Some(format!("{} is DOWN", o.hostname))
+        } else if !pairs.insert((&o.framework_id, &o.agent_id)) {
+            Some(format!(
+                "a second inverse offer to {} for agent {}",
+                o.framework_id, o.agent_id
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return fail(
+                "inverse offers stand",
+                format!("inverse offer {}: {p}", o.id),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -214,14 +214,38 @@ fn allows(
     }
 }
 
+/// Whether a task runs on a DRAINING host.
+fn on_draining_host(c: &Cluster, t: &crate::state::Task) -> bool {
+    c.agents
+        .get(&t.agent_id)
+        .and_then(|a| c.hosts.get(&a.hostname))
+        .is_some_and(|h| h.state == crate::state::HostState::Draining)
+}
+
 /// Draining hosts (Peloton): a job's tasks there are killed — and so
 /// rescheduled elsewhere, as a draining host gets no offers — never more at
 /// once than the job's SLA allows: at most `max_unavailable` instances (at
-/// least 1) not running at any moment. Whether any remain to move.
-fn drain_step(c: &Cluster, key: &JobKey, job: &crate::state::Job, plan: &mut Plan) -> bool {
+/// least 1) not running at any moment. With `start_before_kill`, an
+/// instance's replacement is placed first (into `surge`) and the old task
+/// is killed only once the replacement runs, at most `max_unavailable`
+/// replacements at a time: no instance is down at all. Whether any remain
+/// to move.
+fn drain_step(
+    c: &Cluster,
+    key: &JobKey,
+    job: &crate::state::Job,
+    plan: &mut Plan,
+    surge: &mut std::collections::BTreeSet<u32>,
+) -> bool {
     let spec = &job.spec;
+    if spec.start_before_kill {
+        return surge_drain_step(c, key, job, plan, surge);
+    }
     let mut on_draining: Vec<&crate::state::Task> = Vec::new();
     let mut running = 0u32;
+    // A kill on its way: the instance will need its replacement soon, so
+    // the drain is still moving (the scheduler keeps taking offers).
+    let mut killing = false;
     for t in c
         .tasks
         .values()
@@ -230,17 +254,16 @@ fn drain_step(c: &Cluster, key: &JobKey, job: &crate::state::Job, plan: &mut Pla
         if t.state == TaskState::TaskRunning && !t.kill_requested {
             running += 1;
         }
-        let draining = c
-            .agents
-            .get(&t.agent_id)
-            .and_then(|a| c.hosts.get(&a.hostname))
-            .is_some_and(|h| h.state == crate::state::HostState::Draining);
-        if draining && !t.kill_requested {
-            on_draining.push(t);
+        if on_draining_host(c, t) {
+            if t.kill_requested {
+                killing = true;
+            } else {
+                on_draining.push(t);
+            }
         }
     }
     if on_draining.is_empty() {
-        return false;
+        return killing;
     }
     on_draining.sort_by_key(|t| t.instance);
     let down = spec.instances.saturating_sub(running);
@@ -253,6 +276,54 @@ fn drain_step(c: &Cluster, key: &JobKey, job: &crate::state::Job, plan: &mut Pla
             .map(|t| t.key.task_id.clone()),
     );
     true
+}
+
+/// `start_before_kill` draining: see [`drain_step`].
+fn surge_drain_step(
+    c: &Cluster,
+    key: &JobKey,
+    job: &crate::state::Job,
+    plan: &mut Plan,
+    surge: &mut std::collections::BTreeSet<u32>,
+) -> bool {
+    let spec = &job.spec;
+    let mut by_instance: BTreeMap<u32, Vec<&crate::state::Task>> = BTreeMap::new();
+    for t in c
+        .tasks
+        .values()
+        .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal() && !t.kill_requested)
+    {
+        by_instance.entry(t.instance).or_default().push(t);
+    }
+    let ready = |t: &crate::state::Task| {
+        t.state == TaskState::TaskRunning
+            && if spec.health_check.is_some() {
+                t.healthy == Some(true)
+            } else {
+                t.healthy != Some(false)
+            }
+    };
+    let mut moving = false;
+    let mut in_flight = 0u32;
+    let mut needs: Vec<u32> = Vec::new();
+    for (&instance, tasks) in &by_instance {
+        let (old, new): (Vec<&crate::state::Task>, Vec<&crate::state::Task>) =
+            tasks.iter().partition(|t| on_draining_host(c, t));
+        if old.is_empty() {
+            continue;
+        }
+        moving = true;
+        match new.first() {
+            Some(replacement) if ready(replacement) => {
+                plan.kills.extend(old.iter().map(|t| t.key.task_id.clone()));
+            }
+            Some(_) => in_flight += 1,
+            None => needs.push(instance),
+        }
+    }
+    let room = spec.max_unavailable.max(1).saturating_sub(in_flight) as usize;
+    surge.extend(needs.into_iter().take(room));
+    moving
 }
 
 /// The job scheduler's answer to its offers.
@@ -366,7 +437,8 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
     for (key, job) in &c.jobs {
         let spec = &job.spec;
         plan.updating |= update_step(c, key, job, now_ms, &mut plan);
-        plan.updating |= drain_step(c, key, job, &mut plan);
+        let mut surge = std::collections::BTreeSet::new();
+        plan.updating |= drain_step(c, key, job, &mut plan, &mut surge);
         if plan.rollbacks.last().is_some_and(|(k, _)| k == key) {
             continue;
         }
@@ -402,6 +474,8 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         for instance in 0..spec.instances {
             let h = hist.get(&(key.clone(), instance));
             match instance_state(spec, h, now_ms) {
+                // A replacement for an instance on a draining host.
+                InstanceState::Running(_) if surge.contains(&instance) => {}
                 InstanceState::Pending => {}
                 InstanceState::BackingOff(until) => {
                     plan.pending.insert(

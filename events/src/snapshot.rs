@@ -15,8 +15,8 @@ use crate::apply::{
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskKey};
 use crate::resources::Resources;
 use crate::state::{
-    Agent, AgentState, Cluster, Framework, Host, HostState, Job, JobKey, Leader, Offer, Sequences,
-    Task,
+    Agent, AgentState, Cluster, Framework, Host, HostState, InverseAnswer, InverseOffer, Job,
+    JobKey, Leader, Offer, Sequences, Task,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -45,11 +45,7 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
             leader_addr: l.addr.clone(),
             http_addr: l.http_addr.clone(),
             domain: domain_proto(&l.domain),
-            config: Some(pb::MasterConfig {
-                offer_timeout_ms: l.config.offer_timeout_ms,
-                default_refuse_ms: l.config.default_refuse_ms,
-                agent_reregister_timeout_ms: l.config.agent_reregister_timeout_ms,
-            }),
+            config: Some(l.config.to_proto()),
         }),
         leader_elected_at_ms: c.leader.as_ref().map_or(0, |l| l.elected_at_ms),
         role_weights: c
@@ -153,6 +149,15 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
                     start_ns: u.start_ns,
                     duration_ns: u.duration_ns,
                 }),
+            })
+            .collect(),
+        inverse_offers: c
+            .inverse_offers
+            .values()
+            .map(|o| pb::SnapshotInverseOffer {
+                offer: Some(o.to_proto()),
+                answer: o.answer.code(),
+                answered_at_ms: o.answered_at_ms,
             })
             .collect(),
         filters: c
@@ -356,6 +361,29 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
         };
         if c.offers.insert(id, offer).is_some() {
             return Err(invalid("offer", &o.offer_id, "appears twice"));
+        }
+    }
+    for s in p.inverse_offers {
+        let o = s.offer.unwrap_or_default();
+        let answer = InverseAnswer::from_code(s.answer).ok_or_else(|| {
+            invalid(
+                "inverse offer",
+                &o.offer_id,
+                format!("unknown answer {}", s.answer),
+            )
+        })?;
+        let id = OfferId::from(o.offer_id.as_str());
+        let inverse = InverseOffer {
+            id: id.clone(),
+            framework_id: FrameworkId::from(o.framework_id.as_str()),
+            agent_id: AgentId::from(o.agent_id.as_str()),
+            hostname: o.hostname.clone(),
+            unavailability: unavailability_from(o.unavailability.as_ref()),
+            answer,
+            answered_at_ms: s.answered_at_ms,
+        };
+        if c.inverse_offers.insert(id, inverse).is_some() {
+            return Err(invalid("inverse offer", &o.offer_id, "appears twice"));
         }
     }
     for f in p.filters {

@@ -35,6 +35,7 @@ pub fn default_config() -> MasterConfig {
         offer_timeout_ms: 0,
         default_refuse_ms: 5_000,
         agent_reregister_timeout_ms: 600_000,
+        drain_grace_ms: 60_000,
     }
 }
 

@@ -76,6 +76,7 @@ fn samples() -> Vec<Payload> {
         health_check: None,
         update_strategy: None,
         restart_policy: None,
+        start_before_kill: false,
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {
@@ -88,6 +89,8 @@ fn samples() -> Vec<Payload> {
                 offer_timeout_ms: 30_000,
                 default_refuse_ms: 5_000,
                 agent_reregister_timeout_ms: 600_000,
+                // Added later: the golden file predates it.
+                drain_grace_ms: 0,
             }),
         }),
         Payload::RoleWeightsSet(pb::RoleWeightsSet {
@@ -258,6 +261,23 @@ fn samples() -> Vec<Payload> {
                 name: "hello".into(),
             }),
             version: 2,
+        }),
+        Payload::InverseOffersMade(pb::InverseOffersMade {
+            inverse_offers: vec![pb::InverseOffer {
+                offer_id: "I9".into(),
+                framework_id: "F1".into(),
+                agent_id: "S1".into(),
+                hostname: "h1".into(),
+                unavailability: unavail,
+            }],
+        }),
+        Payload::InverseOffersAnswered(pb::InverseOffersAnswered {
+            framework_id: "F1".into(),
+            offer_ids: vec!["I9".into()],
+            accepted: true,
+        }),
+        Payload::InverseOffersRescinded(pb::InverseOffersRescinded {
+            offer_ids: vec!["I9".into()],
         }),
     ]
 }

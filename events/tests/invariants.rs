@@ -53,6 +53,22 @@ fn leaving_a_terminal_state_is_caught() {
 }
 
 #[test]
+fn an_inverse_offer_outside_the_schedule_is_caught() {
+    let (mut s, agent, fw, offer) = Scenario::one_offer();
+    s.accept(&fw, &offer, vec![Scenario::task_spec("t", "cpus:1")])
+        .unwrap();
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    s.given(Command::Allocate);
+    assert_eq!(s.cluster.inverse_offers.len(), 1);
+    invariants::check(&s.cluster).unwrap();
+    s.cluster.schedule.clear();
+    assert_eq!(broken(&s), "inverse offers stand");
+    let _ = agent;
+}
+
+#[test]
 fn an_offer_of_a_draining_host_is_caught() {
     let (mut s, ..) = Scenario::one_offer();
     s.cluster.hosts.get_mut("h1").unwrap().state = HostState::Draining;

@@ -14,7 +14,8 @@ use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
 use orrery_events::state::{Domain, MachineId, Unavailability, Window};
 use orrery_events::testkit::{default_config, Scenario};
 use orrery_events::{
-    apply, decide, digest, invariants, snapshot, Cluster, FrameworkId, OfferId, Resources, TaskId,
+    apply, codec, decide, digest, invariants, snapshot, Cluster, FrameworkId, OfferId, Resources,
+    TaskId,
 };
 use proptest::prelude::*;
 
@@ -110,6 +111,12 @@ enum Op {
     Complete {
         host: u8,
     },
+    AnswerInverse {
+        offer: u8,
+        accept: bool,
+        foreign: Option<u8>,
+    },
+    DrainHosts,
     Advance {
         ms: u32,
     },
@@ -143,10 +150,12 @@ fn op() -> impl Strategy<Value = Op> {
         14 => (any::<u8>(), 0u8..14, any::<bool>()).prop_map(|(task, state, dup)| Op::Status { task, state, dup }),
         4 => (any::<u8>(), any::<bool>()).prop_map(|(task, stale)| Op::Ack { task, stale }),
         2 => any::<u8>().prop_map(|task| Op::Kill { task }),
-        1 => (proptest::collection::vec(0u8..14, 0..4), any::<u8>()).prop_map(|(hosts, start)| Op::Schedule { hosts, start }),
+        3 => (proptest::collection::vec(0u8..14, 0..4), any::<u8>()).prop_map(|(hosts, start)| Op::Schedule { hosts, start }),
         1 => (0u8..12).prop_map(|host| Op::StartMaintenance { host }),
         1 => (0u8..12).prop_map(|host| Op::Down { host }),
         1 => (0u8..12).prop_map(|host| Op::Complete { host }),
+        4 => (any::<u8>(), any::<bool>(), proptest::option::weighted(0.2, any::<u8>())).prop_map(|(offer, accept, foreign)| Op::AnswerInverse { offer, accept, foreign }),
+        2 => Just(Op::DrainHosts),
         4 => (0u32..20_000).prop_map(|ms| Op::Advance { ms }),
         2 => (any::<u8>(), ".{0,40}", any::<f64>()).prop_map(|(which, text, number)| Op::Garbage { which, text, number }),
     ]
@@ -391,6 +400,22 @@ fn command(c: &Cluster, op: &Op) -> Option<Command> {
         Op::Complete { host } => Command::CompleteMaintenance {
             hostnames: vec![host_name(host)],
         },
+        Op::AnswerInverse {
+            offer: i,
+            accept,
+            foreign,
+        } => {
+            let o = nth(c.inverse_offers.values().cloned(), i)?;
+            Command::AnswerInverseOffers {
+                framework_id: match foreign {
+                    Some(f) => fw(f)?,
+                    None => o.framework_id.clone(),
+                },
+                offer_ids: vec![o.id.clone()],
+                accepted: accept,
+            }
+        }
+        Op::DrainHosts => Command::DrainHosts,
         Op::Advance { .. } => return None,
         Op::Garbage {
             which,
@@ -501,6 +526,13 @@ fn run(ops: &[Op], split: usize) -> Result<usize, TestCaseError> {
             return Err(TestCaseError::fail(format!("after {op:?}: {v}")));
         }
     }
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.extend(
+            s.log
+                .iter()
+                .filter_map(|e| e.payload.as_ref().map(codec::event_name)),
+        );
+    }
     // (a) the same log applied again reaches the same digest.
     let live = digest(&s.cluster);
     prop_assert_eq!(digest(&replay(&s.log)), live);
@@ -516,6 +548,10 @@ fn run(ops: &[Op], split: usize) -> Result<usize, TestCaseError> {
     prop_assert_eq!(&restored, &s.cluster);
     Ok(steps)
 }
+
+/// Event types the random streams produced (checked for coverage).
+static SEEN: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
 
 /// The floor the issue sets: at least this many decided commands per run.
 const STEPS_MIN: usize = 10_000;
@@ -540,6 +576,20 @@ fn random_command_streams_keep_every_property() {
         panic!("{e}");
     }
     eprintln!("{} decided commands over {cases} cases", steps.get());
+    let seen = SEEN.lock().map(|s| s.clone()).unwrap_or_default();
+    // Events the streams reliably reach (rarer ones, like answers to
+    // inverse offers, are covered by the rules tests).
+    for needed in [
+        "InverseOffersMade",
+        "TaskKillRequested",
+        "HostDrained",
+        "HostDown",
+    ] {
+        assert!(
+            seen.contains(needed),
+            "the random streams never produced {needed}: {seen:?}"
+        );
+    }
     assert!(
         steps.get() >= STEPS_MIN,
         "only {} commands ran; the floor is {STEPS_MIN}",

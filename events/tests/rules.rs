@@ -1028,6 +1028,144 @@ fn removing_a_draining_machine_from_the_schedule_brings_it_up() {
     assert_eq!(s.cluster.hosts["h1"].state, HostState::Up);
 }
 
+fn inverse_offers_made(events: &[Event]) -> Vec<pb::InverseOffer> {
+    events
+        .iter()
+        .flat_map(|e| match e {
+            Event::InverseOffersMade(m) => m.inverse_offers.clone(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+fn kills(events: &[Event]) -> Vec<(String, i32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::TaskKillRequested(k) => Some((k.task_id.clone(), k.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn inverse_offers_ask_frameworks_to_vacate_scheduled_machines_once() {
+    let (mut s, agent, fw, _) = Scenario::one_offer();
+    running(&mut s, &agent, &fw, "t1");
+    s.given(Command::UpdateSchedule {
+        windows: vec![window(&[("h1", "")], 5_000)],
+    });
+    let made = inverse_offers_made(&s.given(Command::Allocate));
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].framework_id, fw.0);
+    assert_eq!(made[0].agent_id, agent.0);
+    assert_eq!(made[0].unavailability.as_ref().unwrap().start_ns, 5_000);
+    assert!(
+        inverse_offers_made(&s.given(Command::Allocate)).is_empty(),
+        "one inverse offer per framework and agent"
+    );
+    let id = OfferId::from(made[0].offer_id.as_str());
+    // Another framework cannot answer it; an unknown id is named.
+    let other = s.framework(Scenario::subscription("batch", "prod"));
+    assert!(matches!(
+        rejected(
+            &s,
+            Command::AnswerInverseOffers {
+                framework_id: other,
+                offer_ids: vec![id.clone()],
+                accepted: true,
+            }
+        ),
+        Rejection::OfferNotOwned { .. }
+    ));
+    assert!(matches!(
+        rejected(
+            &s,
+            Command::AnswerInverseOffers {
+                framework_id: fw.clone(),
+                offer_ids: vec![OfferId::from("I999")],
+                accepted: true,
+            }
+        ),
+        Rejection::UnknownOffer { .. }
+    ));
+    // Accepting while the host is still UP records the answer, kills nothing.
+    let events = s.given(Command::AnswerInverseOffers {
+        framework_id: fw.clone(),
+        offer_ids: vec![id.clone()],
+        accepted: true,
+    });
+    assert!(kills(&events).is_empty());
+    assert_eq!(
+        s.cluster.inverse_offers[&id].answer,
+        orrery_events::state::InverseAnswer::Accepted
+    );
+    // The drain starts: the accepted framework's task goes at once.
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    let events = s.given(Command::DrainHosts);
+    assert_eq!(
+        kills(&events),
+        vec![(
+            "t1".to_owned(),
+            pb::TaskReason::ReasonHostMaintenance as i32
+        )]
+    );
+    assert!(kills(&s.given(Command::DrainHosts)).is_empty(), "once");
+    // Complete: the inverse offer is withdrawn.
+    s.given(s.status(&agent, &fw, "t1", TaskState::TaskKilled, "k1"));
+    assert_eq!(s.cluster.hosts["h1"].state, HostState::Drained);
+    s.given(Command::CompleteMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    assert!(s.cluster.inverse_offers.is_empty());
+}
+
+#[test]
+fn a_declining_framework_is_drained_when_the_grace_passes() {
+    let (mut s, agent, fw, _) = Scenario::one_offer();
+    running(&mut s, &agent, &fw, "t1");
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    let made = inverse_offers_made(&s.given(Command::Allocate));
+    assert_eq!(made.len(), 1, "start adds the host to the schedule");
+    s.given(Command::AnswerInverseOffers {
+        framework_id: fw.clone(),
+        offer_ids: vec![OfferId::from(made[0].offer_id.as_str())],
+        accepted: false,
+    });
+    s.advance(default_config().drain_grace_ms - 1);
+    assert!(kills(&s.given(Command::DrainHosts)).is_empty());
+    s.advance(1);
+    assert_eq!(kills(&s.given(Command::DrainHosts)).len(), 1);
+}
+
+#[test]
+fn inverse_offers_are_rescinded_when_the_agent_or_framework_goes() {
+    let (mut s, agent, fw, _) = Scenario::one_offer();
+    running(&mut s, &agent, &fw, "t1");
+    s.given(Command::UpdateSchedule {
+        windows: vec![window(&[("h1", "")], 5_000)],
+    });
+    s.given(Command::Allocate);
+    assert_eq!(s.cluster.inverse_offers.len(), 1);
+    // A new unavailability: the old inverse offer is withdrawn and remade.
+    s.given(Command::UpdateSchedule {
+        windows: vec![window(&[("h1", "")], 9_000)],
+    });
+    assert!(s.cluster.inverse_offers.is_empty());
+    s.given(Command::Allocate);
+    let o = s.cluster.inverse_offers.values().next().unwrap();
+    assert_eq!(o.unavailability.start_ns, 9_000);
+    s.given(Command::Teardown {
+        framework_id: fw.clone(),
+    });
+    assert!(s.cluster.inverse_offers.is_empty());
+    let _ = agent;
+}
+
 // --- jobs ------------------------------------------------------------------------
 
 fn job_spec(name: &str) -> pb::JobSpec {

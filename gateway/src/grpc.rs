@@ -451,6 +451,17 @@ impl op::operator_server::Operator for OperatorService {
                         &m.cluster,
                         &h.machine.hostname,
                     ) as u32,
+                    inverse_offers: m
+                        .cluster
+                        .inverse_offers
+                        .values()
+                        .filter(|o| o.hostname == h.machine.hostname)
+                        .map(|o| op::InverseOfferStatus {
+                            framework_id: o.framework_id.0.clone(),
+                            agent_id: o.agent_id.0.clone(),
+                            status: o.answer.as_str().to_owned(),
+                        })
+                        .collect(),
                 })
                 .collect()
         });

@@ -5,8 +5,10 @@
 //!   `{"windows":[{"machine_ids":[{"hostname":"h1","ip":"10.0.0.1"}],
 //!   "unavailability":{"start":{"nanoseconds":N},"duration":{"nanoseconds":N}}}]}`
 //!   (posting replaces the whole schedule);
-//! - `GET /maintenance/status`: `{"draining_machines":[{"id":{...}}],
-//!   "down_machines":[{...}]}`;
+//! - `GET /maintenance/status`: `{"draining_machines":[{"id":{...},
+//!   "statuses":[{"framework_id":{"value":..},"agent_id":{..},"status":
+//!   "UNKNOWN|ACCEPT|DECLINE","timestamp":{..}}]}],"down_machines":[{...}]}`
+//!   (the statuses are the frameworks' answers to inverse offers);
 //! - `POST /machine/down`, `POST /machine/up`: a JSON list of machine ids.
 //!
 //! Malformed JSON is refused with 400 and the path of the bad field; a
@@ -212,7 +214,24 @@ pub async fn get_status(State(a): State<Admin>, uri: Uri) -> Response {
         let draining: Vec<Value> = hosts
             .clone()
             .filter(|h| matches!(h.state, HostState::Draining | HostState::Drained))
-            .map(|h| json!({"id": {"hostname": h.machine.hostname, "ip": h.machine.ip}}))
+            .map(|h| {
+                // Mesos: each framework's answer to the inverse offers.
+                let statuses: Vec<Value> = m
+                    .cluster
+                    .inverse_offers
+                    .values()
+                    .filter(|o| o.hostname == h.machine.hostname)
+                    .map(|o| {
+                        json!({
+                            "framework_id": {"value": o.framework_id.0},
+                            "agent_id": {"value": o.agent_id.0},
+                            "status": o.answer.as_str(),
+                            "timestamp": {"nanoseconds": o.answered_at_ms.saturating_mul(1_000_000)},
+                        })
+                    })
+                    .collect();
+                json!({"id": {"hostname": h.machine.hostname, "ip": h.machine.ip}, "statuses": statuses})
+            })
             .collect();
         let down: Vec<Value> = hosts
             .filter(|h| h.state == HostState::Down)

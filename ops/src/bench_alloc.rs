@@ -127,6 +127,7 @@ async fn cell(
                 offer_timeout_ms: 0,
                 default_refuse_ms: 0,
                 agent_reregister_timeout_ms: 600_000,
+                drain_grace_ms: 60_000,
             },
         }),
     )?;

@@ -218,6 +218,7 @@ pub fn run(args: &DevArgs, json: bool) -> Result<()> {
             offer_timeout_ms: 0,
             default_refuse_ms: 5_000,
             agent_reregister_timeout_ms: 600_000,
+            drain_grace_ms: 60_000,
         },
     }))?;
     m.run(Command::RegisterAgent(AgentRegistration {

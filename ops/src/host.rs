@@ -87,7 +87,12 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
                     let req = op::QueryHostsRequest {
                         states: states.clone(),
                     };
-                    async move { OperatorClient::new(ch).query_hosts(req).await.map(|r| r.into_inner()) }
+                    async move {
+                        OperatorClient::new(ch)
+                            .query_hosts(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await
                 .map_err(fail)?;
@@ -95,17 +100,44 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
                     let v: Vec<_> = list
                         .hosts
                         .iter()
-                        .map(|h| serde_json::json!({"hostname": h.hostname, "ip": h.ip, "state": h.state, "live_tasks": h.live_tasks}))
+                        .map(|h| serde_json::json!({
+                            "hostname": h.hostname,
+                            "ip": h.ip,
+                            "state": h.state,
+                            "live_tasks": h.live_tasks,
+                            "inverse_offers": h.inverse_offers.iter().map(|o| serde_json::json!({
+                                "framework_id": o.framework_id,
+                                "agent_id": o.agent_id,
+                                "status": o.status,
+                            })).collect::<Vec<_>>(),
+                        }))
                         .collect();
                     println!("{}", serde_json::Value::from(v));
                 } else {
                     print!(
                         "{}",
                         crate::list::table(
-                            &["HOSTNAME", "IP", "STATE", "LIVE_TASKS"],
+                            &["HOSTNAME", "IP", "STATE", "LIVE_TASKS", "INVERSE_OFFERS"],
                             list.hosts
                                 .iter()
-                                .map(|h| vec![h.hostname.clone(), h.ip.clone(), h.state.clone(), h.live_tasks.to_string()])
+                                .map(|h| {
+                                    let answers: Vec<String> = h
+                                        .inverse_offers
+                                        .iter()
+                                        .map(|o| format!("{}:{}", o.framework_id, o.status))
+                                        .collect();
+                                    vec![
+                                        h.hostname.clone(),
+                                        h.ip.clone(),
+                                        h.state.clone(),
+                                        h.live_tasks.to_string(),
+                                        if answers.is_empty() {
+                                            "-".into()
+                                        } else {
+                                            answers.join(",")
+                                        },
+                                    ]
+                                })
                                 .collect(),
                         )
                     );

@@ -62,6 +62,9 @@ struct JobFile {
     region_aware: bool,
     #[serde(default)]
     max_unavailable: u32,
+    /// Draining a host: replace an instance elsewhere before killing it.
+    #[serde(default)]
+    start_before_kill: bool,
     #[serde(default)]
     env_vars: BTreeMap<String, String>,
     #[serde(default)]
@@ -258,6 +261,7 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
         max_unavailable: f.max_unavailable,
         service: f.service,
         max_task_failures: f.max_task_failures,
+        start_before_kill: f.start_before_kill,
     })
 }
 

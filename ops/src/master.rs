@@ -87,6 +87,11 @@ pub struct MasterArgs {
     /// The interval of heartbeats on framework streams.
     #[arg(long, default_value = "15s")]
     framework_heartbeat: String,
+    /// On a DRAINING host, how long frameworks' tasks may run after the
+    /// drain started (a framework that accepts the inverse offer is drained
+    /// at once; jobs move within their SLA regardless).
+    #[arg(long, default_value = "1min")]
+    drain_grace: String,
     /// Log format on stderr.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -118,6 +123,10 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
         positive("--agent-reregister-timeout", &args.agent_reregister_timeout)?;
     s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
     s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
+    s.drain_grace = parse_duration("--drain-grace", &args.drain_grace)?;
+    if s.drain_grace.as_millis() > u128::from(orrery_events::decide::limits::DURATION_MS_MAX) {
+        bail!("--drain-grace must be at most a year");
+    }
     if let Some(d) = &args.domain {
         s.domain = Some(orrery_actors::agent::flags::domain(d).map_err(|e| anyhow::anyhow!(e))?);
     }

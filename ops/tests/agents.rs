@@ -57,14 +57,20 @@ fn kill9_all(pids: &[u32]) {
 struct AgentProc {
     dir: tempfile::TempDir,
     masters: String,
+    hostname: String,
     child: Option<Child>,
     starts: u32,
 }
 
 impl AgentProc {
     fn new(masters: &Masters) -> Self {
+        Self::on_host(masters, "host-1")
+    }
+
+    fn on_host(masters: &Masters, hostname: &str) -> Self {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            hostname: hostname.to_owned(),
             masters: masters
                 .addrs
                 .values()
@@ -87,7 +93,7 @@ impl AgentProc {
             .arg(self.work())
             .args([
                 "--hostname",
-                "host-1",
+                &self.hostname,
                 "--ip",
                 "127.0.0.1",
                 "--resources",
@@ -176,6 +182,23 @@ impl Drop for AgentProc {
                 }
             }
         }
+    }
+}
+
+/// Runs the CLI against the masters: (exit code, stdout, stderr).
+fn cli(m: &Masters) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
+    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    move |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["--master", &masters])
+            .args(args)
+            .output()
+            .expect("run the cli");
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 }
 
@@ -738,19 +761,7 @@ async fn jobs_run_real_processes_restart_failures_and_are_killed() {
     let m = one_master(&master_flags()).await;
     let mut agent = AgentProc::new(&m);
     agent.start(&[], &[]);
-    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    let orrery = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["--master", &masters])
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    };
+    let orrery = cli(&m);
     let dir = tempfile::tempdir().unwrap();
     let web = dir.path().join("web.toml");
     std::fs::write(
@@ -876,7 +887,6 @@ async fn a_rolling_update_failing_its_health_check_rolls_back_by_itself() {
     let m = one_master(&master_flags()).await;
     let mut agent = AgentProc::new(&m);
     agent.start(&[], &[]);
-    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
     let dir = tempfile::tempdir().unwrap();
     let job = |check: &str| {
         format!(
@@ -891,16 +901,10 @@ async fn a_rolling_update_failing_its_health_check_rolls_back_by_itself() {
     let v2 = dir.path().join("v2.toml");
     std::fs::write(&v1, job("true")).unwrap();
     std::fs::write(&v2, job("false")).unwrap();
+    let run_cli = cli(&m);
     let orrery = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["--master", &masters])
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
+        let (code, out, _) = run_cli(args);
+        (code == Some(0), out)
     };
     assert!(orrery(&["job", "create", v1.to_str().unwrap()]).0);
     let status = || {
@@ -965,18 +969,10 @@ async fn maintenance_endpoints_and_host_commands() {
     let m = one_master(&flags).await;
     let mut agent = AgentProc::new(&m);
     agent.start(&[], &[]);
-    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    let run_cli = cli(&m);
     let orrery = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["--master", &masters])
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        let (code, out, err) = run_cli(args);
+        (code == Some(0), out, err)
     };
     eventually("the agent registered", WAIT, || {
         let (_, out, _) = orrery(&["--json", "host", "query"]);
@@ -1053,4 +1049,82 @@ async fn maintenance_endpoints_and_host_commands() {
             .is_some_and(|c| c.try_wait().ok().flatten().is_none()),
         "the agent still runs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut a = AgentProc::on_host(&m, "host-1");
+    a.start(&[], &[]);
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("svc.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
+         max_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let running_on = |host: &'static str| {
+        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/svc"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["instances"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|i| i["state"] == "TASK_RUNNING" && i["hostname"] == host)
+                .count()
+        })
+    };
+    eventually("2 instances on host-1", WAIT, || {
+        let n = running_on("host-1");
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    let sandboxes: Vec<PathBuf> = (0..2)
+        .map(|i| a.sandbox("F1", &format!("www.prod.svc.{i}.1")))
+        .collect();
+    let mut b = AgentProc::on_host(&m, "host-2");
+    b.start(&[], &[]);
+    eventually("host-2 registered", WAIT, || {
+        let ms = addrs(&m);
+        async move {
+            let s = eventually_state(&ms).await;
+            s.agents
+                .iter()
+                .any(|x| x.hostname == "host-2" && x.state == "REGISTERED")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // host-1's agent dies (its executors and tasks live on); the drain is
+    // asked for while it is away, and nothing can reach its tasks.
+    a.kill9();
+    let (code, _, err) = orrery(&["host", "maintenance", "start", "host-1"]);
+    assert_eq!(code, Some(0), "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        sandboxes.iter().all(|s| pids_in(s).len() == 1),
+        "both tasks still run while the agent is away"
+    );
+    // It restarts, recovers its tasks and reregisters: the drain goes on.
+    a.start(&[], &[]);
+    eventually("both instances moved to host-2", WAIT, || {
+        let n = running_on("host-2");
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    eventually("the old processes killed", WAIT, || {
+        let gone = sandboxes.iter().all(|s| pids_in(s).is_empty());
+        async move { gone.then_some(()) }
+    })
+    .await;
+    eventually("host-1 DOWN", WAIT, || {
+        let (_, out, _) = orrery(&["host", "query", "--states", "HOST_STATE_DOWN"]);
+        async move { out.contains("host-1").then_some(()) }
+    })
+    .await;
+    drop(b);
 }

@@ -275,6 +275,9 @@ pub(crate) fn retire(
     now_ms: NowMs,
 ) -> Vec<Event> {
     let mut events = offers::rescind_on_agent(c, &agent.id, pb::RescindReason::RescindAgentLost);
+    events.extend(crate::projections::maintenance::rescind_inverse(c, |o| {
+        o.agent_id == agent.id
+    }));
     for task in c.tasks_on_agent(&agent.id).filter(|t| !t.is_terminal()) {
         let state = if partition_aware(c, task) {
             TaskState::TaskGone

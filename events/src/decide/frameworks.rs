@@ -121,6 +121,9 @@ pub(super) fn teardown(c: &Cluster, framework_id: FrameworkId) -> Result<Vec<Eve
 fn remove(c: &Cluster, fw: &Framework, reason: pb::FrameworkRemovalReason) -> Vec<Event> {
     let mut events =
         offers::rescind_for_framework(c, &fw.id, pb::RescindReason::RescindFrameworkGone);
+    events.extend(crate::projections::maintenance::rescind_inverse(c, |o| {
+        o.framework_id == fw.id
+    }));
     events.push(Event::FrameworkRemoved(pb::FrameworkRemoved {
         framework_id: fw.id.0.clone(),
         reason: reason as i32,

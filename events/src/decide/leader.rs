@@ -30,11 +30,7 @@ pub(super) fn elect(c: &Cluster, cmd: ElectLeader) -> Result<Vec<Event>, Rejecti
             region: d.region,
             zone: d.zone,
         }),
-        config: Some(pb::MasterConfig {
-            offer_timeout_ms: cmd.config.offer_timeout_ms,
-            default_refuse_ms: cmd.config.default_refuse_ms,
-            agent_reregister_timeout_ms: cmd.config.agent_reregister_timeout_ms,
-        }),
+        config: Some(cmd.config.to_proto()),
     })];
     if !c.offers.is_empty() {
         events.push(Event::OffersRescinded(pb::OffersRescinded {

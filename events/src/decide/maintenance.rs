@@ -1,10 +1,14 @@
 //! Host maintenance: the schedule (Mesos), and Peloton's host states
 //! UP → DRAINING → DRAINED → DOWN → UP.
 //!
-//! Not finished here: killing the tasks of a draining host within each
-//! job's SLA is the job scheduler's work (the maintenance issue); this file
-//! decides the state transitions, refuses the invalid ones, and stops
-//! offers from a host the moment it starts draining.
+//! This file decides the state transitions, refuses the invalid ones, stops
+//! offers from a host the moment it starts draining, makes and records
+//! Mesos' inverse offers, and drains frameworks' tasks: on a DRAINING host a
+//! framework's task is killed (TASK_KILLED, reason HOST_MAINTENANCE) as soon
+//! as its framework accepted the inverse offer for that agent, and in any
+//! case once the master's drain grace (`--drain-grace`) has passed since the
+//! drain started. A job's tasks are not killed here: the job scheduler moves
+//! them within each job's SLA (`jobs::plan`).
 
 use std::collections::BTreeSet;
 
@@ -12,9 +16,10 @@ use orrery_proto::events::{self as pb, TaskReason};
 
 use super::agents::retire;
 use super::{check_count, check_hostname, check_ip, limits, Event, NowMs};
+use crate::ids::{FrameworkId, OfferId};
 use crate::projections::{maintenance, offers};
 use crate::rejection::Rejection;
-use crate::state::{AgentState, Cluster, HostState, MachineId, Window};
+use crate::state::{AgentState, Cluster, HostState, InverseAnswer, MachineId, Window};
 
 fn schedule_event(windows: &[Window]) -> Event {
     Event::MaintenanceScheduleUpdated(pb::MaintenanceScheduleUpdated {
@@ -90,7 +95,21 @@ pub(super) fn update_schedule(c: &Cluster, windows: Vec<Window>) -> Result<Vec<E
         .flat_map(|w| w.machines.iter())
         .map(|m| resolve(c, m))
         .collect();
-    let mut events = vec![schedule_event(&windows)];
+    // Inverse offers that no longer match the machine's unavailability are
+    // withdrawn first (the invariants hold after every event), and the next
+    // allocation cycle makes new ones.
+    let new_unavailability = |hostname: &str| {
+        windows
+            .iter()
+            .find(|w| w.machines.iter().any(|m| resolve(c, m) == hostname))
+            .map(|w| w.unavailability)
+    };
+    let mut events: Vec<Event> = maintenance::rescind_inverse(c, |o| {
+        new_unavailability(&o.hostname) != Some(o.unavailability)
+    })
+    .into_iter()
+    .collect();
+    events.push(schedule_event(&windows));
     for host in c.hosts.values() {
         let stays = scheduled.contains(host.machine.hostname.as_str());
         match host.state {
@@ -293,11 +312,136 @@ pub(super) fn complete(c: &Cluster, hostnames: Vec<String>) -> Result<Vec<Event>
         .filter(|w| !w.machines.is_empty())
         .collect();
     let mut events = Vec::new();
+    events.extend(maintenance::rescind_inverse(c, |o| {
+        done.contains(o.hostname.as_str())
+    }));
     for h in &hostnames {
         events.push(Event::HostUp(pb::HostUp {
             machine: Some(maintenance::machine_proto(&c.hosts[h].machine)),
         }));
     }
     events.push(schedule_event(&windows));
+    Ok(events)
+}
+
+/// A framework's answer to inverse offers (Mesos' ACCEPT_INVERSE_OFFERS /
+/// DECLINE_INVERSE_OFFERS). Answering again with the other answer changes
+/// it; the same answer again is a no-op. Accepting on a DRAINING host kills
+/// the framework's tasks on that agent at once.
+pub(super) fn answer_inverse(
+    c: &Cluster,
+    framework_id: FrameworkId,
+    offer_ids: Vec<OfferId>,
+    accepted: bool,
+) -> Result<Vec<Event>, Rejection> {
+    framework_id.validate()?;
+    super::frameworks::known(c, &framework_id)?;
+    check_count(
+        "inverse offer ids",
+        offer_ids.len(),
+        limits::OFFERS_PER_CALL_MAX,
+    )?;
+    if offer_ids.is_empty() {
+        return Err(Rejection::InvalidField {
+            field: "inverse_offer_ids",
+            problem: "no inverse offer given".to_owned(),
+        });
+    }
+    let answer = if accepted {
+        InverseAnswer::Accepted
+    } else {
+        InverseAnswer::Declined
+    };
+    let mut seen = BTreeSet::new();
+    let mut changed = Vec::new();
+    for id in &offer_ids {
+        id.validate()?;
+        if !seen.insert(id) {
+            return Err(Rejection::DuplicateOffer {
+                offer_id: id.clone(),
+            });
+        }
+        let o = c
+            .inverse_offers
+            .get(id)
+            .ok_or_else(|| Rejection::UnknownOffer {
+                offer_id: id.clone(),
+            })?;
+        if o.framework_id != framework_id {
+            return Err(Rejection::OfferNotOwned {
+                offer_id: id.clone(),
+                owner: o.framework_id.clone(),
+                framework_id: framework_id.clone(),
+            });
+        }
+        if o.answer != answer {
+            changed.push(o);
+        }
+    }
+    if changed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut events = vec![Event::InverseOffersAnswered(pb::InverseOffersAnswered {
+        framework_id: framework_id.0.clone(),
+        offer_ids: changed.iter().map(|o| o.id.0.clone()).collect(),
+        accepted,
+    })];
+    if accepted {
+        for o in changed {
+            if maintenance::host_state(c, &o.hostname) == HostState::Draining {
+                events.extend(
+                    c.tasks_on_agent(&o.agent_id)
+                        .filter(|t| {
+                            t.key.framework_id == framework_id
+                                && maintenance::drained_by_master(t)
+                                && !t.kill_requested
+                        })
+                        .map(maintenance_kill),
+                );
+            }
+        }
+    }
+    Ok(events)
+}
+
+fn maintenance_kill(t: &crate::state::Task) -> Event {
+    Event::TaskKillRequested(pb::TaskKillRequested {
+        framework_id: t.key.framework_id.0.clone(),
+        task_id: t.key.task_id.0.clone(),
+        reason: TaskReason::ReasonHostMaintenance as i32,
+    })
+}
+
+/// The leader's drain timer: on each DRAINING host, kills the frameworks'
+/// tasks whose framework accepted the inverse offer, or all of them once
+/// the drain grace has passed.
+pub(super) fn drain(c: &Cluster, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
+    let grace = super::require_leader(c)?.config.drain_grace_ms;
+    let mut events = Vec::new();
+    for host in c.hosts.values().filter(|h| h.state == HostState::Draining) {
+        let overdue = now_ms >= host.state_since_ms.saturating_add(grace);
+        for agent_id in c
+            .agents_by_host
+            .get(&host.machine.hostname)
+            .into_iter()
+            .flatten()
+        {
+            for t in c
+                .tasks_on_agent(agent_id)
+                .filter(|t| maintenance::drained_by_master(t) && !t.kill_requested)
+            {
+                let accepted = || {
+                    c.inverse_offers.values().any(|o| {
+                        o.agent_id == *agent_id
+                            && o.framework_id == t.key.framework_id
+                            && o.answer == InverseAnswer::Accepted
+                    })
+                };
+                if overdue || accepted() {
+                    events.push(maintenance_kill(t));
+                }
+            }
+        }
+    }
     Ok(events)
 }

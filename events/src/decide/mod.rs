@@ -117,6 +117,12 @@ pub fn decide(cluster: &Cluster, command: Command, now_ms: NowMs) -> Result<Vec<
         Command::StartMaintenance { hostnames } => maintenance::start(c, hostnames, now_ms),
         Command::MarkMachinesDown { machines } => maintenance::down(c, machines, now_ms),
         Command::CompleteMaintenance { hostnames } => maintenance::complete(c, hostnames),
+        Command::AnswerInverseOffers {
+            framework_id,
+            offer_ids,
+            accepted,
+        } => maintenance::answer_inverse(c, framework_id, offer_ids, accepted),
+        Command::DrainHosts => maintenance::drain(c, now_ms),
         Command::CreateJob(spec) => jobs::create(c, spec),
         Command::UpdateJob(spec) => jobs::update(c, spec),
         Command::KillJob(key) => jobs::kill(c, key),

@@ -22,7 +22,22 @@ use crate::state::{Cluster, Offer};
 
 pub(super) fn allocate(c: &Cluster, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {
     require_leader(c)?;
-    Ok(allocator::allocate(c, now_ms))
+    let mut events = allocator::allocate(c, now_ms);
+    // Inverse offers continue the offer sequence after the regular ones.
+    let minted: u64 = events
+        .iter()
+        .map(|e| match e {
+            Event::OffersMade(m) => m.offers.len() as u64,
+            _ => 0,
+        })
+        .sum();
+    let inverse = crate::projections::maintenance::inverse_offers_due(c, c.seq.next_offer + minted);
+    if !inverse.is_empty() {
+        events.push(Event::InverseOffersMade(pb::InverseOffersMade {
+            inverse_offers: inverse,
+        }));
+    }
+    Ok(events)
 }
 
 pub(super) fn expire(c: &Cluster, now_ms: NowMs) -> Result<Vec<Event>, Rejection> {

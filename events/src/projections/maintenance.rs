@@ -53,6 +53,89 @@ pub fn live_tasks_on_host(c: &Cluster, hostname: &str) -> usize {
         .sum()
 }
 
+/// Whether a task is the master's to drain: a framework's task (a job's
+/// tasks are moved by the job scheduler, within the job's SLA).
+pub fn drained_by_master(t: &crate::state::Task) -> bool {
+    t.job.is_none() && !t.is_terminal()
+}
+
+/// The inverse offers the master owes: one per (framework, agent) where the
+/// framework runs a task of its own on an agent whose machine is scheduled
+/// and not DOWN, the framework is connected to hear it, and none was made.
+/// Ids continue `seq.next_offer` from `next`.
+pub fn inverse_offers_due(c: &Cluster, mut next: u64) -> Vec<pb::InverseOffer> {
+    let mut out = Vec::new();
+    for host in c.hosts.values().filter(|h| h.state != HostState::Down) {
+        let Some(u) = unavailability_of(c, &host.machine.hostname) else {
+            continue;
+        };
+        for agent_id in c
+            .agents_by_host
+            .get(&host.machine.hostname)
+            .into_iter()
+            .flatten()
+        {
+            let Some(agent) = c.agents.get(agent_id) else {
+                continue;
+            };
+            if agent.state == crate::state::AgentState::Gone {
+                continue;
+            }
+            let mut frameworks: Vec<&crate::ids::FrameworkId> = c
+                .tasks_on_agent(agent_id)
+                .filter(|t| drained_by_master(t))
+                .map(|t| &t.key.framework_id)
+                .collect();
+            frameworks.dedup();
+            frameworks.sort();
+            frameworks.dedup();
+            for fid in frameworks {
+                let Some(fw) = c.frameworks.get(fid) else {
+                    continue;
+                };
+                let made = c
+                    .inverse_offers
+                    .values()
+                    .any(|o| o.framework_id == *fid && o.agent_id == *agent_id);
+                if fw.removed || !fw.connected || made {
+                    continue;
+                }
+                next += 1;
+                out.push(pb::InverseOffer {
+                    offer_id: format!("I{next}"),
+                    framework_id: fid.0.clone(),
+                    agent_id: agent_id.0.clone(),
+                    hostname: host.machine.hostname.clone(),
+                    unavailability: Some(pb::Unavailability {
+                        start_ns: u.start_ns,
+                        duration_ns: u.duration_ns,
+                    }),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Rescinds the inverse offers `which` picks (none: no event).
+pub fn rescind_inverse(
+    c: &Cluster,
+    which: impl Fn(&crate::state::InverseOffer) -> bool,
+) -> Option<pb::envelope::Payload> {
+    let ids: Vec<String> = c
+        .inverse_offers
+        .values()
+        .filter(|o| which(o))
+        .map(|o| o.id.0.clone())
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    Some(pb::envelope::Payload::InverseOffersRescinded(
+        pb::InverseOffersRescinded { offer_ids: ids },
+    ))
+}
+
 /// Hosts in the given states, in hostname order (`orrery host query`).
 pub fn hosts_in<'c>(
     c: &'c Cluster,

@@ -22,7 +22,7 @@ pub use agent::{Agent, AgentState, Domain};
 pub use framework::Framework;
 pub use host::{Host, HostState, MachineId, Unavailability, Window};
 pub use job::{Job, JobKey};
-pub use offer::Offer;
+pub use offer::{InverseAnswer, InverseOffer, Offer};
 pub use orrery_proto::events::TaskState;
 pub use task::Task;
 pub use tasks::TaskTable;
@@ -33,6 +33,18 @@ pub struct MasterConfig {
     pub offer_timeout_ms: u64,
     pub default_refuse_ms: u64,
     pub agent_reregister_timeout_ms: u64,
+    pub drain_grace_ms: u64,
+}
+
+impl MasterConfig {
+    pub fn to_proto(&self) -> orrery_proto::events::MasterConfig {
+        orrery_proto::events::MasterConfig {
+            offer_timeout_ms: self.offer_timeout_ms,
+            default_refuse_ms: self.default_refuse_ms,
+            agent_reregister_timeout_ms: self.agent_reregister_timeout_ms,
+            drain_grace_ms: self.drain_grace_ms,
+        }
+    }
 }
 
 /// The active master, as of the latest `LeaderElected`.
@@ -72,6 +84,8 @@ pub struct Cluster {
     pub offers: BTreeMap<OfferId, Offer>,
     /// Decline filters: (framework, agent) → refused until (ms).
     pub filters: BTreeMap<(FrameworkId, AgentId), u64>,
+    /// Inverse offers (maintenance), by id; minted from `seq.next_offer`.
+    pub inverse_offers: BTreeMap<OfferId, InverseOffer>,
     pub schedule: Vec<Window>,
     /// Keyed by hostname.
     pub hosts: BTreeMap<String, Host>,

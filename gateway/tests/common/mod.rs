@@ -7,6 +7,9 @@
 #[path = "framework.rs"]
 mod framework;
 pub use framework::*;
+mod jobs;
+#[allow(unused_imports)]
+pub use jobs::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,7 +29,14 @@ use orrery_storage::raft::RaftConfig;
 
 /// Runs a test body in an actix system on a multi-threaded tokio runtime,
 /// with an overall deadline.
-pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
+pub fn run<T, F: Future<Output = T>>(limit: Duration, body: F) -> T {
+    // RUST_LOG=orrery_actors=debug shows the masters' logs of a failing test.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -37,8 +47,8 @@ pub fn run<F: Future<Output = ()>>(limit: Duration, body: F) {
     .block_on(async move {
         tokio::time::timeout(limit, body)
             .await
-            .expect("the test finished within its deadline");
-    });
+            .expect("the test finished within its deadline")
+    })
 }
 
 /// `n` distinct free ports, held open together while picked.
@@ -171,6 +181,9 @@ pub struct AgentShared {
     pub tasks: Mutex<BTreeMap<(String, String), i32>>,
     /// Ignores pings and does not reregister while set.
     pub silent: AtomicBool,
+    /// Drops its stream at the next message (which is lost) and stays away
+    /// while set; then reregisters with its tasks.
+    pub detached: AtomicBool,
     pub stop: AtomicBool,
     pub newest_term: AtomicU64,
     pub registrations: AtomicU64,
@@ -245,7 +258,7 @@ async fn send_status(masters: Vec<String>, update: ap::StatusUpdate) {
 
 async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<AgentShared>) {
     while !shared.stop.load(Ordering::SeqCst) {
-        if shared.silent.load(Ordering::SeqCst) {
+        if shared.silent.load(Ordering::SeqCst) || shared.detached.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -299,6 +312,9 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
         while let Ok(Some(m)) = stream.message().await {
             if shared.stop.load(Ordering::SeqCst) {
                 return;
+            }
+            if shared.detached.load(Ordering::SeqCst) {
+                break;
             }
             if m.term < shared.newest_term.load(Ordering::SeqCst) {
                 continue;
