@@ -39,6 +39,7 @@ pub mod cluster_machine;
 pub mod effects;
 pub mod framework_session;
 pub mod master;
+pub mod telemetry;
 pub mod views;
 
 /// The metadata key naming the leader's address on UNAVAILABLE answers.

@@ -340,10 +340,18 @@ impl Master {
         let mut bytes: Vec<Vec<u8>> = Vec::new();
         let mut effects: Vec<Effect> = Vec::new();
         let mut decided: Vec<(Done, u64, Vec<Event>)> = Vec::new();
+        let mut tally = crate::telemetry::Tally::default();
         while let Some(p) = self.queue.pop_front() {
-            let events = match decide(&self.cluster, p.cmd, now) {
+            let allocating = matches!(p.cmd, Command::Allocate);
+            let started = Instant::now();
+            let outcome = decide(&self.cluster, p.cmd, now);
+            if allocating {
+                crate::telemetry::allocation_cycle(started.elapsed());
+            }
+            let events = match outcome {
                 Ok(events) => events,
                 Err(rejection) => {
+                    crate::telemetry::rejected(rejection.name());
                     (p.done)(self, ctx, Err(MasterError::Rejected(rejection)));
                     continue;
                 }
@@ -354,6 +362,7 @@ impl Master {
                     continue;
                 };
                 effects.extend(effects_of(&self.cluster, payload));
+                tally.add(payload);
                 if p.want_events {
                     kept.push(payload.clone());
                 }
@@ -384,11 +393,15 @@ impl Master {
         }
         self.in_flight = true;
         let log = self.log.clone();
-        ctx.spawn(
-            async move { log.append(bytes).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| act.appended(res, first, term, effects, decided, ctx)),
-        );
+        let started = Instant::now();
+        ctx.spawn(async move { log.append(bytes).await }.into_actor(self).map(
+            move |res, act, ctx| {
+                if res.is_ok() {
+                    tally.record(started.elapsed());
+                }
+                act.appended(res, first, term, effects, decided, ctx)
+            },
+        ));
     }
 
     fn appended(
@@ -538,6 +551,8 @@ impl Master {
             "job scheduler plan"
         );
         self.job_pending = plan.pending;
+        metrics::gauge!(crate::telemetry::JOBS_PENDING_INSTANCES)
+            .set(self.job_pending.len() as f64);
         // Nothing to place and nothing waiting: stop taking offers (Mesos'
         // SUPPRESS) until a job changes or one of its tasks ends.
         let idle = plan.accepts.is_empty()
@@ -751,6 +766,7 @@ impl Master {
         self.elected = false;
         self.jobs_fw = None;
         self.job_pending.clear();
+        metrics::gauge!(crate::telemetry::JOBS_PENDING_INSTANCES).set(0.0);
         let err = MasterError::NotLeader {
             leader_addr: info.leader_addr.clone(),
         };

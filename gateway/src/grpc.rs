@@ -525,7 +525,7 @@ pub fn routes(
     log: Log,
     ping_interval_ms: u64,
 ) -> tonic::service::Routes {
-    routes
+    let routes = routes
         .add_service(
             sp::scheduler_server::SchedulerServer::new(SchedulerService {
                 master: master.clone(),
@@ -542,5 +542,10 @@ pub fn routes(
         .add_service(op::operator_server::OperatorServer::new(OperatorService {
             master,
             log,
-        }))
+        }));
+    tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn(crate::metrics::api_latency)),
+    )
 }

@@ -1,8 +1,11 @@
 //! The HTTP admin endpoints of a master (`--http 127.0.0.1:PORT`).
 //!
-//! - `GET /health` → 200 `OK\n` while the replica's log is running (Aurora's
-//!   monit check: `send "GET /health HTTP/1.0\r\n" expect "OK\n"`); 503 and
-//!   the reason otherwise.
+//! - `GET /health` → 200 `OK\n` while the replica's log runs and a leader
+//!   is known, and on the leader once it serves (Aurora's monit check:
+//!   `send "GET /health HTTP/1.0\r\n" expect "OK\n"`); 503 and the reason
+//!   otherwise (the log stopped, no leader, the leader still recovering).
+//! - `GET /metrics` → Prometheus text; `GET /vars.json` → the same as a flat
+//!   map (`crate::metrics`).
 //! - `GET /state` → the leader's committed view as JSON (`leader_id`,
 //!   `term`, `commit_index`, `agents`, `frameworks`, `tasks`). A follower
 //!   answers 307 to the leader's `/state` when the log names the leader's
@@ -32,6 +35,8 @@ pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/state", get(state))
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/vars.json", get(crate::metrics::vars))
         .route(
             "/maintenance/schedule",
             get(crate::maintenance::get_schedule).post(crate::maintenance::post_schedule),
@@ -50,14 +55,43 @@ pub fn router(admin: Admin) -> Router {
 
 async fn health(State(a): State<Admin>) -> Response {
     let running = a.log.raft().metrics().borrow().running_state.clone();
-    match running {
-        Ok(()) => (StatusCode::OK, "OK\n").into_response(),
-        Err(e) => (
+    if let Err(e) = running {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the replica's log stopped: {e}\n"),
         )
-            .into_response(),
+            .into_response();
     }
+    let leader = a.log.leader();
+    if leader.leader_id.is_none() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the log is unavailable: no leader is known (an election is under way or a quorum is missing)\n",
+        )
+            .into_response();
+    }
+    if leader.is_leader {
+        // The leader is healthy once it serves: its LeaderElected is
+        // committed and its copy of the state is complete.
+        match a.master.send(Serving).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("recovering: {e}\n"),
+                )
+                    .into_response()
+            }
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the master actor is not running: {e}\n"),
+                )
+                    .into_response()
+            }
+        }
+    }
+    (StatusCode::OK, "OK\n").into_response()
 }
 
 async fn state(State(a): State<Admin>) -> Response {

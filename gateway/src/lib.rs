@@ -29,4 +29,5 @@ pub use orrery_actors::client;
 pub mod grpc;
 pub mod http;
 pub mod maintenance;
+pub mod metrics;
 pub mod server;

@@ -31,6 +31,8 @@ pub async fn start(
     mut settings: Settings,
     http: Option<SocketAddr>,
 ) -> Result<RunningMaster, Fatal> {
+    // The process's metrics recorder, before anything records.
+    let _ = crate::metrics::handle();
     let http_listener = match http {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

@@ -549,6 +549,78 @@ fn http_admin_and_the_cli_follow_the_leader() {
         }
     }
     assert_eq!((leaders, redirects), (1, 2));
+
+    // /metrics on every master: Prometheus text, orrery_* names, one
+    // leader; promtool accepts it when installed (ops/scripts/install-promtool.sh).
+    let mut leading = 0;
+    for h in http.values() {
+        let r = http_get(h, "/metrics");
+        assert!(r.contains(" 200 "), "{r}");
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        for name in [
+            "orrery_is_leader",
+            "orrery_raft_term",
+            "orrery_commit_index",
+            "orrery_log_size_bytes",
+            "orrery_agents{state=\"REGISTERED\"}",
+            "orrery_hosts{state=\"HOST_STATE_DOWN\"}",
+            "# HELP orrery_commit_index",
+        ] {
+            assert!(body.contains(name), "/metrics has {name}: {body}");
+        }
+        if body.lines().any(|l| l == "orrery_is_leader 1") {
+            leading += 1;
+        }
+        match std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+        {
+            Ok(mut p) => {
+                use std::io::Write;
+                p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+                let out = p.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "promtool check metrics: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Err(e) => {
+                eprintln!("promtool not run ({e}): install it with ops/scripts/install-promtool.sh")
+            }
+        }
+        let r = http_get(h, "/vars.json");
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).expect("/vars.json is JSON");
+        assert!(v["orrery_is_leader"].is_number(), "{body}");
+    }
+    assert_eq!(leading, 1);
+    // The serving master (the one whose /state answers) has counted its
+    // appends and the API calls it served.
+    let serving = loop {
+        let found = http
+            .values()
+            .find(|h| http_get(h, "/state").contains(" 200 "));
+        if let Some(h) = found {
+            break h.clone();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let body = http_get(&serving, "/metrics");
+    for name in [
+        "orrery_events_appended_total",
+        "orrery_log_append_latency_seconds_bucket",
+        "\norrery_is_leader 1\n",
+    ] {
+        assert!(
+            body.contains(name),
+            "the leader's /metrics has {name}: {body}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -956,6 +956,11 @@ impl<S: StateMachine> RaftNode<S> {
         self.local_addr
     }
 
+    /// Where this replica keeps its log and snapshots.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.inner.config.data_dir.clone()
+    }
+
     pub fn node_id(&self) -> u64 {
         self.inner.config.node_id
     }

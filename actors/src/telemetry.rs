@@ -1,0 +1,162 @@
+//! The master's Prometheus metrics: names, descriptions, and what the
+//! actor records as it commits.
+//!
+//! Why the `metrics` facade: the actors record through cheap macros with no
+//! handle to pass around, and the exporter (`metrics-exporter-prometheus`,
+//! installed by the gateway, which serves `/metrics`) is chosen in one place.
+//! Every name starts with `orrery_` and carries its unit (`_total`,
+//! `_seconds`, `_bytes`). Counters count what the log committed on this
+//! replica while it led; gauges are set from the committed state when
+//! `/metrics` is scraped (see `orrery_gateway::metrics`).
+
+use std::time::Duration;
+
+use orrery_events::pb::{self, envelope::Payload};
+
+pub const EVENTS_APPENDED: &str = "orrery_events_appended_total";
+pub const OFFERS_SENT: &str = "orrery_offers_sent_total";
+pub const OFFERS_DECLINED: &str = "orrery_offers_declined_total";
+pub const OFFERS_RESCINDED: &str = "orrery_offers_rescinded_total";
+pub const LAUNCHES: &str = "orrery_task_launches_total";
+pub const STATUS_UPDATES: &str = "orrery_status_updates_total";
+pub const REJECTIONS: &str = "orrery_rejections_total";
+pub const AGENT_REGISTRATIONS: &str = "orrery_agent_registrations_total";
+pub const INVERSE_OFFERS_SENT: &str = "orrery_inverse_offers_sent_total";
+
+pub const AGENTS: &str = "orrery_agents";
+pub const TASKS: &str = "orrery_tasks";
+pub const HOSTS: &str = "orrery_hosts";
+pub const FRAMEWORKS: &str = "orrery_frameworks";
+pub const JOBS_PENDING_INSTANCES: &str = "orrery_job_pending_instances";
+pub const IS_LEADER: &str = "orrery_is_leader";
+pub const RAFT_TERM: &str = "orrery_raft_term";
+pub const COMMIT_INDEX: &str = "orrery_commit_index";
+pub const LOG_SIZE: &str = "orrery_log_size_bytes";
+
+pub const LOG_APPEND_LATENCY: &str = "orrery_log_append_latency_seconds";
+pub const ALLOCATION_CYCLE: &str = "orrery_allocation_cycle_seconds";
+pub const API_LATENCY: &str = "orrery_api_latency_seconds";
+
+/// Registers every metric's help text (once per process; repeated calls
+/// are harmless).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        EVENTS_APPENDED,
+        "Events this master appended to the log while leading."
+    );
+    describe_counter!(OFFERS_SENT, "Resource offers made to frameworks.");
+    describe_counter!(OFFERS_DECLINED, "Offers frameworks declined.");
+    describe_counter!(OFFERS_RESCINDED, "Offers the master rescinded, by reason.");
+    describe_counter!(LAUNCHES, "Tasks launched.");
+    describe_counter!(STATUS_UPDATES, "Task status updates committed, by state.");
+    describe_counter!(REJECTIONS, "Commands the master refused, by rejection.");
+    describe_counter!(
+        AGENT_REGISTRATIONS,
+        "Agent registrations and reregistrations."
+    );
+    describe_counter!(
+        INVERSE_OFFERS_SENT,
+        "Inverse offers (maintenance) made to frameworks."
+    );
+    describe_gauge!(AGENTS, "Agents by state, in the committed state.");
+    describe_gauge!(TASKS, "Tasks by state, in the committed state.");
+    describe_gauge!(HOSTS, "Hosts by maintenance state.");
+    describe_gauge!(FRAMEWORKS, "Frameworks that are not removed.");
+    describe_gauge!(
+        JOBS_PENDING_INSTANCES,
+        "Job instances waiting to be placed (leader only)."
+    );
+    describe_gauge!(IS_LEADER, "1 on the master that leads, 0 elsewhere.");
+    describe_gauge!(RAFT_TERM, "The raft term this replica knows.");
+    describe_gauge!(
+        COMMIT_INDEX,
+        "The last event index applied on this replica."
+    );
+    describe_gauge!(
+        LOG_SIZE,
+        Unit::Bytes,
+        "Bytes of the replica's data dir (log and snapshots)."
+    );
+    describe_histogram!(
+        LOG_APPEND_LATENCY,
+        Unit::Seconds,
+        "From a batch handed to the log to its commit."
+    );
+    describe_histogram!(
+        ALLOCATION_CYCLE,
+        Unit::Seconds,
+        "Time to decide one allocation cycle."
+    );
+    describe_histogram!(
+        API_LATENCY,
+        Unit::Seconds,
+        "gRPC calls, by method (streams: until the response starts)."
+    );
+}
+
+/// What one committed batch adds to the counters, tallied while deciding
+/// (no event is cloned for it).
+#[derive(Debug, Default)]
+pub struct Tally {
+    events: u64,
+    offers: u64,
+    declined: u64,
+    rescinded: Vec<(i32, u64)>,
+    launches: u64,
+    statuses: Vec<(i32, u64)>,
+    registrations: u64,
+    inverse_offers: u64,
+}
+
+fn bump(list: &mut Vec<(i32, u64)>, key: i32, by: u64) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += by,
+        None => list.push((key, by)),
+    }
+}
+
+impl Tally {
+    pub fn add(&mut self, payload: &Payload) {
+        self.events += 1;
+        match payload {
+            Payload::OffersMade(e) => self.offers += e.offers.len() as u64,
+            Payload::OffersDeclined(e) => self.declined += e.offer_ids.len() as u64,
+            Payload::OffersRescinded(e) => {
+                bump(&mut self.rescinded, e.reason, e.offer_ids.len() as u64)
+            }
+            Payload::TaskLaunched(_) => self.launches += 1,
+            Payload::TaskStatusUpdated(e) => bump(&mut self.statuses, e.state, 1),
+            Payload::AgentRegistered(_) | Payload::AgentReregistered(_) => self.registrations += 1,
+            Payload::InverseOffersMade(e) => self.inverse_offers += e.inverse_offers.len() as u64,
+            _ => {}
+        }
+    }
+
+    /// Records a committed batch.
+    pub fn record(self, append_latency: Duration) {
+        metrics::histogram!(LOG_APPEND_LATENCY).record(append_latency.as_secs_f64());
+        metrics::counter!(EVENTS_APPENDED).increment(self.events);
+        metrics::counter!(OFFERS_SENT).increment(self.offers);
+        metrics::counter!(OFFERS_DECLINED).increment(self.declined);
+        metrics::counter!(LAUNCHES).increment(self.launches);
+        metrics::counter!(AGENT_REGISTRATIONS).increment(self.registrations);
+        metrics::counter!(INVERSE_OFFERS_SENT).increment(self.inverse_offers);
+        for (reason, n) in self.rescinded {
+            let reason = pb::RescindReason::try_from(reason).map_or("UNKNOWN", |r| r.as_str_name());
+            metrics::counter!(OFFERS_RESCINDED, "reason" => reason).increment(n);
+        }
+        for (state, n) in self.statuses {
+            let state = pb::TaskState::try_from(state).map_or("UNKNOWN", |s| s.as_str_name());
+            metrics::counter!(STATUS_UPDATES, "state" => state).increment(n);
+        }
+    }
+}
+
+pub fn rejected(name: &'static str) {
+    metrics::counter!(REJECTIONS, "reason" => name).increment(1);
+}
+
+pub fn allocation_cycle(took: Duration) {
+    metrics::histogram!(ALLOCATION_CYCLE).record(took.as_secs_f64());
+}

@@ -1,0 +1,216 @@
+//! `/metrics` (Prometheus text) and `/vars.json` (Aurora's flat map) on a
+//! master's HTTP admin port, and the gRPC latency layer.
+//!
+//! Why `metrics-exporter-prometheus`: it is the exporter of the `metrics`
+//! facade the actors record through, renders the text format Prometheus
+//! and `promtool` accept, and needs no listener of its own (its HTTP
+//! feature is off; axum serves `render()`). One recorder per process,
+//! installed on first use.
+//!
+//! Gauges are set from the committed state at scrape time, so a scrape
+//! never reports a projection the log has not committed, and an idle
+//! master does no periodic work for them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orrery_actors::telemetry as t;
+use orrery_events::state::{AgentState, HostState};
+use orrery_storage::{EventLog, StateAccess};
+
+use crate::http::Admin;
+
+/// Histogram buckets in seconds: 100 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The process's recorder (installed on first use). `None` when another
+/// recorder was installed first (then `/metrics` says so).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "no Prometheus recorder: /metrics is off"))
+                .ok()?;
+            t::describe();
+            Some(recorder)
+        })
+        .as_ref()
+}
+
+/// The size of a directory tree in bytes (files only).
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Sets every gauge from the replica's committed state.
+fn set_gauges(a: &Admin) {
+    let leader = a.log.leader();
+    metrics::gauge!(t::IS_LEADER).set(if leader.is_leader { 1.0 } else { 0.0 });
+    metrics::gauge!(t::RAFT_TERM).set(leader.term as f64);
+    metrics::gauge!(t::COMMIT_INDEX).set(a.log.last_applied() as f64);
+    metrics::gauge!(t::LOG_SIZE).set(dir_bytes(&a.log.data_dir()) as f64);
+    a.log.with_state(|m| {
+        let c = &m.cluster;
+        for state in [
+            AgentState::Registered,
+            AgentState::Disconnected,
+            AgentState::Unreachable,
+            AgentState::Gone,
+        ] {
+            let n = c.agents.values().filter(|x| x.state == state).count();
+            metrics::gauge!(t::AGENTS, "state" => state.as_str()).set(n as f64);
+        }
+        let mut tasks: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for task in c.tasks.values() {
+            *tasks.entry(task.state.as_str_name()).or_default() += 1;
+        }
+        for state in [
+            orrery_events::pb::TaskState::TaskStaging,
+            orrery_events::pb::TaskState::TaskRunning,
+        ] {
+            tasks.entry(state.as_str_name()).or_default();
+        }
+        for (state, n) in tasks {
+            metrics::gauge!(t::TASKS, "state" => state).set(n as f64);
+        }
+        for state in [
+            HostState::Up,
+            HostState::Draining,
+            HostState::Drained,
+            HostState::Down,
+        ] {
+            let n = c.hosts.values().filter(|h| h.state == state).count();
+            metrics::gauge!(t::HOSTS, "state" => state.as_str()).set(n as f64);
+        }
+        let fws = c.frameworks.values().filter(|f| !f.removed).count();
+        metrics::gauge!(t::FRAMEWORKS).set(fws as f64);
+    });
+}
+
+pub async fn metrics(State(a): State<Admin>) -> Response {
+    let Some(h) = handle() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another metrics recorder is installed in this process\n",
+        )
+            .into_response();
+    };
+    set_gauges(&a);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.render(),
+    )
+        .into_response()
+}
+
+/// Prometheus text → Aurora's flat map: `name{a="x",b="y"} v` becomes
+/// `name_a_x_b_y: v`; histograms keep their `_sum` and `_count`.
+pub fn flatten(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if series.contains("_bucket") {
+            continue;
+        }
+        let name = match series.split_once('{') {
+            None => series.to_owned(),
+            Some((name, labels)) => {
+                let mut flat = name.to_owned();
+                for pair in labels.trim_end_matches('}').split(',') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        flat.push('_');
+                        flat.push_str(k);
+                        flat.push('_');
+                        flat.push_str(val.trim_matches('"'));
+                    }
+                }
+                flat
+            }
+        };
+        out.insert(name, v);
+    }
+    out
+}
+
+pub async fn vars(State(a): State<Admin>) -> Response {
+    let Some(h) = handle() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another metrics recorder is installed in this process\n",
+        )
+            .into_response();
+    };
+    set_gauges(&a);
+    axum::Json(flatten(&h.render())).into_response()
+}
+
+/// Records every gRPC call's latency by method (`Service/Method`).
+pub async fn api_latency(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req
+        .uri()
+        .path()
+        .rsplit('/')
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|s| s.rsplit('.').next().unwrap_or(s))
+        .collect::<Vec<_>>()
+        .join("/");
+    let response = next.run(req).await;
+    metrics::histogram!(t::API_LATENCY, "method" => method).record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattening_names_labels_and_skips_buckets() {
+        let text = "# HELP x y\n# TYPE orrery_agents gauge\n\
+                    orrery_agents{state=\"REGISTERED\"} 3\n\
+                    orrery_is_leader 1\n\
+                    orrery_log_append_latency_seconds_bucket{le=\"0.1\"} 4\n\
+                    orrery_log_append_latency_seconds_sum 0.25\n";
+        let m = flatten(text);
+        assert_eq!(m.get("orrery_agents_state_REGISTERED"), Some(&3.0));
+        assert_eq!(m.get("orrery_is_leader"), Some(&1.0));
+        assert_eq!(m.get("orrery_log_append_latency_seconds_sum"), Some(&0.25));
+        assert_eq!(m.len(), 3);
+    }
+}
