@@ -42,6 +42,7 @@ pub mod invariants;
 pub mod jobs;
 pub mod projections;
 pub mod rejection;
+pub mod replay;
 pub mod resources;
 pub mod snapshot;
 pub mod state;

@@ -416,6 +416,49 @@ impl op::operator_server::Operator for OperatorService {
             .await
     }
 
+    async fn read_log(
+        &self,
+        r: Request<op::ReadLogRequest>,
+    ) -> Result<Response<op::ReadLogResponse>, Status> {
+        /// Events per answer at most (a client pages with `from`).
+        const MAX: usize = 10_000;
+        let r = r.into_inner();
+        let max = (r.max as usize).clamp(1, MAX);
+        let mut from = r.from.max(1);
+        let (digest_index, digest) = self.log.with_state(|m| {
+            (
+                m.cluster.applied_index,
+                orrery_events::digest(&m.cluster).0.to_vec(),
+            )
+        });
+        let mut out = op::ReadLogResponse {
+            last_index: self.log.last_applied(),
+            digest,
+            digest_index,
+            ..Default::default()
+        };
+        let events = match self.log.read(from, u64::MAX, max).await {
+            Ok(events) => events,
+            Err(orrery_storage::ReadError::Compacted { first_available }) => {
+                let (index, state) = self.log.latest_snapshot().ok_or_else(|| {
+                    Status::unavailable(format!(
+                        "events before {first_available} were compacted and no snapshot is at hand"
+                    ))
+                })?;
+                out.snapshot = state;
+                out.snapshot_index = index;
+                from = index + 1;
+                self.log
+                    .read(from, u64::MAX, max)
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+            }
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        out.events = events.into_iter().map(|e| e.payload).collect();
+        Ok(Response::new(out))
+    }
+
     async fn query_hosts(
         &self,
         r: Request<op::QueryHostsRequest>,

@@ -23,6 +23,7 @@ mod job;
 mod list;
 mod logging;
 mod master;
+mod replay;
 
 use std::process::ExitCode;
 
@@ -73,6 +74,9 @@ enum Cmd {
     /// Benchmarks (see README and BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The event-replay debugger: the log, the state at any point, an
+    /// entity's history, diffs, why work waited, and a full check.
+    Replay(replay::ReplayArgs),
 }
 
 /// `orrery agent [FLAGS]` runs the agent; `orrery agent list` lists the
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
+        Cmd::Replay(args) => replay::run(cli.master.as_deref(), &args, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

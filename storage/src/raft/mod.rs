@@ -24,6 +24,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod offline;
 pub mod service;
 pub mod state_machine;
 pub mod types;
@@ -463,7 +464,7 @@ fn corrupt_log(dir: &Path, e: &std::io::Error) -> Fatal {
     }
 }
 
-async fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, Fatal> {
+pub(crate) async fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, Fatal> {
     std::fs::create_dir_all(dir).map_err(|e| Fatal::Io {
         what: dir.display().to_string(),
         detail: e.to_string(),
@@ -954,6 +955,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// The address this replica actually listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The latest snapshot: (the last event it includes, the application's
+    /// state). Readers of compacted history start from it.
+    pub fn latest_snapshot(&self) -> Option<(u64, Vec<u8>)> {
+        self.inner.shared.latest_snapshot()
     }
 
     /// Where this replica keeps its log and snapshots.

@@ -68,6 +68,15 @@ pub(crate) struct Shared<S> {
 }
 
 impl<S> Shared<S> {
+    /// The latest snapshot: (the last event it includes, the application's
+    /// state), if one was taken or received.
+    pub(crate) fn latest_snapshot(&self) -> Option<(u64, Vec<u8>)> {
+        let core = self.lock();
+        let (_, bytes) = core.snapshot.as_ref()?;
+        let s = pb::StorageSnapshot::decode(&bytes[..]).ok()?;
+        Some((s.last_event_index, s.app_state))
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core<S>> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
