@@ -37,6 +37,32 @@ pub const LOG_APPEND_LATENCY: &str = "orrery_log_append_latency_seconds";
 pub const ALLOCATION_CYCLE: &str = "orrery_allocation_cycle_seconds";
 pub const API_LATENCY: &str = "orrery_api_latency_seconds";
 
+/// Every metric name above (dashboards and alert rules are checked
+/// against it).
+pub const NAMES: &[&str] = &[
+    EVENTS_APPENDED,
+    OFFERS_SENT,
+    OFFERS_DECLINED,
+    OFFERS_RESCINDED,
+    LAUNCHES,
+    STATUS_UPDATES,
+    REJECTIONS,
+    AGENT_REGISTRATIONS,
+    INVERSE_OFFERS_SENT,
+    AGENTS,
+    TASKS,
+    HOSTS,
+    FRAMEWORKS,
+    JOBS_PENDING_INSTANCES,
+    IS_LEADER,
+    RAFT_TERM,
+    COMMIT_INDEX,
+    LOG_SIZE,
+    LOG_APPEND_LATENCY,
+    ALLOCATION_CYCLE,
+    API_LATENCY,
+];
+
 /// Registers every metric's help text (once per process; repeated calls
 /// are harmless).
 pub fn describe() {
@@ -93,6 +119,19 @@ pub fn describe() {
         Unit::Seconds,
         "gRPC calls, by method (streams: until the response starts)."
     );
+    // Every unlabelled series exists from the start (at 0), so alerts and
+    // dashboards see it before the first event.
+    for c in [
+        EVENTS_APPENDED,
+        OFFERS_SENT,
+        OFFERS_DECLINED,
+        LAUNCHES,
+        AGENT_REGISTRATIONS,
+        INVERSE_OFFERS_SENT,
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    metrics::gauge!(JOBS_PENDING_INSTANCES).set(0.0);
 }
 
 /// What one committed batch adds to the counters, tallied while deciding

@@ -621,6 +621,63 @@ fn http_admin_and_the_cli_follow_the_leader() {
             "the leader's /metrics has {name}: {body}"
         );
     }
+    // The alert rules and the dashboard use only metrics that exist.
+    let ops_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["prometheus/alerts.yml", "grafana/orrery-dashboard.json"] {
+        let text = std::fs::read_to_string(ops_dir.join(file)).unwrap();
+        let mut used = BTreeSet::new();
+        for (i, _) in text.match_indices("orrery_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            used.insert(name);
+        }
+        assert!(!used.is_empty(), "{file} uses metrics");
+        for name in used {
+            let family = name
+                .strip_suffix("_bucket")
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .unwrap_or(&name);
+            // Labelled series appear with their first sample; the names
+            // are Orrery's either way.
+            assert!(
+                orrery_actors::telemetry::NAMES.contains(&family),
+                "{file} uses {name}, which Orrery does not export"
+            );
+            let unlabelled = !matches!(
+                family,
+                "orrery_offers_rescinded_total"
+                    | "orrery_status_updates_total"
+                    | "orrery_rejections_total"
+            );
+            assert!(
+                !unlabelled || body.contains(&format!("# TYPE {family} ")),
+                "{file} uses {name}, which /metrics does not show"
+            );
+        }
+    }
+    for (what, file) in [
+        ("rules", "prometheus/alerts.yml"),
+        ("config", "prometheus/prometheus.yml"),
+    ] {
+        match std::process::Command::new("promtool")
+            .args(["check", what])
+            .arg(ops_dir.join(file))
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "promtool check {what} {file}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => {
+                eprintln!("promtool not run ({e}): install it with ops/scripts/install-promtool.sh")
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
