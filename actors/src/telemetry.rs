@@ -33,6 +33,10 @@ pub const RAFT_TERM: &str = "orrery_raft_term";
 pub const COMMIT_INDEX: &str = "orrery_commit_index";
 pub const LOG_SIZE: &str = "orrery_log_size_bytes";
 
+pub const AGENT_TASKS: &str = "orrery_agent_tasks";
+pub const AGENT_UNACKED: &str = "orrery_agent_unacknowledged_updates";
+pub const AGENT_ATTACHED: &str = "orrery_agent_attached";
+
 pub const LOG_APPEND_LATENCY: &str = "orrery_log_append_latency_seconds";
 pub const ALLOCATION_CYCLE: &str = "orrery_allocation_cycle_seconds";
 pub const API_LATENCY: &str = "orrery_api_latency_seconds";
@@ -61,9 +65,51 @@ pub const NAMES: &[&str] = &[
     LOG_APPEND_LATENCY,
     ALLOCATION_CYCLE,
     API_LATENCY,
+    AGENT_TASKS,
+    AGENT_UNACKED,
+    AGENT_ATTACHED,
 ];
 
-/// Registers every metric's help text (once per process; repeated calls
+/// The process's Prometheus recorder, installed on first use (`None` when
+/// another recorder was installed first). Masters (`orrery_gateway`) and
+/// agents render `/metrics` from it.
+pub fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    use std::sync::OnceLock;
+    /// Histogram buckets in seconds: 100 µs to 10 s.
+    const BUCKETS: &[f64] = &[
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ];
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "no Prometheus recorder: /metrics is off"))
+                .ok()?;
+            Some(recorder)
+        })
+        .as_ref()
+}
+
+/// Registers the agent's metrics (its `/metrics`).
+pub fn describe_agent() {
+    use metrics::describe_gauge;
+    describe_gauge!(AGENT_TASKS, "On an agent: its tasks by state.");
+    describe_gauge!(
+        AGENT_UNACKED,
+        "On an agent: status updates the master has not acknowledged."
+    );
+    describe_gauge!(
+        AGENT_ATTACHED,
+        "On an agent: 1 while attached to the active master."
+    );
+}
+
+/// Registers every master metric's help text (once per process; repeated calls
 /// are harmless).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -89,6 +135,7 @@ pub fn describe() {
     describe_gauge!(TASKS, "Tasks by state, in the committed state.");
     describe_gauge!(HOSTS, "Hosts by maintenance state.");
     describe_gauge!(FRAMEWORKS, "Frameworks that are not removed.");
+
     describe_gauge!(
         JOBS_PENDING_INSTANCES,
         "Job instances waiting to be placed (leader only)."

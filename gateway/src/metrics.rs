@@ -13,42 +13,31 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use orrery_actors::telemetry as t;
 use orrery_events::state::{AgentState, HostState};
 use orrery_storage::{EventLog, StateAccess};
 
 use crate::http::Admin;
 
-/// Histogram buckets in seconds: 100 µs to 10 s.
-const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// The process's recorder (installed on first use). `None` when another
-/// recorder was installed first (then `/metrics` says so).
+/// The process's recorder (see `orrery_actors::telemetry::prometheus`).
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(BUCKETS)
-                .ok()?
-                .install_recorder()
-                .map_err(|e| tracing::warn!(error = %e, "no Prometheus recorder: /metrics is off"))
-                .ok()?;
-            t::describe();
-            Some(recorder)
-        })
-        .as_ref()
+    t::prometheus()
+}
+
+/// `/metrics` and `/vars.json` when no recorder could be installed.
+fn no_recorder() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "another metrics recorder is installed in this process\n",
+    )
+        .into_response()
 }
 
 /// The size of a directory tree in bytes (files only).
@@ -114,11 +103,7 @@ fn set_gauges(a: &Admin) {
 
 pub async fn metrics(State(a): State<Admin>) -> Response {
     let Some(h) = handle() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "another metrics recorder is installed in this process\n",
-        )
-            .into_response();
+        return no_recorder();
     };
     set_gauges(&a);
     (
@@ -167,11 +152,7 @@ pub fn flatten(text: &str) -> BTreeMap<String, f64> {
 
 pub async fn vars(State(a): State<Admin>) -> Response {
     let Some(h) = handle() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "another metrics recorder is installed in this process\n",
-        )
-            .into_response();
+        return no_recorder();
     };
     set_gauges(&a);
     axum::Json(flatten(&h.render())).into_response()

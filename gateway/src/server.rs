@@ -33,6 +33,7 @@ pub async fn start(
 ) -> Result<RunningMaster, Fatal> {
     // The process's metrics recorder, before anything records.
     let _ = crate::metrics::handle();
+    orrery_actors::telemetry::describe();
     let http_listener = match http {
         Some(a) => Some(
             tokio::net::TcpListener::bind(a)

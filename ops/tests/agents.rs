@@ -1128,3 +1128,46 @@ async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
     .await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_health_state_and_metrics() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut agent = AgentProc::new(&m);
+    agent.start(&["--http", &http_addr], &[]);
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("one.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"one\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
+         [resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    eventually("the task RUNNING on the agent's /state", WAIT, || {
+        let r = std::net::TcpStream::connect(&http_addr)
+            .ok()
+            .map(|_| http(&http_addr, "GET", "/state", ""))
+            .unwrap_or_default();
+        async move { (r.contains("www.prod.one.0.1") && r.contains("TASK_RUNNING")).then_some(()) }
+    })
+    .await;
+    let r = http(&http_addr, "GET", "/health", "");
+    assert!(r.contains(" 200 ") && r.ends_with("OK\n"), "{r}");
+    let r = http(&http_addr, "GET", "/metrics", "");
+    assert!(
+        r.contains("orrery_agent_tasks{state=\"TASK_RUNNING\"} 1")
+            && r.contains("orrery_agent_attached 1"),
+        "{r}"
+    );
+    // The master goes away: the agent says it is not attached.
+    m.kill9(1);
+    eventually("/health 503", WAIT, || {
+        let r = http(&http_addr, "GET", "/health", "");
+        async move { (r.contains(" 503 ") && r.contains("not attached")).then_some(()) }
+    })
+    .await;
+}

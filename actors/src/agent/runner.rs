@@ -222,6 +222,17 @@ struct Shared {
     newest_term: AtomicU64,
     wake: tokio::sync::Notify,
     sends: tokio::sync::Semaphore,
+    /// Attached to the active master's message stream right now.
+    attached: std::sync::atomic::AtomicBool,
+}
+
+/// Clears `attached` when a session ends, however it ends.
+struct Attached<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -492,6 +503,7 @@ pub async fn run(
         newest_term: AtomicU64::new(0),
         wake: tokio::sync::Notify::new(),
         sends: tokio::sync::Semaphore::new(SENDS_MAX),
+        attached: std::sync::atomic::AtomicBool::new(false),
     });
     touch_heartbeat(&cfg.work_dir);
     let mut jobs = tokio::task::JoinSet::new();
@@ -504,7 +516,9 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("--http {addr}: {e}"))?;
-        let router = axum::Router::new().route("/health", axum::routing::get(|| async { "OK\n" }));
+        let _ = crate::telemetry::prometheus();
+        crate::telemetry::describe_agent();
+        let router = admin_router(shared.clone());
         jobs.spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -847,6 +861,8 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
         .await
         .map_err(retry)?
         .into_inner();
+    shared.attached.store(true, Ordering::SeqCst);
+    let _attached = Attached(&shared.attached);
     loop {
         let m = match stream.message().await {
             Ok(Some(m)) => m,
@@ -985,4 +1001,108 @@ fn kill_task(shared: &Arc<Shared>, key: Key) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
+}
+
+// --- HTTP admin (`orrery agent --http ADDR`) ------------------------------------
+
+/// `/health` (200 `OK\n` while attached to the active master, 503 and why
+/// otherwise), `/state` (the agent's tasks as JSON) and `/metrics`.
+fn admin_router(shared: Arc<Shared>) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let health = {
+        let shared = shared.clone();
+        move || {
+            let shared = shared.clone();
+            async move {
+                if shared.attached.load(Ordering::SeqCst) {
+                    (StatusCode::OK, "OK\n".to_owned())
+                } else {
+                    let why = match shared.agent_id.lock().map(|a| a.clone()) {
+                        Ok(Some(id)) => format!(
+                            "agent {id} is not attached to the active master (reconnecting)\n"
+                        ),
+                        _ => "not registered with a master yet\n".to_owned(),
+                    };
+                    (StatusCode::SERVICE_UNAVAILABLE, why)
+                }
+            }
+        }
+    };
+    let state = {
+        let shared = shared.clone();
+        move || {
+            let shared = shared.clone();
+            async move { axum::Json(state_json(&shared)).into_response() }
+        }
+    };
+    let metrics = move || {
+        let shared = shared.clone();
+        async move {
+            let Some(h) = crate::telemetry::prometheus() else {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "another metrics recorder is installed in this process\n".to_owned(),
+                )
+                    .into_response();
+            };
+            set_agent_gauges(&shared);
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                h.render(),
+            )
+                .into_response()
+        }
+    };
+    axum::Router::new()
+        .route("/health", axum::routing::get(health))
+        .route("/state", axum::routing::get(state))
+        .route("/metrics", axum::routing::get(metrics))
+}
+
+fn state_json(shared: &Shared) -> serde_json::Value {
+    let agent_id = shared.agent_id.lock().map(|a| a.clone()).unwrap_or(None);
+    let tasks: Vec<serde_json::Value> = shared
+        .tasks()
+        .iter()
+        .map(|((fw, task), t)| {
+            serde_json::json!({
+                "framework_id": fw,
+                "task_id": task,
+                "state": t.state.as_str_name(),
+                "unacknowledged_updates": t.pending.len(),
+                "executor_pid": t.exec_cache.as_ref().map(|e| e.pid),
+                "sandbox": t.paths.sandbox.display().to_string(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "agent_id": agent_id,
+        "hostname": shared.cfg.hostname,
+        "work_dir": shared.cfg.work_dir.display().to_string(),
+        "attached": shared.attached.load(Ordering::SeqCst),
+        "resources": shared.cfg.resources.to_string(),
+        "tasks": tasks,
+    })
+}
+
+fn set_agent_gauges(shared: &Shared) {
+    let mut by_state: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut unacked = 0u64;
+    for t in shared.tasks().values() {
+        *by_state.entry(t.state.as_str_name()).or_default() += 1;
+        unacked += t.pending.len() as u64;
+    }
+    by_state
+        .entry(TaskState::TaskRunning.as_str_name())
+        .or_default();
+    for (state, n) in by_state {
+        metrics::gauge!(crate::telemetry::AGENT_TASKS, "state" => state).set(n as f64);
+    }
+    metrics::gauge!(crate::telemetry::AGENT_UNACKED).set(unacked as f64);
+    let attached = shared.attached.load(Ordering::SeqCst);
+    metrics::gauge!(crate::telemetry::AGENT_ATTACHED).set(if attached { 1.0 } else { 0.0 });
 }
