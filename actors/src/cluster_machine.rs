@@ -76,6 +76,7 @@ mod tests {
             index: 0,
             term: 0,
             proposed_at_ms: n,
+            request_id: String::new(),
             payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
                 weights: vec![pb::RoleWeight {
                     role: format!("r{n}"),

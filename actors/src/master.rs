@@ -174,6 +174,8 @@ struct Pending {
     cmd: Command,
     want_events: bool,
     done: Done,
+    /// The API request it came from ("" for the master's own).
+    request_id: String,
 }
 
 struct FrameworkLink {
@@ -277,7 +279,14 @@ impl Master {
         self.cluster = self.log.with_state(|m| m.cluster.clone());
     }
 
-    fn enqueue(&mut self, cmd: Command, want_events: bool, done: Done, ctx: &mut Context<Self>) {
+    fn enqueue(
+        &mut self,
+        cmd: Command,
+        want_events: bool,
+        done: Done,
+        request_id: String,
+        ctx: &mut Context<Self>,
+    ) {
         if self.queue.len() >= QUEUE_MAX {
             done(
                 self,
@@ -292,13 +301,14 @@ impl Master {
             cmd,
             want_events,
             done,
+            request_id,
         });
         self.flush(ctx);
     }
 
     /// A command from a timer or a session: the outcome is only logged.
     fn submit_internal(&mut self, cmd: Command, ctx: &mut Context<Self>, then: Done) {
-        self.enqueue(cmd, false, then, ctx);
+        self.enqueue(cmd, false, then, String::new(), ctx);
     }
 
     /// Decides every queued command against the copy, applies the events to
@@ -343,6 +353,9 @@ impl Master {
         let mut tally = crate::telemetry::Tally::default();
         while let Some(p) = self.queue.pop_front() {
             let allocating = matches!(p.cmd, Command::Allocate);
+            if !p.request_id.is_empty() {
+                tracing::debug!(request_id = %p.request_id, command = ?std::mem::discriminant(&p.cmd), "deciding a request's command");
+            }
             let started = Instant::now();
             let outcome = decide(&self.cluster, p.cmd, now);
             if allocating {
@@ -352,12 +365,16 @@ impl Master {
                 Ok(events) => events,
                 Err(rejection) => {
                     crate::telemetry::rejected(rejection.name());
+                    if !p.request_id.is_empty() {
+                        tracing::info!(request_id = %p.request_id, rejection = rejection.name(), "refused: {rejection}");
+                    }
                     (p.done)(self, ctx, Err(MasterError::Rejected(rejection)));
                     continue;
                 }
             };
             let mut kept = Vec::new();
-            for env in envelopes(&self.cluster, term, now, events) {
+            for mut env in envelopes(&self.cluster, term, now, events) {
+                env.request_id.clone_from(&p.request_id);
                 let Some(payload) = env.payload.as_ref() else {
                     continue;
                 };
@@ -1177,6 +1194,8 @@ impl Actor for Master {
 pub struct Submit {
     pub command: Command,
     pub want_events: bool,
+    /// `telemetry::request_id()` of the API request, or "".
+    pub request_id: String,
 }
 
 fn reply_via<T: 'static>(
@@ -1209,6 +1228,7 @@ impl Handler<Submit> for Master {
             msg.command,
             msg.want_events,
             reply_via(tx, |_, _, c| Ok(c)),
+            msg.request_id,
             ctx,
         );
         wait(rx)
@@ -1222,6 +1242,7 @@ impl Handler<Submit> for Master {
 pub struct SubscribeFramework {
     pub subscription: FrameworkSubscription,
     pub tx: framework_session::EventTx,
+    pub request_id: String,
 }
 
 impl Handler<SubscribeFramework> for Master {
@@ -1249,6 +1270,7 @@ impl Handler<SubscribeFramework> for Master {
                     })?;
                 act.open_framework(FrameworkId::new(id), tx, ctx)
             }),
+            msg.request_id,
             ctx,
         );
         wait(rx)
@@ -1262,6 +1284,7 @@ pub struct FrameworkCall {
     pub framework_id: FrameworkId,
     pub stream_id: String,
     pub call: sp::call::Call,
+    pub request_id: String,
 }
 
 fn refuse_seconds(f: Option<sp::Filters>) -> Option<f64> {
@@ -1381,6 +1404,7 @@ impl Handler<FrameworkCall> for Master {
                         }
                         Ok(c.last_index)
                     }),
+                    msg.request_id,
                     ctx,
                 );
             }
@@ -1423,6 +1447,7 @@ pub struct RegisterAgent {
     pub agent_id: Option<AgentId>,
     pub registration: AgentRegistration,
     pub tasks: Vec<ReportedTask>,
+    pub request_id: String,
 }
 
 impl Handler<RegisterAgent> for Master {
@@ -1459,6 +1484,7 @@ impl Handler<RegisterAgent> for Master {
                 }
                 let _ = reply.send(res.and_then(|c| register_done(act, ctx, c, term, &reported)));
             }),
+            msg.request_id,
             ctx,
         );
         wait(rx)

@@ -41,6 +41,17 @@ pub const LOG_APPEND_LATENCY: &str = "orrery_log_append_latency_seconds";
 pub const ALLOCATION_CYCLE: &str = "orrery_allocation_cycle_seconds";
 pub const API_LATENCY: &str = "orrery_api_latency_seconds";
 
+tokio::task_local! {
+    /// The API request being served (set by the gateway around each
+    /// handler), carried into the commands it submits and so into the log.
+    pub static REQUEST_ID: String;
+}
+
+/// The request id of the request being served, "" outside one.
+pub fn request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
 /// Every metric name above (dashboards and alert rules are checked
 /// against it).
 pub const NAMES: &[&str] = &[

@@ -181,6 +181,7 @@ mod tests {
             index: 1,
             term: 1,
             proposed_at_ms: 0,
+            request_id: String::new(),
             payload: Some(Payload::TaskStatusUpdated(pb::TaskStatusUpdated {
                 state: 999,
                 ..Default::default()

@@ -75,6 +75,7 @@ pub fn envelopes(
             index,
             term,
             proposed_at_ms,
+            request_id: String::new(),
             payload: Some(payload),
         })
         .collect()

@@ -108,6 +108,7 @@ fn apply_refuses_gaps_and_dangling_references() {
         index: next + 1,
         term: 1,
         proposed_at_ms: 0,
+        request_id: String::new(),
         payload: Some(Payload::AgentDisconnected(pb::AgentDisconnected {
             agent_id: "S1".into(),
         })),

@@ -127,7 +127,11 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(framework_session::STREAM_BUFFER);
         self.master
-            .send(SubscribeFramework { subscription, tx })
+            .send(SubscribeFramework {
+                subscription,
+                tx,
+                request_id: orrery_actors::telemetry::request_id(),
+            })
             .await
             .map_err(mailbox)?
             .map_err(status_of)?;
@@ -145,6 +149,7 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
                 framework_id: FrameworkId::new(call.framework_id),
                 stream_id: call.stream_id,
                 call: inner,
+                request_id: orrery_actors::telemetry::request_id(),
             })
             .await
             .map_err(mailbox)?
@@ -198,6 +203,7 @@ impl ap::agent_link_server::AgentLink for AgentService {
                 agent_id: (!req.agent_id.is_empty()).then(|| AgentId::new(req.agent_id)),
                 registration,
                 tasks,
+                request_id: orrery_actors::telemetry::request_id(),
             })
             .await
             .map_err(mailbox)?
@@ -261,6 +267,7 @@ impl ap::agent_link_server::AgentLink for AgentService {
             .send(Submit {
                 command: Command::UpdateStatus(update),
                 want_events: false,
+                request_id: orrery_actors::telemetry::request_id(),
             })
             .await
             .map_err(mailbox)?
@@ -308,6 +315,7 @@ impl op::operator_server::Operator for OperatorService {
             .send(Submit {
                 command: Command::SetRoleWeights { weights },
                 want_events: false,
+                request_id: orrery_actors::telemetry::request_id(),
             })
             .await
             .map_err(mailbox)?
@@ -551,6 +559,7 @@ impl OperatorService {
             .send(Submit {
                 command,
                 want_events: false,
+                request_id: orrery_actors::telemetry::request_id(),
             })
             .await
             .map_err(mailbox)?

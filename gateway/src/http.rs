@@ -50,6 +50,7 @@ pub fn router(admin: Admin) -> Router {
             "/machine/up",
             axum::routing::post(crate::maintenance::post_up),
         )
+        .layer(axum::middleware::from_fn(crate::metrics::api_latency))
         .with_state(admin)
 }
 

@@ -158,9 +158,27 @@ pub async fn vars(State(a): State<Admin>) -> Response {
     axum::Json(flatten(&h.render())).into_response()
 }
 
-/// Records every gRPC call's latency by method (`Service/Method`).
+/// The header that carries a request id in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The caller's request id when it is sane (1 to 128 printable ASCII
+/// characters), else a fresh one.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Around every gRPC call and HTTP admin request: a request id (the
+/// caller's `x-request-id`, or a new one; returned in the response's
+/// `x-request-id`) carried into the commands the handler submits (and so
+/// into the log's envelopes) and into its log lines, and the call's
+/// latency by method (`Service/Method`).
 pub async fn api_latency(req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = request_id(&req);
     let method = req
         .uri()
         .path()
@@ -172,7 +190,16 @@ pub async fn api_latency(req: Request, next: Next) -> Response {
         .map(|s| s.rsplit('.').next().unwrap_or(s))
         .collect::<Vec<_>>()
         .join("/");
-    let response = next.run(req).await;
+    let span = tracing::info_span!("request", request_id = %id, method = %method);
+    let mut response = t::REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(req), span),
+        )
+        .await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
     metrics::histogram!(t::API_LATENCY, "method" => method).record(started.elapsed().as_secs_f64());
     response
 }

@@ -316,3 +316,56 @@ fn inverse_offers_are_answered_and_frameworks_tasks_drained() {
         m.shutdown().await;
     });
 }
+
+#[test]
+fn a_request_id_goes_from_the_call_into_the_log() {
+    run(LIMIT, async {
+        let m = Masters::start(1, test_settings()).await;
+        let agent = SimAgent::spawn(m.addrs(), "host-q", 2);
+        eventually("the agent registered", WAIT, || async {
+            (m.state().await.agents.len() == 1).then_some(())
+        })
+        .await;
+        let (resp, _) =
+            orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
+                let mut req = tonic::Request::new(orrery_proto::operator::Hosts {
+                    hostnames: vec!["host-q".into()],
+                });
+                req.metadata_mut()
+                    .insert("x-request-id", "ticket-4711".parse().unwrap());
+                orrery_proto::operator::operator_client::OperatorClient::new(ch)
+                    .start_maintenance(req)
+                    .await
+            })
+            .await
+            .expect("drain started");
+        assert_eq!(
+            resp.metadata()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+            Some("ticket-4711"),
+            "the id comes back"
+        );
+        let (log, _) = orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
+            orrery_proto::operator::operator_client::OperatorClient::new(ch)
+                .read_log(orrery_proto::operator::ReadLogRequest { from: 1, max: 1000 })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .expect("the log");
+        let tagged: Vec<&'static str> = log
+            .events
+            .iter()
+            .map(|b| orrery_events::codec::decode(b).expect("decodes"))
+            .filter(|e| e.request_id == "ticket-4711")
+            .filter_map(|e| e.payload.as_ref().map(orrery_events::codec::event_name))
+            .collect();
+        assert!(tagged.contains(&"HostDrainStarted"), "{tagged:?}");
+        // Events of the master's own making carry none.
+        let first = orrery_events::codec::decode(&log.events[0]).unwrap();
+        assert_eq!(first.request_id, "");
+        drop(agent);
+        m.shutdown().await;
+    });
+}

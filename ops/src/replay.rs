@@ -50,6 +50,9 @@ pub enum ReplayCmd {
         /// Only events of this type (e.g. TaskStatusUpdated).
         #[arg(long = "type")]
         kind: Option<String>,
+        /// Only events of this API request (its `x-request-id`).
+        #[arg(long)]
+        request: Option<String>,
     },
     /// The cluster (or one entity) as of a point in the log.
     State {
@@ -244,7 +247,8 @@ fn print_events(events: &[&pb::Envelope], json: bool) {
             .map(|e| {
                 let (index, kind, line) = event_line(e);
                 json!({"index": index.parse::<u64>().unwrap_or(0), "term": e.term,
-                       "time": time(e.proposed_at_ms), "type": kind, "explained": line})
+                       "time": time(e.proposed_at_ms), "type": kind, "explained": line,
+                       "request_id": e.request_id})
             })
             .collect();
         println!("{}", serde_json::Value::from(v));
@@ -425,6 +429,7 @@ pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
             to,
             entity,
             kind,
+            request,
         } => {
             let from = from
                 .as_deref()
@@ -443,6 +448,7 @@ pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
             let shown: Vec<&pb::Envelope> = pool
                 .into_iter()
                 .filter(|e| e.index >= from && e.index <= to)
+                .filter(|e| request.as_deref().is_none_or(|r| e.request_id == r))
                 .filter(|e| {
                     kind.as_deref().is_none_or(|k| {
                         e.payload

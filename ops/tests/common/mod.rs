@@ -268,6 +268,7 @@ pub fn event(n: u64) -> Vec<u8> {
         index: 0,
         term: 0,
         proposed_at_ms: n,
+        request_id: String::new(),
         payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
             weights: vec![pb::RoleWeight {
                 role: format!("role-{n}"),
