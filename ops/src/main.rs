@@ -17,6 +17,7 @@ mod agent;
 mod bench_agent;
 mod bench_alloc;
 mod bench_log;
+mod bench_replay;
 mod dev;
 mod host;
 mod job;
@@ -24,6 +25,7 @@ mod list;
 mod logging;
 mod master;
 mod replay;
+mod replay_checkpoints;
 
 use std::process::ExitCode;
 
@@ -105,6 +107,7 @@ enum BenchCmd {
     Alloc(bench_alloc::BenchAllocArgs),
     /// 1,000 real tasks on one agent: launch time, and recovery after kill -9.
     Agent(bench_agent::BenchAgentArgs),
+    Replay(bench_replay::BenchReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Log(args)) => bench_log::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
+        Cmd::Bench(BenchCmd::Replay(args)) => bench_replay::run(&args, cli.json),
         Cmd::Replay(args) => replay::run(cli.master.as_deref(), &args, cli.json),
     };
     match result {

@@ -31,6 +31,12 @@ pub struct ReplayArgs {
     /// Read an exported log (`orrery replay export FILE`).
     #[arg(long)]
     log_file: Option<PathBuf>,
+    /// With --log-file: where `state` and `diff` keep their checkpoints
+    /// (default: FILE.checkpoints), one every --checkpoint-every events.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
+    #[arg(long, default_value_t = crate::replay_checkpoints::EVERY)]
+    checkpoint_every: u64,
     #[command(subcommand)]
     cmd: ReplayCmd,
 }
@@ -402,11 +408,61 @@ fn show_state(c: &Cluster, entity: Option<&str>, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn print_diff(a: u64, b: u64, changes: &[r::Change], json: bool) -> Result<()> {
+    if json {
+        let v: Vec<_> = changes
+            .iter()
+            .map(|c| json!({"kind": c.kind, "id": c.id, "before": c.before, "after": c.after}))
+            .collect();
+        println!("{}", serde_json::Value::from(v));
+    } else {
+        println!("from event {a} to event {b}: {} change(s)", changes.len());
+        print!(
+            "{}",
+            crate::list::table(
+                &["KIND", "ID", "BEFORE", "AFTER"],
+                changes
+                    .iter()
+                    .map(|c| vec![
+                        c.kind.to_owned(),
+                        c.id.clone(),
+                        c.before.clone(),
+                        c.after.clone()
+                    ])
+                    .collect()
+            )
+        );
+    }
+    Ok(())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
+    // A long exported log: states from checkpoints, not from the start.
+    if let Some(file) = &args.log_file {
+        let dir = args
+            .checkpoints
+            .clone()
+            .unwrap_or_else(|| crate::replay_checkpoints::default_dir(file));
+        let at = |p: &str| p.parse::<u64>().ok();
+        let state = |i: u64| {
+            crate::replay_checkpoints::state_at(file, i, &dir, args.checkpoint_every)
+                .map(|(c, _)| c)
+        };
+        match &args.cmd {
+            ReplayCmd::State { at: p, entity } if at(p).is_some() => {
+                return show_state(&state(at(p).unwrap_or(0))?, entity.as_deref(), json);
+            }
+            ReplayCmd::Diff { a, b } if at(a).is_some() && at(b).is_some() => {
+                let (a, b) = (at(a).unwrap_or(0), at(b).unwrap_or(0));
+                return print_diff(a, b, &r::diff(&state(a)?, &state(b)?), json);
+            }
+            _ => {}
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -472,26 +528,7 @@ pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
         }
         ReplayCmd::Diff { a, b } => {
             let (a, b) = (point(a, &l)?, point(b, &l)?);
-            let changes = r::diff(&state_at(&l, a)?, &state_at(&l, b)?);
-            if json {
-                let v: Vec<_> = changes
-                    .iter()
-                    .map(|c| json!({"kind": c.kind, "id": c.id, "before": c.before, "after": c.after}))
-                    .collect();
-                println!("{}", serde_json::Value::from(v));
-            } else {
-                println!("from event {a} to event {b}: {} change(s)", changes.len());
-                print!(
-                    "{}",
-                    crate::list::table(
-                        &["KIND", "ID", "BEFORE", "AFTER"],
-                        changes
-                            .into_iter()
-                            .map(|c| vec![c.kind.to_owned(), c.id, c.before, c.after])
-                            .collect()
-                    )
-                );
-            }
+            print_diff(a, b, &r::diff(&state_at(&l, a)?, &state_at(&l, b)?), json)?;
         }
         ReplayCmd::WhyPending { what, at } => {
             let at = at

@@ -226,6 +226,29 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
     assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = orrery(&["replay", "--log-file", file.to_str().unwrap(), "check"]);
     assert_eq!(code, Some(0), "the export replays: {out}{err}");
+    // From checkpoints (one every 3 events): the same past state, the first
+    // time (writing them) and the second (starting from one).
+    for round in 0..2 {
+        let (code, out, err) = orrery(&[
+            "--json",
+            "replay",
+            "--log-file",
+            file.to_str().unwrap(),
+            "--checkpoint-every",
+            "3",
+            "state",
+            "--at",
+            &at,
+        ]);
+        assert_eq!(code, Some(0), "round {round}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(essence(&v), essence(&then_json), "round {round}");
+    }
+    let cps = format!("{}.checkpoints", file.display());
+    assert!(
+        std::fs::read_dir(&cps).map_or(0, |d| d.count()) >= 2,
+        "checkpoints written in {cps}"
+    );
     let bytes = std::fs::read(&file).unwrap();
     let mut edited = Vec::new();
     let mut at_byte = 0;
@@ -244,6 +267,21 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
     }
     assert!(changed);
     std::fs::write(&file, edited).unwrap();
+    // The edited file's history differs: its checkpoints (made from the
+    // original) are not trusted, and the state shows the edit.
+    let (code, out, err) = orrery(&[
+        "--json",
+        "replay",
+        "--log-file",
+        file.to_str().unwrap(),
+        "--checkpoint-every",
+        "3",
+        "state",
+        "--at",
+        &at,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"cpus\":0.5"), "the edited agent: {out}");
     let (code, out, err) = orrery(&["replay", "--log-file", file.to_str().unwrap(), "check"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(

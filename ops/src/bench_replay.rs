@@ -1,0 +1,264 @@
+//! `orrery bench replay`: the state at any point of a long log, from
+//! checkpoints (`replay_checkpoints`), as `orrery replay --log-file FILE
+//! state --at N` computes it.
+//!
+//! The log is made by the real core (decide + apply) and written as an
+//! export: `--agents` agents (64 cpus each) registered, one framework with
+//! `--tasks-per-agent` RUNNING tasks on each, then agents disconnecting and
+//! reregistering with their tasks, one after another, with an allocation
+//! cycle and a decline every `--agents` events — the churn of a large cluster
+//! whose state stays bounded — until `--events` events.
+//!
+//! Reported: the time to write the log, the first replay to its end (which
+//! writes the checkpoints), then the state at `--queries` points spread over
+//! the log, each from a fresh start (checkpoints on disk only): the median
+//! and the slowest. The target is under 2 s per query at 10,000,000 events.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use orrery_events::command::{
+    AgentRegistration, Command, ElectLeader, FrameworkSubscription, ReportedTask, StatusUpdate,
+    TaskSpec,
+};
+use orrery_events::state::MasterConfig;
+use orrery_events::{codec, decide, digest, pb, try_apply, Cluster, Resources, TaskId};
+
+#[derive(Debug, Args)]
+pub struct BenchReplayArgs {
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 1_000)]
+    agents: u64,
+    #[arg(long, default_value_t = 10)]
+    tasks_per_agent: u64,
+    #[arg(long, default_value_t = 7)]
+    queries: u64,
+    /// Where the log and its checkpoints go (default: a temp dir, removed).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+struct Writer {
+    c: Cluster,
+    out: std::io::BufWriter<std::fs::File>,
+    now_ms: u64,
+}
+
+impl Writer {
+    fn run(&mut self, cmd: Command) -> Result<Vec<pb::envelope::Payload>> {
+        let events = decide(&self.c, cmd, self.now_ms).map_err(|r| anyhow::anyhow!("{r}"))?;
+        for env in orrery_events::envelopes(&self.c, 1, self.now_ms, events.clone()) {
+            try_apply(&mut self.c, &env)?;
+            let bytes = codec::encode(&env);
+            self.out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+            self.out.write_all(&bytes)?;
+        }
+        self.now_ms += 1;
+        Ok(events)
+    }
+}
+
+fn registration(i: u64) -> AgentRegistration {
+    AgentRegistration {
+        hostname: format!("h{i}"),
+        ip: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
+        resources: Resources::parse("cpus:64;mem:262144;disk:1000000").unwrap_or_default(),
+        attributes: vec![("rack".into(), format!("r{}", i % 40))],
+        domain: None,
+    }
+}
+
+pub fn run(args: &BenchReplayArgs, json: bool) -> Result<()> {
+    if args.agents == 0 || args.events < args.agents * 4 {
+        bail!("--events must be at least 4 × --agents, and --agents at least 1");
+    }
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("bench.log");
+    let cps = crate::replay_checkpoints::default_dir(&log);
+    let _ = std::fs::remove_dir_all(&cps);
+
+    let started = Instant::now();
+    let mut w = Writer {
+        c: Cluster::new(),
+        out: std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?,
+        ),
+        now_ms: 1_700_000_000_000,
+    };
+    w.run(Command::ElectLeader(ElectLeader {
+        term: 1,
+        leader_id: 1,
+        leader_addr: "bench".into(),
+        http_addr: String::new(),
+        domain: None,
+        config: MasterConfig {
+            offer_timeout_ms: 0,
+            default_refuse_ms: 0,
+            agent_reregister_timeout_ms: 600_000,
+            drain_grace_ms: 60_000,
+        },
+    }))?;
+    let mut agent_ids = Vec::new();
+    for i in 0..args.agents {
+        for e in w.run(Command::RegisterAgent(registration(i)))? {
+            if let pb::envelope::Payload::AgentRegistered(a) = e {
+                agent_ids.push(orrery_events::AgentId::new(a.agent_id));
+            }
+        }
+    }
+    let fw = w.run(Command::Subscribe(FrameworkSubscription {
+        framework_id: None,
+        name: "bench".into(),
+        role: "bench".into(),
+        region_aware: false,
+        partition_aware: false,
+        checkpoint: true,
+        failover_timeout_ms: 3_600_000,
+        principal: String::new(),
+    }))?;
+    let fw_id = match fw.first() {
+        Some(pb::envelope::Payload::FrameworkSubscribed(s)) => {
+            orrery_events::FrameworkId::new(s.framework_id.clone())
+        }
+        _ => bail!("the framework did not subscribe"),
+    };
+    // Tasks on every agent, RUNNING.
+    w.run(Command::Allocate)?;
+    let offers: Vec<_> = w.c.offers.values().cloned().collect();
+    let mut reported: Vec<Vec<ReportedTask>> = vec![Vec::new(); agent_ids.len()];
+    for o in offers {
+        let a = agent_ids.iter().position(|x| *x == o.agent_id).unwrap_or(0);
+        let launches: Vec<TaskSpec> = (0..args.tasks_per_agent)
+            .map(|k| TaskSpec {
+                task_id: TaskId::new(format!("t-{a}-{k}")),
+                name: format!("t-{a}-{k}"),
+                resources: Resources::parse("cpus:1;mem:1024").unwrap_or_default(),
+                command: orrery_events::pb::CommandInfo {
+                    shell: "sleep 1000".into(),
+                    ..Default::default()
+                },
+                job: None,
+                instance: 0,
+                job_version: 0,
+            })
+            .collect();
+        w.run(Command::Accept {
+            framework_id: fw_id.clone(),
+            offer_ids: vec![o.id.clone()],
+            launches: launches.clone(),
+            refuse_seconds: Some(0.0),
+        })?;
+        for t in launches {
+            w.run(Command::UpdateStatus(StatusUpdate {
+                agent_id: o.agent_id.clone(),
+                framework_id: fw_id.clone(),
+                task_id: t.task_id.clone(),
+                state: pb::TaskState::TaskRunning,
+                uuid: format!("u-{}", t.task_id.0),
+                reason: pb::TaskReason::Unspecified,
+                message: String::new(),
+                source: pb::StatusSource::SourceExecutor,
+                exit_code: None,
+                healthy: None,
+            }))?;
+            reported[a].push(ReportedTask {
+                framework_id: fw_id.clone(),
+                task_id: t.task_id,
+                state: pb::TaskState::TaskRunning,
+            });
+        }
+    }
+    // Churn until the log is long enough.
+    let mut i = 0usize;
+    while w.c.applied_index < args.events {
+        let a = i % agent_ids.len();
+        w.run(Command::DisconnectAgent {
+            agent_id: agent_ids[a].clone(),
+        })?;
+        w.run(Command::ReregisterAgent {
+            agent_id: agent_ids[a].clone(),
+            registration: registration(a as u64),
+            tasks: reported[a].clone(),
+        })?;
+        if a == 0 {
+            let made = w.run(Command::Allocate)?;
+            let ids: Vec<orrery_events::OfferId> = w.c.offers.keys().cloned().collect();
+            if !made.is_empty() && !ids.is_empty() {
+                w.run(Command::Decline {
+                    framework_id: fw_id.clone(),
+                    offer_ids: ids,
+                    refuse_seconds: Some(0.0),
+                })?;
+            }
+        }
+        i += 1;
+    }
+    w.out.flush()?;
+    let last = w.c.applied_index;
+    let live = digest(&w.c);
+    let bytes = std::fs::metadata(&log)?.len();
+    let written = started.elapsed();
+
+    let every = crate::replay_checkpoints::EVERY;
+    let t = Instant::now();
+    let (end, first) = crate::replay_checkpoints::state_at(&log, last, &cps, every)?;
+    let first_pass = t.elapsed();
+    if digest(&end) != live {
+        bail!("the replayed state differs from the state that wrote the log");
+    }
+    let mut times: Vec<Duration> = Vec::new();
+    let mut applied_most = 0;
+    for q in 0..args.queries {
+        // Points spread over the log, none on a checkpoint.
+        let at = (last * (q + 1) / (args.queries + 1)).max(1) | 1;
+        let t = Instant::now();
+        let (c, stats) = crate::replay_checkpoints::state_at(&log, at, &cps, every)?;
+        times.push(t.elapsed());
+        applied_most = applied_most.max(stats.events_applied);
+        if c.applied_index != at {
+            bail!("asked for event {at}, got {}", c.applied_index);
+        }
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    let slowest = times[times.len() - 1];
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "events": last, "log_bytes": bytes, "write_s": written.as_secs_f64(),
+                "first_replay_s": first_pass.as_secs_f64(), "checkpoints": first.checkpoints_written,
+                "query_median_s": median.as_secs_f64(), "query_max_s": slowest.as_secs_f64(),
+                "most_events_applied_by_a_query": applied_most,
+            })
+        );
+    } else {
+        println!(
+            "log: {last} events, {} MB, written in {:.1} s",
+            bytes >> 20,
+            written.as_secs_f64()
+        );
+        println!(
+            "first replay to the end: {:.2} s ({} checkpoints written, one every {every} events)",
+            first_pass.as_secs_f64(),
+            first.checkpoints_written
+        );
+        println!(
+            "state at {} points: median {:.3} s, slowest {:.3} s (at most {applied_most} events applied after a checkpoint)",
+            args.queries,
+            median.as_secs_f64(),
+            slowest.as_secs_f64()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Checkpoints for `orrery replay` over long exported logs: the state at
+//! any event of a 10,000,000-event log without replaying from the start.
+//!
+//! The first replay through a log file writes, every `every` events, a
+//! protobuf snapshot of the state (`orrery_events::snapshot`, the master's
+//! own format) and a small JSON record: the event index, the byte offset of
+//! the next event in the file, the SHA-256 of the last event's bytes, and
+//! the file's length and modification time. A later replay to event N
+//! starts from the newest checkpoint at or before N made from this very
+//! file (same length and mtime: an edited or rewritten file invalidates
+//! every checkpoint) whose last event still hashes the same, seeks to its
+//! offset and applies only the events after it.
+//!
+//! Why files next to the log (`FILE.checkpoints/`): they live and die with
+//! the export, need no server, and a checkpoint that does not match the
+//! file is ignored (and rewritten), never trusted.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use orrery_events::{codec, snapshot, Cluster};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A checkpoint every this many events by default.
+pub const EVERY: u64 = 500_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Meta {
+    index: u64,
+    /// The byte offset of event `index` (its length prefix) in the file.
+    last_offset: u64,
+    /// The byte offset of event `index + 1`.
+    next_offset: u64,
+    /// SHA-256 of event `index`'s encoded bytes, hex.
+    last_sha256: String,
+    /// The file when the checkpoint was made.
+    file_len: u64,
+    file_mtime_ns: u128,
+}
+
+/// The file's length and modification time (ns since the epoch).
+fn identity(file: &File) -> (u64, u128) {
+    let meta = file.metadata().ok();
+    let len = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    (len, mtime)
+}
+
+/// How a replay went.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// The checkpoint it started from (0: the start of the log).
+    pub from_checkpoint: u64,
+    pub events_applied: u64,
+    pub checkpoints_written: u64,
+}
+
+pub fn default_dir(log_file: &Path) -> PathBuf {
+    let mut name = log_file.as_os_str().to_owned();
+    name.push(".checkpoints");
+    PathBuf::from(name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn meta_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("cp-{index:020}.json"))
+}
+
+fn state_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("cp-{index:020}.pb"))
+}
+
+/// Reads one length-prefixed event at the reader's position; `None` at the
+/// end of the file.
+fn next_event(r: &mut impl Read, offset: u64) -> Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e).context("reading the log file"),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)
+        .map_err(|_| anyhow!("a torn event at byte {offset} of the log file"))?;
+    Ok(Some(body))
+}
+
+/// The newest checkpoint at or before `at` that matches the file.
+fn best_checkpoint(dir: &Path, file: &mut File, at: u64) -> Option<(Meta, Cluster)> {
+    let mut metas: Vec<Meta> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<Meta>(&b).ok())
+        .filter(|m| m.index <= at)
+        .filter(|m| (m.file_len, m.file_mtime_ns) == identity(file))
+        .collect();
+    metas.sort_by_key(|m| std::cmp::Reverse(m.index));
+    for m in metas {
+        let matches = file.seek(SeekFrom::Start(m.last_offset)).is_ok()
+            && next_event(file, m.last_offset)
+                .ok()
+                .flatten()
+                .is_some_and(|b| hex(&Sha256::digest(&b)) == m.last_sha256);
+        if !matches {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(state_path(dir, m.index)) else {
+            continue;
+        };
+        match snapshot::decode(&bytes) {
+            Ok(c) if c.applied_index == m.index => return Some((m, c)),
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// The state after event `at` of the exported log `path`, using and
+/// writing checkpoints in `dir`.
+pub fn state_at(path: &Path, at: u64, dir: &Path, every: u64) -> Result<(Cluster, Stats)> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut stats = Stats::default();
+    let (mut c, mut offset) = match best_checkpoint(dir, &mut file, at) {
+        Some((m, c)) => {
+            stats.from_checkpoint = m.index;
+            (c, m.next_offset)
+        }
+        None => (Cluster::new(), 0),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let writable = std::fs::create_dir_all(dir).is_ok();
+    let (file_len, file_mtime_ns) = identity(r.get_ref());
+    while c.applied_index < at {
+        let Some(body) = next_event(&mut r, offset)? else {
+            bail!(
+                "event {at} is past the end of the log (event {})",
+                c.applied_index
+            );
+        };
+        let env = codec::decode(&body)
+            .map_err(|e| anyhow!("the event at byte {offset} does not decode: {e}"))?;
+        orrery_events::try_apply(&mut c, &env).map_err(|e| anyhow!("event {}: {e}", env.index))?;
+        stats.events_applied += 1;
+        let last_offset = offset;
+        offset += 4 + body.len() as u64;
+        let index = c.applied_index;
+        if writable && every > 0 && index % every == 0 && !meta_path(dir, index).exists() {
+            let meta = Meta {
+                index,
+                last_offset,
+                next_offset: offset,
+                last_sha256: hex(&Sha256::digest(&body)),
+                file_len,
+                file_mtime_ns,
+            };
+            std::fs::write(state_path(dir, index), snapshot::encode(&c))
+                .and_then(|()| {
+                    std::fs::write(
+                        meta_path(dir, index),
+                        serde_json::to_vec(&meta).unwrap_or_default(),
+                    )
+                })
+                .with_context(|| format!("writing a checkpoint in {}", dir.display()))?;
+            stats.checkpoints_written += 1;
+        }
+    }
+    Ok((c, stats))
+}
