@@ -31,8 +31,9 @@ pub struct ReplayArgs {
     /// Read an exported log (`orrery replay export FILE`).
     #[arg(long)]
     log_file: Option<PathBuf>,
-    /// With --log-file: where `state` and `diff` keep their checkpoints
-    /// (default: FILE.checkpoints), one every --checkpoint-every events.
+    /// Where `state` and `diff` keep their checkpoints (default:
+    /// FILE.checkpoints next to a --log-file, DIR.replay-checkpoints next to
+    /// a --data-dir), one every --checkpoint-every events.
     #[arg(long)]
     checkpoints: Option<PathBuf>,
     #[arg(long, default_value_t = crate::replay_checkpoints::EVERY)]
@@ -441,6 +442,36 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
+    // A stopped master's data dir: states from checkpoints next to it.
+    if let Some(data) = &args.data_dir {
+        let dir = args
+            .checkpoints
+            .clone()
+            .unwrap_or_else(|| crate::replay_checkpoints::default_dir_for_data(data));
+        let at = |p: &str| p.parse::<u64>().ok();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let state = |i: u64| {
+            rt.block_on(crate::replay_checkpoints::state_at_data_dir(
+                data,
+                i,
+                &dir,
+                args.checkpoint_every,
+            ))
+            .map(|(c, _)| c)
+        };
+        match &args.cmd {
+            ReplayCmd::State { at: p, entity } if at(p).is_some() => {
+                return show_state(&state(at(p).unwrap_or(0))?, entity.as_deref(), json);
+            }
+            ReplayCmd::Diff { a, b } if at(a).is_some() && at(b).is_some() => {
+                let (a, b) = (at(a).unwrap_or(0), at(b).unwrap_or(0));
+                return print_diff(a, b, &r::diff(&state(a)?, &state(b)?), json);
+            }
+            _ => {}
+        }
+    }
     // A long exported log: states from checkpoints, not from the start.
     if let Some(file) = &args.log_file {
         let dir = args

@@ -179,3 +179,146 @@ pub fn state_at(path: &Path, at: u64, dir: &Path, every: u64) -> Result<(Cluster
     }
     Ok((c, stats))
 }
+
+// --- a stopped master's data dir ------------------------------------------------
+
+/// A checkpoint of a data dir's history: the state after event `index`, the
+/// last event of raft entry `raft_index` of term `raft_term`. Raft's log
+/// matching makes (raft_index, raft_term) name one history: a log that holds
+/// that entry with that term holds the same events up to it.
+#[derive(Debug, Serialize, Deserialize)]
+struct RaftMeta {
+    index: u64,
+    raft_index: u64,
+    raft_term: u64,
+}
+
+fn raft_meta_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("raft-{index:020}.json"))
+}
+
+fn raft_state_path(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("raft-{index:020}.pb"))
+}
+
+/// Where checkpoints of `data_dir` go by default: next to it, never in it.
+pub fn default_dir_for_data(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf())
+        .into_os_string();
+    name.push(".replay-checkpoints");
+    PathBuf::from(name)
+}
+
+/// The state after event `at` of a stopped master's `data_dir`: from the
+/// newest checkpoint (or the master's snapshot) at or before it whose raft
+/// entry the log still holds with the same term, then the events after it.
+pub async fn state_at_data_dir(
+    data_dir: &Path,
+    at: u64,
+    dir: &Path,
+    every: u64,
+) -> Result<(Cluster, Stats)> {
+    let r = orrery_storage::raft::offline::Reader::open(data_dir)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut stats = Stats::default();
+    // The start: the snapshot, or the beginning of the log.
+    let (mut c, mut raft_index, mut next) = match &r.snapshot {
+        Some(s) if s.last_event_index <= at => (
+            snapshot::decode(&s.app_state).map_err(|e| {
+                anyhow!(
+                    "the snapshot in {} does not decode: {e}",
+                    data_dir.display()
+                )
+            })?,
+            r.snapshot_raft_index + 1,
+            s.last_event_index + 1,
+        ),
+        Some(s) => {
+            let first = r.first_event_index().map_err(|e| anyhow!("{e}"))?;
+            if first > 1 || at < s.last_event_index && r.first_raft_index > 1 {
+                bail!(
+                    "event {at} is before the events this data dir still holds (from event {first}; its snapshot is at event {})",
+                    s.last_event_index
+                );
+            }
+            (Cluster::new(), r.first_raft_index, 1)
+        }
+        None => (Cluster::new(), r.first_raft_index, 1),
+    };
+    // A newer checkpoint of the same history?
+    let mut metas: Vec<RaftMeta> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("raft-"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|b| serde_json::from_slice::<RaftMeta>(&b).ok())
+        .filter(|m| {
+            m.index <= at && m.index >= c.applied_index && m.raft_index >= r.first_raft_index
+        })
+        .collect();
+    metas.sort_by_key(|m| std::cmp::Reverse(m.index));
+    for m in metas {
+        if r.entry_term(m.raft_index) != Some(m.raft_term) {
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(raft_state_path(dir, m.index)) else {
+            continue;
+        };
+        if let Ok(cp) = snapshot::decode(&bytes) {
+            if cp.applied_index == m.index {
+                c = cp;
+                raft_index = m.raft_index + 1;
+                next = m.index + 1;
+                stats.from_checkpoint = m.index;
+                break;
+            }
+        }
+    }
+    let writable = std::fs::create_dir_all(dir).is_ok();
+    let mut last_cp = c.applied_index;
+    const ENTRIES: u64 = 1_000;
+    while c.applied_index < at {
+        if raft_index > r.committed_raft_index {
+            bail!(
+                "event {at} is past the end of the log (event {})",
+                c.applied_index
+            );
+        }
+        let got = r
+            .events_from(raft_index, next, at, ENTRIES)
+            .map_err(|e| anyhow!("{e}"))?;
+        raft_index += ENTRIES;
+        for e in got {
+            let env = codec::decode(&e.event.payload)
+                .map_err(|err| anyhow!("event {} does not decode: {err}", e.event.index))?;
+            orrery_events::try_apply(&mut c, &env)
+                .map_err(|err| anyhow!("event {}: {err}", env.index))?;
+            next = c.applied_index + 1;
+            stats.events_applied += 1;
+            let due = every > 0 && c.applied_index / every > last_cp / every;
+            if writable && e.last_in_entry && due {
+                let meta = RaftMeta {
+                    index: c.applied_index,
+                    raft_index: e.raft_index,
+                    raft_term: e.event.term,
+                };
+                std::fs::write(raft_state_path(dir, meta.index), snapshot::encode(&c))
+                    .and_then(|()| {
+                        std::fs::write(
+                            raft_meta_path(dir, meta.index),
+                            serde_json::to_vec(&meta).unwrap_or_default(),
+                        )
+                    })
+                    .with_context(|| format!("writing a checkpoint in {}", dir.display()))?;
+                stats.checkpoints_written += 1;
+                last_cp = c.applied_index;
+            }
+        }
+    }
+    Ok((c, stats))
+}

@@ -210,6 +210,27 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
     assert_eq!(code, Some(0), "{err}");
     let offline: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(essence(&offline), essence(&then_json));
+    // With checkpoints every 2 events: written the first time, used after.
+    let cps = dir.path().join("cps");
+    for round in 0..2 {
+        let (code, out, err) = orrery(&[
+            "--json",
+            "replay",
+            "--data-dir",
+            data,
+            "--checkpoints",
+            cps.to_str().unwrap(),
+            "--checkpoint-every",
+            "2",
+            "state",
+            "--at",
+            &at,
+        ]);
+        assert_eq!(code, Some(0), "round {round}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(essence(&v), essence(&then_json), "round {round}");
+    }
+    assert!(std::fs::read_dir(&cps).map_or(0, |d| d.count()) >= 2);
     let (code, out, _) = orrery(&["replay", "--data-dir", data, "diff", &at, "1000000"]);
     assert_eq!(code, Some(1), "past the end is refused: {out}");
 
