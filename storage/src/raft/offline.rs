@@ -29,6 +29,9 @@ pub struct OfflineLog {
     pub events: Vec<LoggedEvent>,
 }
 
+/// One raft entry's events: (raft index, term, encoded events).
+type Batch = (u64, u64, Vec<Vec<u8>>);
+
 /// A stopped replica's log, open for reading in pieces.
 pub struct Reader {
     log: LogStore,
@@ -115,7 +118,7 @@ impl Reader {
     }
 
     /// Event batches of the committed raft entries in [from, to).
-    fn batches(&self, from: u64, to: u64) -> Result<Vec<(u64, u64, Vec<Vec<u8>>)>, Fatal> {
+    fn batches(&self, from: u64, to: u64) -> Result<Vec<Batch>, Fatal> {
         let raw = self
             .log
             .read_raw(from, to.min(self.committed_raft_index + 1))
