@@ -257,3 +257,59 @@ pub fn rejected(name: &'static str) {
 pub fn allocation_cycle(took: Duration) {
     metrics::histogram!(ALLOCATION_CYCLE).record(took.as_secs_f64());
 }
+
+/// Prometheus text → Aurora's flat map: `name{a="x",b="y"} v` becomes
+/// `name_a_x_b_y: v`; histograms keep their `_sum` and `_count`.
+pub fn flatten(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        if series.contains("_bucket") {
+            continue;
+        }
+        let name = match series.split_once('{') {
+            None => series.to_owned(),
+            Some((name, labels)) => {
+                let mut flat = name.to_owned();
+                for pair in labels.trim_end_matches('}').split(',') {
+                    if let Some((k, val)) = pair.split_once('=') {
+                        flat.push('_');
+                        flat.push_str(k);
+                        flat.push('_');
+                        flat.push_str(val.trim_matches('"'));
+                    }
+                }
+                flat
+            }
+        };
+        out.insert(name, v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flattening_names_labels_and_skips_buckets() {
+        let text = "# HELP x y\n# TYPE orrery_agents gauge\n\
+                    orrery_agents{state=\"REGISTERED\"} 3\n\
+                    orrery_is_leader 1\n\
+                    orrery_log_append_latency_seconds_bucket{le=\"0.1\"} 4\n\
+                    orrery_log_append_latency_seconds_sum 0.25\n";
+        let m = flatten(text);
+        assert_eq!(m.get("orrery_agents_state_REGISTERED"), Some(&3.0));
+        assert_eq!(m.get("orrery_is_leader"), Some(&1.0));
+        assert_eq!(m.get("orrery_log_append_latency_seconds_sum"), Some(&0.25));
+        assert_eq!(m.len(), 3);
+    }
+}

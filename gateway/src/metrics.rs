@@ -113,49 +113,12 @@ pub async fn metrics(State(a): State<Admin>) -> Response {
         .into_response()
 }
 
-/// Prometheus text → Aurora's flat map: `name{a="x",b="y"} v` becomes
-/// `name_a_x_b_y: v`; histograms keep their `_sum` and `_count`.
-pub fn flatten(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        if series.contains("_bucket") {
-            continue;
-        }
-        let name = match series.split_once('{') {
-            None => series.to_owned(),
-            Some((name, labels)) => {
-                let mut flat = name.to_owned();
-                for pair in labels.trim_end_matches('}').split(',') {
-                    if let Some((k, val)) = pair.split_once('=') {
-                        flat.push('_');
-                        flat.push_str(k);
-                        flat.push('_');
-                        flat.push_str(val.trim_matches('"'));
-                    }
-                }
-                flat
-            }
-        };
-        out.insert(name, v);
-    }
-    out
-}
-
 pub async fn vars(State(a): State<Admin>) -> Response {
     let Some(h) = handle() else {
         return no_recorder();
     };
     set_gauges(&a);
-    axum::Json(flatten(&h.render())).into_response()
+    axum::Json(t::flatten(&h.render())).into_response()
 }
 
 /// The header that carries a request id in and out.
@@ -202,23 +165,4 @@ pub async fn api_latency(req: Request, next: Next) -> Response {
     }
     metrics::histogram!(t::API_LATENCY, "method" => method).record(started.elapsed().as_secs_f64());
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flattening_names_labels_and_skips_buckets() {
-        let text = "# HELP x y\n# TYPE orrery_agents gauge\n\
-                    orrery_agents{state=\"REGISTERED\"} 3\n\
-                    orrery_is_leader 1\n\
-                    orrery_log_append_latency_seconds_bucket{le=\"0.1\"} 4\n\
-                    orrery_log_append_latency_seconds_sum 0.25\n";
-        let m = flatten(text);
-        assert_eq!(m.get("orrery_agents_state_REGISTERED"), Some(&3.0));
-        assert_eq!(m.get("orrery_is_leader"), Some(&1.0));
-        assert_eq!(m.get("orrery_log_append_latency_seconds_sum"), Some(&0.25));
-        assert_eq!(m.len(), 3);
-    }
 }

@@ -1163,6 +1163,11 @@ async fn the_agent_serves_health_state_and_metrics() {
             && r.contains("orrery_agent_attached 1"),
         "{r}"
     );
+    let r = http(&http_addr, "GET", "/vars.json", "");
+    assert!(
+        r.contains("\"orrery_agent_tasks_state_TASK_RUNNING\":1"),
+        "{r}"
+    );
     // The master goes away: the agent says it is not attached.
     m.kill9(1);
     eventually("/health 503", WAIT, || {

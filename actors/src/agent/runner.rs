@@ -1006,7 +1006,8 @@ fn kill_task(shared: &Arc<Shared>, key: Key) {
 // --- HTTP admin (`orrery agent --http ADDR`) ------------------------------------
 
 /// `/health` (200 `OK\n` while attached to the active master, 503 and why
-/// otherwise), `/state` (the agent's tasks as JSON) and `/metrics`.
+/// otherwise), `/state` (the agent's tasks as JSON), `/metrics` and
+/// `/vars.json`.
 fn admin_router(shared: Arc<Shared>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
@@ -1036,6 +1037,23 @@ fn admin_router(shared: Arc<Shared>) -> axum::Router {
             async move { axum::Json(state_json(&shared)).into_response() }
         }
     };
+    let vars = {
+        let shared = shared.clone();
+        move || {
+            let shared = shared.clone();
+            async move {
+                let Some(h) = crate::telemetry::prometheus() else {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "another metrics recorder is installed in this process\n".to_owned(),
+                    )
+                        .into_response();
+                };
+                set_agent_gauges(&shared);
+                axum::Json(crate::telemetry::flatten(&h.render())).into_response()
+            }
+        }
+    };
     let metrics = move || {
         let shared = shared.clone();
         async move {
@@ -1061,6 +1079,7 @@ fn admin_router(shared: Arc<Shared>) -> axum::Router {
         .route("/health", axum::routing::get(health))
         .route("/state", axum::routing::get(state))
         .route("/metrics", axum::routing::get(metrics))
+        .route("/vars.json", axum::routing::get(vars))
 }
 
 fn state_json(shared: &Shared) -> serde_json::Value {
