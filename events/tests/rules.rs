@@ -1123,6 +1123,19 @@ fn inverse_offers_ask_frameworks_to_vacate_scheduled_machines_once() {
 }
 
 #[test]
+fn a_machine_scheduled_by_ip_alone_gets_inverse_offers() {
+    let (mut s, agent, fw, _) = Scenario::one_offer();
+    running(&mut s, &agent, &fw, "t1");
+    s.given(Command::UpdateSchedule {
+        windows: vec![window(&[("", "10.0.0.1")], 7_000)],
+    });
+    let made = inverse_offers_made(&s.given(Command::Allocate));
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].hostname, "h1");
+    assert_eq!(made[0].unavailability.as_ref().unwrap().start_ns, 7_000);
+}
+
+#[test]
 fn a_declining_framework_is_drained_when_the_grace_passes() {
     let (mut s, agent, fw, _) = Scenario::one_offer();
     running(&mut s, &agent, &fw, "t1");

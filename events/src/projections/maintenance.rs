@@ -1,6 +1,8 @@
 //! Maintenance views: which window holds a machine, a host's state, how many
 //! live tasks a host still runs.
 
+use std::collections::BTreeMap;
+
 use orrery_proto::events as pb;
 
 use crate::state::{Cluster, HostState, MachineId, Unavailability, Window};
@@ -65,10 +67,43 @@ pub fn drained_by_master(t: &crate::state::Task) -> bool {
 /// Ids continue `seq.next_offer` from `next`.
 pub fn inverse_offers_due(c: &Cluster, mut next: u64) -> Vec<pb::InverseOffer> {
     let mut out = Vec::new();
-    for host in c.hosts.values().filter(|h| h.state != HostState::Down) {
-        let Some(u) = unavailability_of(c, &host.machine.hostname) else {
+    if c.schedule.is_empty() {
+        return out;
+    }
+    // The scheduled hosts, from the schedule (not a scan of every host
+    // against every window: this runs each allocation cycle).
+    let mut scheduled: BTreeMap<&str, Unavailability> = BTreeMap::new();
+    let by_ip: BTreeMap<&str, &str> = if c
+        .schedule
+        .iter()
+        .any(|w| w.machines.iter().any(|m| m.hostname.is_empty()))
+    {
+        c.hosts
+            .values()
+            .map(|h| (h.machine.ip.as_str(), h.machine.hostname.as_str()))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    for w in &c.schedule {
+        for m in &w.machines {
+            let hostname = if m.hostname.is_empty() {
+                by_ip.get(m.ip.as_str()).copied()
+            } else {
+                Some(m.hostname.as_str())
+            };
+            if let Some(h) = hostname {
+                scheduled.entry(h).or_insert(w.unavailability);
+            }
+        }
+    }
+    for (hostname, u) in scheduled {
+        let Some(host) = c.hosts.get(hostname) else {
             continue;
         };
+        if host.state == HostState::Down {
+            continue;
+        }
         for agent_id in c
             .agents_by_host
             .get(&host.machine.hostname)
