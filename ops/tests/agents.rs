@@ -1176,3 +1176,78 @@ async fn the_agent_serves_health_state_and_metrics() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_three_real_instances_never_takes_more_than_one_down() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let mut a = AgentProc::on_host(&m, "host-1");
+    a.start(&[], &[]);
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("svc.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 3\nargv = [\"sleep\", \"1000\"]\n\
+         max_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // (RUNNING instances, of them on host-1) from `orrery job status`.
+    let running = || {
+        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/svc"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let all = v["instances"].as_array().cloned().unwrap_or_default();
+        let up: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|i| i["state"] == "TASK_RUNNING")
+            .collect();
+        let on_1 = up.iter().filter(|i| i["hostname"] == "host-1").count();
+        (up.len(), on_1)
+    };
+    eventually("3 instances on host-1", WAIT, || {
+        let r = running();
+        async move { (r == (3, 3)).then_some(()) }
+    })
+    .await;
+    let mut b = AgentProc::on_host(&m, "host-2");
+    b.start(&[], &[]);
+    eventually("host-2 registered", WAIT, || {
+        let ms = addrs(&m);
+        async move {
+            let s = eventually_state(&ms).await;
+            s.agents
+                .iter()
+                .any(|x| x.hostname == "host-2" && x.state == "REGISTERED")
+                .then_some(())
+        }
+    })
+    .await;
+    let (code, _, err) = orrery(&["host", "maintenance", "start", "host-1"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Sampled as fast as the CLI answers: never fewer than 2 running.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut fewest = 3;
+    loop {
+        let (up, on_1) = running();
+        fewest = fewest.min(up);
+        if up == 3 && on_1 == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain did not finish: {up} running, {on_1} on host-1"
+        );
+    }
+    assert!(
+        fewest >= 2,
+        "at most one instance down at a time, saw {fewest} running"
+    );
+    eventually("host-1 DOWN", WAIT, || {
+        let (_, out, _) = orrery(&["host", "query", "--states", "HOST_STATE_DOWN"]);
+        async move { out.contains("host-1").then_some(()) }
+    })
+    .await;
+    drop(b);
+}
