@@ -442,47 +442,36 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
-    // A stopped master's data dir: states from checkpoints next to it.
-    if let Some(data) = &args.data_dir {
-        let dir = args
-            .checkpoints
-            .clone()
-            .unwrap_or_else(|| crate::replay_checkpoints::default_dir_for_data(data));
-        let at = |p: &str| p.parse::<u64>().ok();
+    // A stopped master's data dir or an exported log: states from
+    // checkpoints next to the source, not from the start.
+    if args.data_dir.is_some() || args.log_file.is_some() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let state = |i: u64| {
-            rt.block_on(crate::replay_checkpoints::state_at_data_dir(
-                data,
-                i,
-                &dir,
-                args.checkpoint_every,
-            ))
-            .map(|(c, _)| c)
+        let state = |i: u64| -> Result<Cluster> {
+            let every = args.checkpoint_every;
+            let (c, _) = match (&args.data_dir, &args.log_file) {
+                (Some(data), _) => {
+                    let dir = args
+                        .checkpoints
+                        .clone()
+                        .unwrap_or_else(|| crate::replay_checkpoints::default_dir_for_data(data));
+                    rt.block_on(crate::replay_checkpoints::state_at_data_dir(
+                        data, i, &dir, every,
+                    ))?
+                }
+                (None, Some(file)) => {
+                    let dir = args
+                        .checkpoints
+                        .clone()
+                        .unwrap_or_else(|| crate::replay_checkpoints::default_dir(file));
+                    crate::replay_checkpoints::state_at(file, i, &dir, every)?
+                }
+                (None, None) => bail!("no data dir or log file"),
+            };
+            Ok(c)
         };
-        match &args.cmd {
-            ReplayCmd::State { at: p, entity } if at(p).is_some() => {
-                return show_state(&state(at(p).unwrap_or(0))?, entity.as_deref(), json);
-            }
-            ReplayCmd::Diff { a, b } if at(a).is_some() && at(b).is_some() => {
-                let (a, b) = (at(a).unwrap_or(0), at(b).unwrap_or(0));
-                return print_diff(a, b, &r::diff(&state(a)?, &state(b)?), json);
-            }
-            _ => {}
-        }
-    }
-    // A long exported log: states from checkpoints, not from the start.
-    if let Some(file) = &args.log_file {
-        let dir = args
-            .checkpoints
-            .clone()
-            .unwrap_or_else(|| crate::replay_checkpoints::default_dir(file));
         let at = |p: &str| p.parse::<u64>().ok();
-        let state = |i: u64| {
-            crate::replay_checkpoints::state_at(file, i, &dir, args.checkpoint_every)
-                .map(|(c, _)| c)
-        };
         match &args.cmd {
             ReplayCmd::State { at: p, entity } if at(p).is_some() => {
                 return show_state(&state(at(p).unwrap_or(0))?, entity.as_deref(), json);

@@ -11,6 +11,7 @@ mod common;
 #[path = "../../gateway/tests/common/framework.rs"]
 mod framework;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -1051,44 +1052,49 @@ async fn maintenance_endpoints_and_host_commands() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
-    let _serial = SERIAL.lock().await;
-    let m = one_master(&master_flags()).await;
-    let mut a = AgentProc::on_host(&m, "host-1");
+/// RUNNING instances of job www/prod/svc per host, from `orrery job status`.
+fn svc_running(
+    orrery: &impl Fn(&[&str]) -> (Option<i32>, String, String),
+) -> BTreeMap<String, usize> {
+    let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/svc"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut per_host = BTreeMap::new();
+    for i in v["instances"].as_array().into_iter().flatten() {
+        if i["state"] == "TASK_RUNNING" {
+            *per_host
+                .entry(i["hostname"].as_str().unwrap_or_default().to_owned())
+                .or_default() += 1;
+        }
+    }
+    per_host
+}
+
+/// Job www/prod/svc (`instances` sleeps, max_unavailable 1) RUNNING on
+/// host-1's agent, then host-2's agent registered: the start of a drain.
+async fn svc_on_host_1_then_host_2(m: &Masters, instances: usize) -> (AgentProc, AgentProc) {
+    let mut a = AgentProc::on_host(m, "host-1");
     a.start(&[], &[]);
-    let orrery = cli(&m);
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("svc.toml");
+    let orrery = cli(m);
+    let job = a.dir.path().join("svc.toml");
     std::fs::write(
         &job,
-        "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
-         max_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n",
+        format!(
+            "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = {instances}\n\
+             argv = [\"sleep\", \"1000\"]\nmax_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n"
+        ),
     )
     .unwrap();
     let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
-    let running_on = |host: &'static str| {
-        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/svc"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        v["instances"].as_array().map_or(0, |a| {
-            a.iter()
-                .filter(|i| i["state"] == "TASK_RUNNING" && i["hostname"] == host)
-                .count()
-        })
-    };
-    eventually("2 instances on host-1", WAIT, || {
-        let n = running_on("host-1");
-        async move { (n == 2).then_some(()) }
+    eventually("every instance on host-1", WAIT, || {
+        let n = svc_running(&orrery).get("host-1").copied().unwrap_or(0);
+        async move { (n == instances).then_some(()) }
     })
     .await;
-    let sandboxes: Vec<PathBuf> = (0..2)
-        .map(|i| a.sandbox("F1", &format!("www.prod.svc.{i}.1")))
-        .collect();
-    let mut b = AgentProc::on_host(&m, "host-2");
+    let mut b = AgentProc::on_host(m, "host-2");
     b.start(&[], &[]);
     eventually("host-2 registered", WAIT, || {
-        let ms = addrs(&m);
+        let ms = addrs(m);
         async move {
             let s = eventually_state(&ms).await;
             s.agents
@@ -1098,6 +1104,18 @@ async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
         }
     })
     .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let (mut a, b) = svc_on_host_1_then_host_2(&m, 2).await;
+    let orrery = cli(&m);
+    let sandboxes: Vec<PathBuf> = (0..2)
+        .map(|i| a.sandbox("F1", &format!("www.prod.svc.{i}.1")))
+        .collect();
 
     // host-1's agent dies (its executors and tasks live on); the drain is
     // asked for while it is away, and nothing can reach its tasks.
@@ -1112,7 +1130,7 @@ async fn a_drain_started_while_the_agent_is_down_goes_on_when_it_restarts() {
     // It restarts, recovers its tasks and reregisters: the drain goes on.
     a.start(&[], &[]);
     eventually("both instances moved to host-2", WAIT, || {
-        let n = running_on("host-2");
+        let n = svc_running(&orrery).get("host-2").copied().unwrap_or(0);
         async move { (n == 2).then_some(()) }
     })
     .await;
@@ -1181,49 +1199,16 @@ async fn the_agent_serves_health_state_and_metrics() {
 async fn draining_three_real_instances_never_takes_more_than_one_down() {
     let _serial = SERIAL.lock().await;
     let m = one_master(&master_flags()).await;
-    let mut a = AgentProc::on_host(&m, "host-1");
-    a.start(&[], &[]);
+    let (_a, b) = svc_on_host_1_then_host_2(&m, 3).await;
     let orrery = cli(&m);
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("svc.toml");
-    std::fs::write(
-        &job,
-        "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 3\nargv = [\"sleep\", \"1000\"]\n\
-         max_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n",
-    )
-    .unwrap();
-    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    // (RUNNING instances, of them on host-1) from `orrery job status`.
+    // (RUNNING instances, of them on host-1).
     let running = || {
-        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/svc"]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let all = v["instances"].as_array().cloned().unwrap_or_default();
-        let up: Vec<&serde_json::Value> = all
-            .iter()
-            .filter(|i| i["state"] == "TASK_RUNNING")
-            .collect();
-        let on_1 = up.iter().filter(|i| i["hostname"] == "host-1").count();
-        (up.len(), on_1)
+        let per_host = svc_running(&orrery);
+        (
+            per_host.values().sum::<usize>(),
+            per_host.get("host-1").copied().unwrap_or(0),
+        )
     };
-    eventually("3 instances on host-1", WAIT, || {
-        let r = running();
-        async move { (r == (3, 3)).then_some(()) }
-    })
-    .await;
-    let mut b = AgentProc::on_host(&m, "host-2");
-    b.start(&[], &[]);
-    eventually("host-2 registered", WAIT, || {
-        let ms = addrs(&m);
-        async move {
-            let s = eventually_state(&ms).await;
-            s.agents
-                .iter()
-                .any(|x| x.hostname == "host-2" && x.state == "REGISTERED")
-                .then_some(())
-        }
-    })
-    .await;
     let (code, _, err) = orrery(&["host", "maintenance", "start", "host-1"]);
     assert_eq!(code, Some(0), "{err}");
     // Sampled as fast as the CLI answers: never fewer than 2 running.

@@ -1042,37 +1042,27 @@ fn admin_router(shared: Arc<Shared>) -> axum::Router {
         move || {
             let shared = shared.clone();
             async move {
-                let Some(h) = crate::telemetry::prometheus() else {
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "another metrics recorder is installed in this process\n".to_owned(),
-                    )
-                        .into_response();
-                };
-                set_agent_gauges(&shared);
-                axum::Json(crate::telemetry::flatten(&h.render())).into_response()
+                match render(&shared) {
+                    Some(text) => axum::Json(crate::telemetry::flatten(&text)).into_response(),
+                    None => no_recorder(),
+                }
             }
         }
     };
     let metrics = move || {
         let shared = shared.clone();
         async move {
-            let Some(h) = crate::telemetry::prometheus() else {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "another metrics recorder is installed in this process\n".to_owned(),
+            match render(&shared) {
+                Some(text) => (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    text,
                 )
-                    .into_response();
-            };
-            set_agent_gauges(&shared);
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                h.render(),
-            )
-                .into_response()
+                    .into_response(),
+                None => no_recorder(),
+            }
         }
     };
     axum::Router::new()
@@ -1080,6 +1070,24 @@ fn admin_router(shared: Arc<Shared>) -> axum::Router {
         .route("/state", axum::routing::get(state))
         .route("/metrics", axum::routing::get(metrics))
         .route("/vars.json", axum::routing::get(vars))
+}
+
+/// The agent's gauges, set now, in the recorder's text (`None` without a
+/// recorder).
+fn render(shared: &Shared) -> Option<String> {
+    let h = crate::telemetry::prometheus()?;
+    set_agent_gauges(shared);
+    Some(h.render())
+}
+
+/// `/metrics` and `/vars.json` when no recorder could be installed.
+fn no_recorder() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "another metrics recorder is installed in this process\n",
+    )
+        .into_response()
 }
 
 fn state_json(shared: &Shared) -> serde_json::Value {
