@@ -95,6 +95,19 @@ async fn health(State(a): State<Admin>) -> Response {
     (StatusCode::OK, "OK\n").into_response()
 }
 
+/// The leader's HTTP admin address, when the log names the leader this
+/// replica knows and it serves HTTP (followers redirect there).
+pub fn leader_http_addr(a: &Admin) -> Option<String> {
+    let info = a.log.leader();
+    a.log.with_state(|m| {
+        m.cluster
+            .leader
+            .as_ref()
+            .filter(|l| Some(l.leader_id) == info.leader_id && !l.http_addr.is_empty())
+            .map(|l| l.http_addr.clone())
+    })
+}
+
 async fn state(State(a): State<Admin>) -> Response {
     match a.master.send(Serving).await {
         Ok(Ok(_)) => {
@@ -103,14 +116,7 @@ async fn state(State(a): State<Admin>) -> Response {
             axum::Json(state_json(&s)).into_response()
         }
         Ok(Err(orrery_actors::master::MasterError::NotLeader { .. })) => {
-            let info = a.log.leader();
-            let target = a.log.with_state(|m| {
-                m.cluster
-                    .leader
-                    .as_ref()
-                    .filter(|l| Some(l.leader_id) == info.leader_id && !l.http_addr.is_empty())
-                    .map(|l| l.http_addr.clone())
-            });
+            let target = leader_http_addr(&a);
             match target {
                 Some(http) => (
                     StatusCode::TEMPORARY_REDIRECT,

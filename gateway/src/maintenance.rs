@@ -24,7 +24,7 @@ use orrery_actors::master::{MasterError, Serving, Submit};
 use orrery_events::command::Command;
 use orrery_events::state::{HostState, MachineId, Unavailability, Window};
 use orrery_events::RejectionClass;
-use orrery_storage::{EventLog, StateAccess};
+use orrery_storage::StateAccess;
 use serde_json::{json, Value};
 
 use crate::http::Admin;
@@ -139,14 +139,7 @@ async fn lead(a: &Admin, path: &str) -> Result<(), Response> {
     match a.master.send(Serving).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(MasterError::NotLeader { .. })) => {
-            let info = a.log.leader();
-            let target = a.log.with_state(|m| {
-                m.cluster
-                    .leader
-                    .as_ref()
-                    .filter(|l| Some(l.leader_id) == info.leader_id && !l.http_addr.is_empty())
-                    .map(|l| l.http_addr.clone())
-            });
+            let target = crate::http::leader_http_addr(a);
             Err(match target {
                 Some(h) => (
                     StatusCode::TEMPORARY_REDIRECT,

@@ -44,6 +44,24 @@ pub struct BenchAllocArgs {
     batch: usize,
 }
 
+/// The leader a benchmark's log starts with: no offer timeout, no default
+/// refuse filter.
+pub fn bench_leader(term: u64) -> ElectLeader {
+    ElectLeader {
+        term,
+        leader_id: 1,
+        leader_addr: "bench".into(),
+        http_addr: String::new(),
+        domain: None,
+        config: MasterConfig {
+            offer_timeout_ms: 0,
+            default_refuse_ms: 0,
+            agent_reregister_timeout_ms: 600_000,
+            drain_grace_ms: 60_000,
+        },
+    }
+}
+
 /// The master's loop in miniature: decide against the local state (applied
 /// at once, speculatively), append a batch of events as one log entry, check
 /// the log gave them the indexes the local state used.
@@ -115,22 +133,7 @@ async fn cell(
         now_ms: 1_700_000_000_000,
         appended: 0,
     };
-    let mut pending = decide_ahead(
-        &mut m,
-        Command::ElectLeader(ElectLeader {
-            term,
-            leader_id: 1,
-            leader_addr: "bench".into(),
-            http_addr: String::new(),
-            domain: None,
-            config: MasterConfig {
-                offer_timeout_ms: 0,
-                default_refuse_ms: 0,
-                agent_reregister_timeout_ms: 600_000,
-                drain_grace_ms: 60_000,
-            },
-        }),
-    )?;
+    let mut pending = decide_ahead(&mut m, Command::ElectLeader(bench_leader(term)))?;
     // Agents and frameworks, decided and committed in batches.
     let setup = Instant::now();
     let resources = Resources::parse("cpus:32;mem:262144;disk:1000000;ports:[31000-32000]")?;

@@ -28,10 +28,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use orrery_actors::cluster_machine::ClusterMachine;
 use orrery_events::command::{
-    AgentRegistration, Command, ElectLeader, FrameworkSubscription, ReportedTask, StatusUpdate,
-    TaskSpec,
+    AgentRegistration, Command, FrameworkSubscription, ReportedTask, StatusUpdate, TaskSpec,
 };
-use orrery_events::state::MasterConfig;
 use orrery_events::{codec, decide, digest, pb, try_apply, Cluster, Resources, TaskId};
 use orrery_storage::raft::{RaftConfig, RaftNode, RawAppends};
 use orrery_storage::EventLog;
@@ -173,19 +171,7 @@ pub fn run(args: &BenchReplayArgs, json: bool) -> Result<()> {
         rt,
         batch: Vec::new(),
     };
-    w.run(Command::ElectLeader(ElectLeader {
-        term,
-        leader_id: 1,
-        leader_addr: "bench".into(),
-        http_addr: String::new(),
-        domain: None,
-        config: MasterConfig {
-            offer_timeout_ms: 0,
-            default_refuse_ms: 0,
-            agent_reregister_timeout_ms: 600_000,
-            drain_grace_ms: 60_000,
-        },
-    }))?;
+    w.run(Command::ElectLeader(crate::bench_alloc::bench_leader(term)))?;
     let mut agent_ids = Vec::new();
     for i in 0..args.agents {
         for e in w.run(Command::RegisterAgent(registration(i)))? {
