@@ -1,0 +1,370 @@
+//! The operator and the fault injector.
+//!
+//! Once a second of simulated time, while faults run, each fault is drawn
+//! at its configured rate: partitions (both ways or one way) between a
+//! group of nodes and the masters, agent crashes (half of them wiping the
+//! work dir), master crashes (never more than a minority at once: with a
+//! majority down the log rightly stops, which the liveness phase is not
+//! about), clock jumps, maintenance (schedule a window, drain a host,
+//! complete it once DOWN), and malformed calls from frameworks and the
+//! operator. A malformed call must be refused: one that commits is a
+//! violation.
+
+use std::collections::BTreeMap;
+
+use orrery_events::command::{Command, TaskSpec};
+use orrery_events::pb;
+use orrery_events::state::{HostState, MachineId, Unavailability, Window};
+use orrery_events::{FrameworkId, OfferId, Resources, TaskId};
+use rand::Rng;
+
+use crate::net::Node;
+use crate::sim::{Call, Msg, Outcome, Sim, Timer, EPOCH_MS};
+
+const OPERATOR_TICK_MS: u64 = 2_000;
+
+#[derive(Debug, Default)]
+pub struct Operator {
+    master: usize,
+    next_call: u64,
+    /// Calls in flight: whether each is malformed (must be refused).
+    calls: BTreeMap<u64, (bool, String)>,
+    jobs_created: usize,
+    /// Hosts put into maintenance, and when they may come back.
+    maintenance: BTreeMap<String, u64>,
+}
+
+impl Sim {
+    /// Whether jobs the operator means to create are not created yet.
+    pub fn operator_jobs_pending(&self) -> bool {
+        self.operator.jobs_created < self.cfg.jobs
+    }
+
+    fn operator_call(&mut self, cmd: Command, malformed: bool) {
+        let op = &mut self.operator;
+        op.next_call += 1;
+        let id = op.next_call;
+        op.calls.insert(id, (malformed, format!("{cmd:?}")));
+        let to = Node::Master(op.master);
+        self.send(
+            Node::Operator,
+            to,
+            Msg::Request {
+                from: Node::Operator,
+                id,
+                call: Call::core(cmd),
+            },
+        );
+    }
+
+    pub(crate) fn on_operator(&mut self, msg: Msg) {
+        match msg {
+            Msg::Timer(Timer::Faults) => self.inject_faults(),
+            Msg::Timer(Timer::Operator) => self.operator_tick(),
+            Msg::Reply { id, outcome } => {
+                let Some((malformed, shown)) = self.operator.calls.remove(&id) else {
+                    return;
+                };
+                match outcome {
+                    Outcome::NotLeader(hint) => {
+                        self.operator.master =
+                            hint.unwrap_or((self.operator.master + 1) % self.masters.len());
+                    }
+                    Outcome::Done { events, .. } if malformed && !events.is_empty() => {
+                        let detail = format!("a malformed call was accepted: {shown}");
+                        self.violation("bad input refused", detail);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn operator_tick(&mut self) {
+        self.schedule(
+            OPERATOR_TICK_MS,
+            Node::Operator,
+            Msg::Timer(Timer::Operator),
+        );
+        if self.operator.jobs_created < self.cfg.jobs {
+            let i = self.operator.jobs_created;
+            let spec = pb::JobSpec {
+                key: Some(pb::JobKey {
+                    role: "www".into(),
+                    env: "prod".into(),
+                    name: format!("svc-{i}"),
+                }),
+                instances: self.cfg.instances_per_job,
+                command: Some(pb::CommandInfo {
+                    shell: "sim:service".into(),
+                    ..Default::default()
+                }),
+                resources: Some(Resources::new(200, 64, 0).to_proto()),
+                constraints: if i % 2 == 1 {
+                    vec![pb::Constraint {
+                        field: "hostname".into(),
+                        operator: "UNIQUE".into(),
+                        value: String::new(),
+                    }]
+                } else {
+                    vec![]
+                },
+                region_aware: false,
+                max_unavailable: self.cfg.max_unavailable,
+                service: true,
+                ..Default::default()
+            };
+            self.operator_call(Command::CreateJob(spec), false);
+            // Counted once committed is seen in the state (retried until).
+            if self
+                .truth
+                .cluster
+                .jobs
+                .keys()
+                .any(|k| k.name == format!("svc-{i}"))
+            {
+                self.operator.jobs_created += 1;
+            }
+        }
+        // Hosts DOWN long enough come back (asked again until they do);
+        // a host UP again (or whose drain never took) leaves the list.
+        let now = self.now;
+        let c = &self.truth.cluster;
+        let state = |h: &str| c.hosts.get(h).map_or(HostState::Up, |x| x.state);
+        let due: Vec<String> = self
+            .operator
+            .maintenance
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let back: Vec<String> = due
+            .iter()
+            .filter(|h| state(h) == HostState::Down)
+            .cloned()
+            .collect();
+        let done: Vec<String> = due
+            .into_iter()
+            .filter(|h| state(h) == HostState::Up)
+            .collect();
+        for h in done {
+            self.operator.maintenance.remove(&h);
+        }
+        if !back.is_empty() {
+            self.operator_call(Command::CompleteMaintenance { hostnames: back }, false);
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        if !self.in_fault_phase() {
+            return;
+        }
+        self.schedule(1_000, Node::Operator, Msg::Timer(Timer::Faults));
+        self.net.expire(self.now);
+        let f = self.cfg.faults.clone();
+        if self.rng.random_bool(f.partition_per_s) {
+            self.partition();
+        }
+        if self.rng.random_bool(f.agent_crash_per_s.min(1.0)) {
+            let a = self.pick(self.agents.len());
+            let wipe = self.rng.random_bool(0.5);
+            self.agent_crash(a, wipe);
+        }
+        if self.rng.random_bool(f.master_crash_per_s) {
+            let down = self.masters.iter().filter(|m| !m.up).count();
+            if down < self.masters.len() - self.majority() {
+                let m = self.pick(self.masters.len());
+                self.master_crash(m);
+            }
+        }
+        if self.rng.random_bool(f.clock_jump_per_s) {
+            let m = self.pick(self.masters.len());
+            let max = f.clock_jump_max_ms as i64;
+            let jump = self.rng.random_range(-max..=max);
+            self.masters[m].clock_offset_ms += jump;
+            self.stats.clock_jumps += 1;
+        }
+        if self.rng.random_bool(f.maintenance_per_s) {
+            self.maintenance();
+        }
+        if self.rng.random_bool(f.bad_input_per_s.min(1.0)) {
+            self.bad_input();
+        }
+    }
+
+    fn partition(&mut self) {
+        self.stats.partitions += 1;
+        let (lo, hi) = self.cfg.faults.partition_ms;
+        let until = self.now + self.rng.random_range(lo..=hi.max(lo));
+        let one_way = self.rng.random_bool(0.5);
+        let inbound_only = self.rng.random_bool(0.5);
+        let group: Vec<Node> = match self.pick(3) {
+            0 => vec![Node::Master(self.pick(self.masters.len()))],
+            1 => {
+                let n = 1 + self.pick(self.agents.len().div_ceil(4));
+                (0..n)
+                    .map(|_| Node::Agent(self.pick(self.agents.len())))
+                    .collect()
+            }
+            _ => vec![Node::Framework(self.pick(self.frameworks.len()))],
+        };
+        let masters: Vec<Node> = (0..self.masters.len()).map(Node::Master).collect();
+        for g in group {
+            for &m in &masters {
+                if g == m {
+                    continue;
+                }
+                if !one_way || inbound_only {
+                    self.net.block(m, g, until);
+                }
+                if !one_way || !inbound_only {
+                    self.net.block(g, m, until);
+                }
+            }
+        }
+    }
+
+    /// Schedules a window for a host, or drains one, keeping at most two
+    /// hosts in maintenance at once (capacity for the jobs to move to).
+    fn maintenance(&mut self) {
+        let c = &self.truth.cluster;
+        let in_maintenance = c
+            .hosts
+            .values()
+            .filter(|h| h.state != HostState::Up)
+            .count()
+            .max(self.operator.maintenance.len());
+        if in_maintenance >= 2.min(self.agents.len() / 4) {
+            return;
+        }
+        let a = self.pick(self.agents.len());
+        let c = &self.truth.cluster;
+        let host = self.agents[a].hostname.clone();
+        if self.operator.maintenance.contains_key(&host)
+            || c.hosts.get(&host).is_some_and(|h| h.state != HostState::Up)
+        {
+            return;
+        }
+        self.stats.drains += 1;
+        let stay = self.rng.random_range(5_000..60_000);
+        self.operator
+            .maintenance
+            .insert(host.clone(), self.now + stay);
+        let with_schedule = self.rng.random_bool(0.5);
+        let c = &self.truth.cluster;
+        if with_schedule {
+            // A schedule first (inverse offers go out), then the drain.
+            let start_ns = (self.now - EPOCH_MS + 1_000) * 1_000_000;
+            let mut windows: Vec<Window> = c.schedule.clone();
+            windows.retain(|w| {
+                w.machines.iter().all(|m| {
+                    c.hosts
+                        .get(&m.hostname)
+                        .is_some_and(|h| h.state != HostState::Up)
+                })
+            });
+            windows.push(Window {
+                machines: vec![MachineId {
+                    hostname: host.clone(),
+                    ip: String::new(),
+                }],
+                unavailability: Unavailability {
+                    start_ns,
+                    duration_ns: Some(3_600_000_000_000),
+                },
+            });
+            self.operator_call(Command::UpdateSchedule { windows }, false);
+        }
+        self.operator_call(
+            Command::StartMaintenance {
+                hostnames: vec![host],
+            },
+            false,
+        );
+    }
+
+    /// A malformed or hostile call, from a framework or the operator.
+    fn bad_input(&mut self) {
+        self.stats.bad_inputs += 1;
+        let which = self.pick(6);
+        let c = &self.truth.cluster;
+        let some_fw = c.frameworks.keys().next().cloned().unwrap_or_default();
+        let other_task = c
+            .tasks
+            .values()
+            .find(|t| t.key.framework_id != some_fw && !t.is_terminal())
+            .map(|t| t.key.task_id.clone());
+        let some_offer = c.offers.keys().next().cloned();
+        let cmd = match which {
+            // Kill another framework's task.
+            0 => match other_task {
+                Some(task_id) => Command::Kill {
+                    framework_id: some_fw,
+                    task_id,
+                },
+                None => return,
+            },
+            // Accept an offer with far more than it holds.
+            1 => Command::Accept {
+                framework_id: some_offer
+                    .as_ref()
+                    .and_then(|o| c.offers.get(o))
+                    .map(|o| o.framework_id.clone())
+                    .unwrap_or_default(),
+                offer_ids: some_offer.into_iter().collect(),
+                launches: vec![TaskSpec {
+                    task_id: TaskId::from("greedy"),
+                    name: String::new(),
+                    resources: Resources::new(u64::MAX / 2, u64::MAX / 2, 0),
+                    command: pb::CommandInfo {
+                        shell: "x".into(),
+                        ..Default::default()
+                    },
+                    job: None,
+                    instance: 0,
+                    job_version: 0,
+                }],
+                refuse_seconds: Some(f64::NAN),
+            },
+            // Decline with a bogus id and a negative filter.
+            2 => Command::Decline {
+                framework_id: FrameworkId::from("F\u{0}bad"),
+                offer_ids: vec![OfferId::from("")],
+                refuse_seconds: Some(-1.0),
+            },
+            // Drain a host that does not exist, twice in one call.
+            3 => Command::StartMaintenance {
+                hostnames: vec!["no such host!".into(), "no such host!".into()],
+            },
+            // A schedule listing one machine twice.
+            4 => Command::UpdateSchedule {
+                windows: vec![
+                    Window {
+                        machines: vec![MachineId {
+                            hostname: "host-0".into(),
+                            ip: String::new(),
+                        }],
+                        unavailability: Unavailability {
+                            start_ns: 1,
+                            duration_ns: Some(1),
+                        },
+                    };
+                    2
+                ],
+            },
+            // A job with zero-length key parts and a broken constraint.
+            _ => Command::CreateJob(pb::JobSpec {
+                key: Some(pb::JobKey::default()),
+                instances: u32::MAX,
+                constraints: vec![pb::Constraint {
+                    field: "@zone".into(),
+                    operator: "LIKE".into(),
+                    value: "(".into(),
+                }],
+                ..Default::default()
+            }),
+        };
+        self.operator_call(cmd, true);
+    }
+}
