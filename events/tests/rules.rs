@@ -1013,6 +1013,24 @@ fn scheduled_offers_carry_unavailability() {
 }
 
 #[test]
+fn a_drain_finishes_when_its_last_task_ends_without_a_status_update() {
+    let (mut s, agent, fw, _) = Scenario::one_offer();
+    running(&mut s, &agent, &fw, "t1");
+    s.given(Command::StartMaintenance {
+        hostnames: vec!["h1".into()],
+    });
+    assert_eq!(s.cluster.hosts["h1"].state, HostState::Draining);
+    // The agent's work dir is wiped and it registers anew: the old agent's
+    // task ends by the replacement, with no update from the agent.
+    s.agent("h1", "cpus:4;mem:8192", None);
+    assert!(s.cluster.tasks.values().all(|t| t.is_terminal()));
+    assert_eq!(s.cluster.hosts["h1"].state, HostState::Draining);
+    // The drain timer sees nothing left on the host: DRAINED.
+    s.given(Command::DrainHosts);
+    assert_eq!(s.cluster.hosts["h1"].state, HostState::Drained);
+}
+
+#[test]
 fn removing_a_draining_machine_from_the_schedule_brings_it_up() {
     let mut s = Scenario::with_leader();
     s.agent("h1", "cpus:1", None);

@@ -63,8 +63,9 @@ pub struct SimAgent {
     next_uuid: u64,
     next_end: u64,
     ends: BTreeMap<u64, TaskKey>,
-    /// Sabotage: lose one task without a word.
+    /// Sabotage: lose one task without a word (and report it anyway).
     pub lost_one: bool,
+    ghosts: std::collections::BTreeSet<TaskKey>,
 }
 
 impl SimAgent {
@@ -94,6 +95,7 @@ impl SimAgent {
             next_end: 0,
             ends: BTreeMap::new(),
             lost_one: false,
+            ghosts: Default::default(),
         }
     }
 
@@ -205,6 +207,11 @@ impl Sim {
                             task_id: e.key.task_id.clone(),
                             state: e.state,
                         })
+                        .chain(ag.ghosts.iter().map(|k| ReportedTask {
+                            framework_id: k.framework_id.clone(),
+                            task_id: k.task_id.clone(),
+                            state: TaskState::TaskRunning,
+                        }))
                         .collect(),
                 },
             };
@@ -358,10 +365,13 @@ impl Sim {
                     && !self.agents[a].lost_one
                     && self.in_fault_phase()
                 {
-                    // The broken rule: the task dies and no one is told.
+                    // The broken rule: the task dies, no one is told, and
+                    // the agent's recovery still reports it running.
                     let ag = &mut self.agents[a];
                     ag.lost_one = true;
                     ag.executors.remove(&key);
+                    ag.updates.remove(&key);
+                    ag.ghosts.insert(key);
                     return;
                 }
                 self.send_updates(a);
@@ -433,6 +443,7 @@ impl Sim {
     fn agent_wipe(&mut self, a: usize) {
         let ag = &mut self.agents[a];
         ag.executors.clear();
+        ag.ghosts.clear();
         ag.updates.clear();
         ag.sent_at.clear();
         ag.ends.clear();

@@ -40,7 +40,7 @@ pub enum Seen {
 enum Inflight {
     Subscribe,
     Heartbeat,
-    Reconcile,
+    Reconcile(u64),
     Other,
 }
 
@@ -59,6 +59,8 @@ pub struct SimFramework {
     calls: BTreeMap<u64, Inflight>,
     next_call: u64,
     next_task: u64,
+    /// The session it last reconciled in (it asks again until answered).
+    reconciled: u64,
     target: usize,
     /// Observations not yet taken by the oracles.
     pub seen: Vec<Seen>,
@@ -81,6 +83,7 @@ impl SimFramework {
             calls: BTreeMap::new(),
             next_call: 0,
             next_task: 0,
+            reconciled: 0,
             target: cfg.tasks_per_framework,
             seen: Vec::new(),
             inverse: BTreeSet::new(),
@@ -171,6 +174,14 @@ impl Sim {
             },
             Inflight::Heartbeat,
         );
+        if self.frameworks[f].reconciled != session {
+            let framework_id = framework_id.clone();
+            self.fw_call(
+                f,
+                Call::Reconcile { framework_id },
+                Inflight::Reconcile(session),
+            );
+        }
         // Now and then, kill one of its tasks.
         if self.rng.random_bool(0.05) {
             let live: Vec<TaskId> = self.frameworks[f]
@@ -216,7 +227,11 @@ impl Sim {
                 fw.subscribing_since = None;
                 fw.inverse.clear();
                 let framework_id = fw.framework_id.clone().expect("subscribed");
-                self.fw_call(f, Call::Reconcile { framework_id }, Inflight::Reconcile);
+                self.fw_call(
+                    f,
+                    Call::Reconcile { framework_id },
+                    Inflight::Reconcile(session),
+                );
             }
             (Inflight::Subscribe, Outcome::Rejected(code, _)) => {
                 fw.subscribing_since = None;
@@ -230,7 +245,8 @@ impl Sim {
                 fw.session = 0;
                 fw.subscribing_since = None;
             }
-            (Inflight::Reconcile, Outcome::Statuses(statuses)) => {
+            (Inflight::Reconcile(session), Outcome::Statuses(statuses)) => {
+                fw.reconciled = session;
                 for (task, state) in statuses {
                     fw.seen.push(Seen::Reconciled {
                         task: task.clone(),
@@ -322,7 +338,9 @@ impl Sim {
         let want = fw.target.saturating_sub(fw.live_tasks());
         let mut left = Resources::from_logged(offer.resources.as_ref());
         let mut launches = Vec::new();
-        if want > 0 && self.rng.random_bool(0.7) {
+        // Once the faults stop, frameworks let their tasks run out, so the
+        // liveness phase can see the cluster settle.
+        if want > 0 && self.in_fault_phase() && self.rng.random_bool(0.7) {
             let n = self.rng.random_range(1..=3usize).min(want);
             for _ in 0..n {
                 let cpus = self.rng.random_range(1..=5u64) * 100;

@@ -52,6 +52,10 @@ pub enum Pending {
         framework: usize,
         events: Vec<Payload>,
     },
+    CloseSession {
+        agent_id: AgentId,
+        session: u64,
+    },
 }
 
 /// The leader's volatile state.
@@ -203,6 +207,10 @@ impl Sim {
             )),
             _ => None,
         };
+        if let Some((_, _, Some(agent_id), _)) = &open {
+            // A reregistration starts the agent's ping budget afresh.
+            shell.last_heard.insert(agent_id.clone(), self.now);
+        }
         let is_allocate = matches!(cmd, Command::Allocate);
         self.stats.decided += 1;
         let decided = if is_allocate
@@ -361,6 +369,13 @@ impl Sim {
                 self.send(Node::Master(m), to, Msg::Reply { id, outcome })
             }
             Pending::Effect(e) => self.effect(m, *e),
+            Pending::CloseSession { agent_id, session } => {
+                if let Some(s) = self.shell(m) {
+                    if s.agent_sessions.get(&agent_id).map(|x| x.1) == Some(session) {
+                        s.agent_sessions.remove(&agent_id);
+                    }
+                }
+            }
             Pending::OpenAgent {
                 id,
                 agent,
@@ -793,12 +808,26 @@ impl Sim {
             }));
         }
         for cmd in cmds {
-            if let Command::MarkAgentUnreachable { agent_id, .. } = &cmd {
+            let unreachable = match &cmd {
+                Command::MarkAgentUnreachable { agent_id, .. } => self.shell(m).and_then(|s| {
+                    s.agent_sessions
+                        .get(agent_id)
+                        .map(|x| (agent_id.clone(), x.1))
+                }),
+                _ => None,
+            };
+            self.submit(m, cmd, Origin::Internal);
+            // As the real master: once committed, that session ends (the
+            // agent must reregister), unless a new one replaced it.
+            if let Some((agent_id, session)) = unreachable {
                 if let Some(s) = self.shell(m) {
-                    s.agent_sessions.remove(agent_id);
+                    let at = s.spec.applied_index;
+                    s.waiting
+                        .entry(at)
+                        .or_default()
+                        .push(Pending::CloseSession { agent_id, session });
                 }
             }
-            self.submit(m, cmd, Origin::Internal);
         }
         let stopped = self.sabotage == Some(Sabotage::JobSchedulerStops) && !self.in_fault_phase();
         if !stopped {

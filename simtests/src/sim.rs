@@ -213,8 +213,9 @@ pub struct Report {
     pub sim_ms: Ms,
     /// Empty when every oracle held and the cluster converged.
     pub violations: Vec<Violation>,
-    /// The final committed index.
+    /// The final committed index, and the digest of the state there.
     pub last_index: u64,
+    pub digest: String,
     pub tasks: usize,
     pub agents: usize,
     /// Each master at the end: up, role, term, commit, last index.
@@ -372,7 +373,8 @@ impl Sim {
             if liveness_started && self.now >= next_live_check {
                 next_live_check = self.now + 1_000;
                 if crate::oracles::liveness::unconverged(&self).is_none() {
-                    // Converged: hold it for a few seconds, then judge.
+                    // Converged: hold it for a few seconds (messages in
+                    // flight land), then judge.
                     let since = *quiet_since.get_or_insert(self.now);
                     if self.now >= since + 5_000 {
                         break;
@@ -382,12 +384,25 @@ impl Sim {
                 }
             }
         }
-        if self.violations.is_empty() {
+        if self
+            .violations
+            .iter()
+            .all(|v| v.oracle == crate::oracles::liveness::NAME)
+        {
             self.check_state();
         }
-        if self.violations.is_empty() {
+        // The end's oracles also run when the cluster did not converge:
+        // what they find may be why.
+        if self
+            .violations
+            .iter()
+            .all(|v| v.oracle == crate::oracles::liveness::NAME)
+        {
             let mut oracles = std::mem::take(&mut self.oracles);
             for o in &mut oracles {
+                if o.name() == crate::oracles::liveness::NAME && !self.violations.is_empty() {
+                    continue;
+                }
                 if let Err(detail) = o.at_end(&self) {
                     self.violations.push(Violation {
                         oracle: o.name(),
@@ -404,6 +419,7 @@ impl Sim {
             sim_ms: self.now - EPOCH_MS,
             violations: self.violations,
             last_index: self.truth.cluster.applied_index,
+            digest: orrery_events::digest(&self.truth.cluster).to_string(),
             tasks: self.truth.cluster.tasks.len(),
             agents: self.truth.cluster.agents.len(),
             masters: self

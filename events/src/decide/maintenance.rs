@@ -442,6 +442,15 @@ pub(super) fn drain(c: &Cluster, now_ms: NowMs) -> Result<Vec<Event>, Rejection>
                 }
             }
         }
+        // Tasks also end without a status update (their agent replaced,
+        // unreachable or gone): a draining host with nothing left is
+        // drained here, whatever ended its last task. (Found by the
+        // simulator: seed 58 left a host DRAINING for good.)
+        if maintenance::live_tasks_on_host(c, &host.machine.hostname) == 0 {
+            events.push(Event::HostDrained(pb::HostDrained {
+                machine: Some(maintenance::machine_proto(&host.machine)),
+            }));
+        }
     }
     Ok(events)
 }

@@ -2,7 +2,8 @@
 //! restarted, clocks right), the cluster converges — a leader serves,
 //! every agent is registered with no update waiting, every job runs its
 //! desired number of instances, every drain has finished (no host DRAINING
-//! or DRAINED), and no task is stuck STAGING, STARTING, KILLING or
+//! or DRAINED), frameworks' tasks have run out (frameworks launch nothing
+//! once the faults stop), and no task is stuck STAGING, STARTING, KILLING or
 //! UNREACHABLE. The run fails if that does not happen within
 //! `liveness_ms`.
 
@@ -91,6 +92,18 @@ pub fn unconverged(sim: &Sim) -> Option<String> {
                 ));
             }
         }
+    }
+    // Frameworks stop launching when the faults stop: their tasks run out.
+    if let Some(t) = c
+        .tasks
+        .values()
+        .find(|t| t.job.is_none() && !t.is_terminal())
+    {
+        return Some(format!(
+            "framework task {} is still {}",
+            t.key,
+            t.state.as_str_name()
+        ));
     }
     let mut running = std::collections::BTreeMap::new();
     for t in c.tasks.values() {

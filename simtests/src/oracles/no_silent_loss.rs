@@ -2,7 +2,7 @@
 //!
 //! - Every status that ends or strands a task (LOST, GONE, DROPPED,
 //!   UNREACHABLE) carries a reason.
-//! - At the end, every task the master holds RUNNING runs on its agent,
+//! - At the end, every task the master holds live runs on its agent,
 //!   and every executor an agent runs is a live task of the master: an
 //!   accepted launch ends in a terminal state or is running where the
 //!   master says.
@@ -52,7 +52,7 @@ impl Oracle for NoSilentLoss {
             .filter_map(|a| a.agent_id.as_ref().map(|id| (id.clone(), a)))
             .collect();
         for t in c.tasks.values() {
-            if t.state != TaskState::TaskRunning {
+            if t.is_terminal() {
                 continue;
             }
             let runs = by_id.get(&t.agent_id).is_some_and(|a| {
@@ -62,8 +62,10 @@ impl Oracle for NoSilentLoss {
             });
             if !runs {
                 return Err(format!(
-                    "task {} is RUNNING on {} for the master, but no agent runs it",
-                    t.key, t.agent_id
+                    "task {} is {} on {} for the master, but no agent runs it",
+                    t.key,
+                    t.state.as_str_name(),
+                    t.agent_id
                 ));
             }
         }
