@@ -293,6 +293,11 @@ impl Cx<'_> {
                 fw.checkpoint = e.checkpoint;
                 fw.failover_timeout_ms = e.failover_timeout_ms;
                 fw.connected = true;
+                // Mesos: a SUBSCRIBE names its suppressed roles, and none
+                // here, so a failover wants offers again. (Kept suppressed,
+                // a scheduler that failed over with work pending waited
+                // for a revive nobody sent: found by the simulator.)
+                fw.suppressed = false;
                 fw.disconnected_at_ms = 0;
                 fw.subscribed_term = term;
             }

@@ -439,6 +439,29 @@ fn a_disconnected_framework_cannot_accept() {
 }
 
 #[test]
+fn a_failover_subscription_wants_offers_again() {
+    let (mut s, _agent, fw, _offer) = Scenario::one_offer();
+    s.given(Command::Suppress {
+        framework_id: fw.clone(),
+    });
+    assert!(s.cluster.frameworks[&fw].suppressed);
+    s.given(Command::DisconnectFramework {
+        framework_id: fw.clone(),
+    });
+    let f = &s.cluster.frameworks[&fw];
+    let mut sub = Scenario::subscription(&f.name, &f.role);
+    sub.framework_id = Some(fw.clone());
+    sub.principal = f.principal.clone();
+    s.given(Command::Subscribe(sub));
+    assert!(
+        !s.cluster.frameworks[&fw].suppressed,
+        "SUBSCRIBE names no suppressed role"
+    );
+    s.advance(10_000);
+    assert_eq!(s.allocate().len(), 1);
+}
+
+#[test]
 fn suppress_stops_offers_and_revive_clears_filters() {
     let (mut s, agent, fw, offer) = Scenario::one_offer();
     s.given(Command::Decline {

@@ -78,6 +78,8 @@ pub struct Config {
     /// Tasks each framework keeps launching towards (it stops accepting
     /// offers above this many live tasks).
     pub tasks_per_framework: usize,
+    /// How long a framework's task runs before it finishes (or fails).
+    pub framework_task_ms: (Ms, Ms),
     pub jobs: usize,
     pub instances_per_job: u32,
     pub max_unavailable: u32,
@@ -105,6 +107,7 @@ impl Config {
             agent_mem_mb: 8_192,
             frameworks: 3,
             tasks_per_framework: 12,
+            framework_task_ms: (5_000, 90_000),
             jobs: 2,
             instances_per_job: 4,
             max_unavailable: 1,
@@ -143,11 +146,12 @@ impl Config {
             agent_mem_mb: 65_536,
             frameworks: 10,
             tasks_per_framework: 9_000,
+            framework_task_ms: (600_000, 2_400_000),
             jobs: 10,
             instances_per_job: 1_000,
             max_unavailable: 20,
             fault_ms: 3_600_000,
-            liveness_ms: 1_800_000,
+            liveness_ms: 3_600_000,
             faults: Faults {
                 loss: 0.001,
                 duplicate: 0.001,

@@ -61,6 +61,8 @@ pub struct SimFramework {
     next_task: u64,
     /// The session it last reconciled in (it asks again until answered).
     reconciled: u64,
+    /// Whether it asked the master to stop sending offers (at its target).
+    suppressed: bool,
     target: usize,
     /// Observations not yet taken by the oracles.
     pub seen: Vec<Seen>,
@@ -84,6 +86,7 @@ impl SimFramework {
             next_call: 0,
             next_task: 0,
             reconciled: 0,
+            suppressed: false,
             target: cfg.tasks_per_framework,
             seen: Vec::new(),
             inverse: BTreeSet::new(),
@@ -182,6 +185,20 @@ impl Sim {
                 Inflight::Reconcile(session),
             );
         }
+        // At its target it asks for no offers (Mesos' SUPPRESS); below it,
+        // for offers again (REVIVE). Once the faults stop it wants none.
+        let fw = &self.frameworks[f];
+        let wants = self.in_fault_phase() && fw.live_tasks() < fw.target;
+        if wants == fw.suppressed {
+            self.frameworks[f].suppressed = !wants;
+            let framework_id = framework_id.clone();
+            let cmd = if wants {
+                Command::Revive { framework_id }
+            } else {
+                Command::Suppress { framework_id }
+            };
+            self.fw_call(f, Call::core(cmd), Inflight::Other);
+        }
         // Now and then, kill one of its tasks.
         if self.rng.random_bool(0.05) {
             let live: Vec<TaskId> = self.frameworks[f]
@@ -225,6 +242,7 @@ impl Sim {
                 }
                 fw.session = session;
                 fw.subscribing_since = None;
+                fw.suppressed = false;
                 fw.inverse.clear();
                 let framework_id = fw.framework_id.clone().expect("subscribed");
                 self.fw_call(
@@ -352,7 +370,8 @@ impl Sim {
                 left = left.minus(&need);
                 let fw = &mut self.frameworks[f];
                 fw.next_task += 1;
-                let ms = self.rng.random_range(5_000..90_000u64);
+                let (lo, hi) = self.cfg.framework_task_ms;
+                let ms = self.rng.random_range(lo..hi.max(lo + 1));
                 launches.push(TaskSpec {
                     task_id: TaskId::from(format!("{}-t{}", fw.name, fw.next_task).as_str()),
                     name: String::new(),

@@ -845,7 +845,13 @@ impl Sim {
         let Some(fw) = shell.jobs_fw.clone() else {
             return;
         };
-        if !shell.spec.frameworks.get(&fw).is_some_and(|f| f.connected) {
+        let Some(f) = shell.spec.frameworks.get(&fw) else {
+            return;
+        };
+        // Suppressed with no offer in hand: nothing to place (a revive
+        // follows any change that needs the scheduler).
+        let has_offers = shell.spec.offers.values().any(|o| o.framework_id == fw);
+        if !f.connected || (f.suppressed && !has_offers) {
             return;
         }
         let plan = if sabotage == Some(Sabotage::DrainIgnoresSla) {
