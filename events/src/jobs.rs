@@ -61,7 +61,9 @@ pub struct InstanceHistory {
 pub fn histories(c: &Cluster) -> BTreeMap<(JobKey, u32), InstanceHistory> {
     let mut out: BTreeMap<(JobKey, u32), InstanceHistory> = BTreeMap::new();
     let mut tasks: Vec<_> = c.tasks.values().filter(|t| t.job.is_some()).collect();
-    tasks.sort_by_key(|t| (t.launched_at_ms, t.key.task_id.0.clone()));
+    tasks.sort_by(|a, b| {
+        (a.launched_at_ms, &a.key.task_id.0).cmp(&(b.launched_at_ms, &b.key.task_id.0))
+    });
     for t in tasks {
         let Some(job) = &t.job else { continue };
         let h = out.entry((job.clone(), t.instance)).or_default();
@@ -232,24 +234,24 @@ fn on_draining_host(c: &Cluster, t: &crate::state::Task) -> bool {
 /// to move.
 fn drain_step(
     c: &Cluster,
-    key: &JobKey,
+    job_tasks: &[&crate::state::Task],
     job: &crate::state::Job,
     plan: &mut Plan,
     surge: &mut std::collections::BTreeSet<u32>,
 ) -> bool {
     let spec = &job.spec;
     if spec.start_before_kill {
-        return surge_drain_step(c, key, job, plan, surge);
+        return surge_drain_step(c, job_tasks, job, plan, surge);
     }
     let mut on_draining: Vec<&crate::state::Task> = Vec::new();
     let mut running = 0u32;
     // A kill on its way: the instance will need its replacement soon, so
     // the drain is still moving (the scheduler keeps taking offers).
     let mut killing = false;
-    for t in c
-        .tasks
-        .values()
-        .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal())
+    for t in job_tasks
+        .iter()
+        .copied()
+        .filter(|t| !t.is_terminal())
     {
         if t.state == TaskState::TaskRunning && !t.kill_requested {
             running += 1;
@@ -281,17 +283,17 @@ fn drain_step(
 /// `start_before_kill` draining: see [`drain_step`].
 fn surge_drain_step(
     c: &Cluster,
-    key: &JobKey,
+    job_tasks: &[&crate::state::Task],
     job: &crate::state::Job,
     plan: &mut Plan,
     surge: &mut std::collections::BTreeSet<u32>,
 ) -> bool {
     let spec = &job.spec;
     let mut by_instance: BTreeMap<u32, Vec<&crate::state::Task>> = BTreeMap::new();
-    for t in c
-        .tasks
-        .values()
-        .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal() && !t.kill_requested)
+    for t in job_tasks
+        .iter()
+        .copied()
+        .filter(|t| !t.is_terminal() && !t.kill_requested)
     {
         by_instance.entry(t.instance).or_default().push(t);
     }
@@ -356,8 +358,8 @@ fn is_failure(t: &crate::state::Task) -> bool {
 /// A rolling update's step for one job: which old tasks to kill now,
 /// whether it is finished, or whether to roll back.
 fn update_step(
-    c: &Cluster,
     key: &JobKey,
+    job_tasks: &[&crate::state::Task],
     job: &crate::state::Job,
     now_ms: u64,
     plan: &mut Plan,
@@ -369,10 +371,9 @@ fn update_step(
         watch_ms: 0,
         rollback_on_failure: true,
     });
-    let tasks: Vec<&crate::state::Task> = c
-        .tasks
-        .values()
-        .filter(|t| t.job.as_ref() == Some(key))
+    let tasks: Vec<&crate::state::Task> = job_tasks
+        .iter()
+        .copied()
         .collect();
     if job.previous.is_some()
         && strategy.rollback_on_failure
@@ -433,12 +434,20 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
     let mut remaining: Vec<Resources> = offers.iter().map(|o| o.resources.clone()).collect();
     let mut used: Vec<Vec<TaskSpec>> = vec![Vec::new(); offers.len()];
     let hist = histories(c);
+    // Each job's tasks, found once (not by a scan of every task per job).
+    let mut by_job: BTreeMap<&JobKey, Vec<&crate::state::Task>> = BTreeMap::new();
+    for t in c.tasks.values() {
+        if let Some(k) = &t.job {
+            by_job.entry(k).or_default().push(t);
+        }
+    }
     let mut plan = Plan::default();
     for (key, job) in &c.jobs {
         let spec = &job.spec;
-        plan.updating |= update_step(c, key, job, now_ms, &mut plan);
+        let job_tasks: &[&crate::state::Task] = by_job.get(key).map_or(&[], |v| v.as_slice());
+        plan.updating |= update_step(key, job_tasks, job, now_ms, &mut plan);
         let mut surge = std::collections::BTreeSet::new();
-        plan.updating |= drain_step(c, key, job, &mut plan, &mut surge);
+        plan.updating |= drain_step(c, job_tasks, job, &mut plan, &mut surge);
         if plan.rollbacks.last().is_some_and(|(k, _)| k == key) {
             continue;
         }
@@ -448,10 +457,10 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         let mut all_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for con in &spec.constraints {
             let per = spread.entry(con.field.clone()).or_default();
-            for t in c
-                .tasks
-                .values()
-                .filter(|t| t.job.as_ref() == Some(key) && !t.is_terminal())
+            for t in job_tasks
+                .iter()
+                .copied()
+                .filter(|t| !t.is_terminal())
             {
                 if let Some(v) = c
                     .agents
