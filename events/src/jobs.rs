@@ -248,11 +248,7 @@ fn drain_step(
     // A kill on its way: the instance will need its replacement soon, so
     // the drain is still moving (the scheduler keeps taking offers).
     let mut killing = false;
-    for t in job_tasks
-        .iter()
-        .copied()
-        .filter(|t| !t.is_terminal())
-    {
+    for t in job_tasks.iter().copied().filter(|t| !t.is_terminal()) {
         if t.state == TaskState::TaskRunning && !t.kill_requested {
             running += 1;
         }
@@ -371,10 +367,7 @@ fn update_step(
         watch_ms: 0,
         rollback_on_failure: true,
     });
-    let tasks: Vec<&crate::state::Task> = job_tasks
-        .iter()
-        .copied()
-        .collect();
+    let tasks: Vec<&crate::state::Task> = job_tasks.iter().copied().collect();
     if job.previous.is_some()
         && strategy.rollback_on_failure
         && tasks.iter().any(|t| t.job_version == v && is_failure(t))
@@ -457,11 +450,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         let mut all_values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for con in &spec.constraints {
             let per = spread.entry(con.field.clone()).or_default();
-            for t in job_tasks
-                .iter()
-                .copied()
-                .filter(|t| !t.is_terminal())
-            {
+            for t in job_tasks.iter().copied().filter(|t| !t.is_terminal()) {
                 if let Some(v) = c
                     .agents
                     .get(&t.agent_id)
