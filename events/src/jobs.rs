@@ -367,7 +367,7 @@ fn update_step(
         watch_ms: 0,
         rollback_on_failure: true,
     });
-    let tasks: Vec<&crate::state::Task> = job_tasks.iter().copied().collect();
+    let tasks: Vec<&crate::state::Task> = job_tasks.to_vec();
     if job.previous.is_some()
         && strategy.rollback_on_failure
         && tasks.iter().any(|t| t.job_version == v && is_failure(t))
