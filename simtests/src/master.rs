@@ -213,6 +213,7 @@ impl Sim {
         }
         let is_allocate = matches!(cmd, Command::Allocate);
         self.stats.decided += 1;
+        let started = std::time::Instant::now();
         let decided = if is_allocate
             && matches!(
                 sabotage,
@@ -235,6 +236,7 @@ impl Sim {
         } else {
             decide(&shell.spec, cmd, now)
         };
+        self.stats.core_ns += started.elapsed().as_nanos() as u64;
         let mut events = match decided {
             Ok(events) => events,
             Err(rejection) => {
@@ -265,6 +267,7 @@ impl Sim {
         let Some(shell) = self.masters[m].shell() else {
             return;
         };
+        let started = std::time::Instant::now();
         let mut pending = Vec::new();
         let mut entries = Vec::new();
         for env in envelopes(&shell.spec, term, now, events.clone()) {
@@ -282,6 +285,7 @@ impl Sim {
             entries.push(std::rc::Rc::new(env));
         }
         let at = shell.spec.applied_index;
+        let applied = started.elapsed().as_nanos() as u64;
         if let Some(Payload::FrameworkSubscribed(s)) = events.first() {
             if s.name == jobs::FRAMEWORK_NAME {
                 shell.jobs_fw = Some(FrameworkId::from(s.framework_id.as_str()));
@@ -316,6 +320,7 @@ impl Sim {
             (None, Origin::Internal) => {}
         }
         shell.waiting.entry(at).or_default().extend(pending);
+        self.stats.core_ns += applied;
         self.masters[m].log.extend(entries);
         let commit = self.masters[m].commit;
         if self.masters.len() == 1 {

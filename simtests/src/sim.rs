@@ -151,6 +151,9 @@ pub struct Stats {
     pub bad_inputs: u64,
     pub stream_breaks: u64,
     pub launched: u64,
+    /// Wall time the leader spent in the core: decide, and apply (with
+    /// effects) of what it decided. Measured only; it never steers a run.
+    pub core_ns: u64,
 }
 
 /// An oracle's finding.
