@@ -304,9 +304,10 @@ pub fn run(args: &BenchReplayArgs, json: bool) -> Result<()> {
 
     // The same from the stopped master's data dir.
     let t = Instant::now();
-    let (end, data_first) = w.rt.block_on(crate::replay_checkpoints::state_at_data_dir(
-        &data_dir, last, &data_cps, every,
-    ))?;
+    let (end, data_first) =
+        w.rt.block_on(crate::replay_checkpoints::state_at_data_dir_cached(
+            &data_dir, last, &data_cps, every,
+        ))?;
     let data_first_pass = t.elapsed();
     if digest(&end) != live {
         bail!("the state replayed from the data dir differs from the state that wrote the log");
@@ -315,9 +316,10 @@ pub fn run(args: &BenchReplayArgs, json: bool) -> Result<()> {
     for q in 0..args.queries {
         let at = (last * (q + 1) / (args.queries + 1)).max(1) | 1;
         let t = Instant::now();
-        let (c, _) = w.rt.block_on(crate::replay_checkpoints::state_at_data_dir(
-            &data_dir, at, &data_cps, every,
-        ))?;
+        let (c, _) =
+            w.rt.block_on(crate::replay_checkpoints::state_at_data_dir_cached(
+                &data_dir, at, &data_cps, every,
+            ))?;
         data_times.push(t.elapsed());
         if c.applied_index != at {
             bail!("asked the data dir for event {at}, got {}", c.applied_index);

@@ -456,7 +456,7 @@ pub fn run(masters: Option<&str>, args: &ReplayArgs, json: bool) -> Result<()> {
                         .checkpoints
                         .clone()
                         .unwrap_or_else(|| crate::replay_checkpoints::default_dir_for_data(data));
-                    rt.block_on(crate::replay_checkpoints::state_at_data_dir(
+                    rt.block_on(crate::replay_checkpoints::state_at_data_dir_cached(
                         data, i, &dir, every,
                     ))?
                 }

@@ -322,3 +322,88 @@ pub async fn state_at_data_dir(
     }
     Ok((c, stats))
 }
+
+/// A data dir's files as they are on disk: each file's path, length and
+/// modification time, hashed. Stat calls only: no file is opened.
+fn fingerprint(data_dir: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("reading {}", d.display()))?;
+            let meta = e
+                .metadata()
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            if meta.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            files.push(format!("{}\t{}\t{mtime}", e.path().display(), meta.len()));
+        }
+    }
+    files.sort();
+    Ok(hex(&Sha256::digest(files.join("\n").as_bytes())))
+}
+
+/// The state at event `at` of a stopped master's data dir, through a cached
+/// export of its log.
+///
+/// Opening the raft log reads every chunk of it (seconds for a 10M-event
+/// log), so the first query exports the whole log once to `DIR/log.export`
+/// (the format of `orrery replay export`) with the data dir's fingerprint
+/// (every file's path, length and mtime); later queries check the
+/// fingerprint with stat calls alone and answer from the export and its
+/// checkpoints. A data dir that changed (a master ran on it) has another
+/// fingerprint: the export is made again, never trusted stale. A data dir
+/// whose oldest events were purged behind a snapshot cannot be exported
+/// from the start; it is read directly ([`state_at_data_dir`]).
+pub async fn state_at_data_dir_cached(
+    data_dir: &Path,
+    at: u64,
+    dir: &Path,
+    every: u64,
+) -> Result<(Cluster, Stats)> {
+    let export = dir.join("log.export");
+    let fp_path = dir.join("log.export.fingerprint");
+    let cps = dir.join("log.export.checkpoints");
+    let fp = fingerprint(data_dir)?;
+    let fresh = export.exists() && std::fs::read_to_string(&fp_path).is_ok_and(|s| s.trim() == fp);
+    if !fresh {
+        let log = orrery_storage::raft::offline::read(data_dir)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let from_start = log
+            .events
+            .first()
+            .map_or(log.snapshot.is_none(), |e| e.index == 1);
+        if !from_start {
+            return state_at_data_dir(data_dir, at, dir, every).await;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join("log.export.tmp");
+        {
+            use std::io::Write;
+            let f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            for e in &log.events {
+                w.write_all(&(e.payload.len() as u32).to_le_bytes())
+                    .and_then(|()| w.write_all(&e.payload))
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+            }
+            w.flush()
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        let _ = std::fs::remove_dir_all(&cps);
+        std::fs::rename(&tmp, &export).with_context(|| format!("writing {}", export.display()))?;
+        // The fingerprint after the read: what later queries will see.
+        std::fs::write(&fp_path, fingerprint(data_dir)?)
+            .with_context(|| format!("writing {}", fp_path.display()))?;
+    }
+    state_at(&export, at, &cps, every)
+}

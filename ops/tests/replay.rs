@@ -230,7 +230,42 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
         assert_eq!(essence(&v), essence(&then_json), "round {round}");
     }
-    assert!(std::fs::read_dir(&cps).map_or(0, |d| d.count()) >= 2);
+    assert!(
+        std::fs::read_dir(cps.join("log.export.checkpoints")).map_or(0, |d| d.count()) >= 2,
+        "checkpoints of the data dir's export"
+    );
+    // The data dir's log is exported once, with its fingerprint; a data dir
+    // that changes (here: a file rewritten, so its mtime moves) is exported
+    // again, never answered from a stale export.
+    let fp_path = cps.join("log.export.fingerprint");
+    let fp = std::fs::read_to_string(&fp_path).expect("the export's fingerprint");
+    assert!(cps.join("log.export").exists());
+    let some_file = walk(std::path::Path::new(data))
+        .into_iter()
+        .next()
+        .expect("a file in the data dir");
+    let bytes = std::fs::read(&some_file).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&some_file, &bytes).unwrap();
+    let (code, out, err) = orrery(&[
+        "--json",
+        "replay",
+        "--data-dir",
+        data,
+        "--checkpoints",
+        cps.to_str().unwrap(),
+        "state",
+        "--at",
+        &at,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(essence(&v), essence(&then_json));
+    assert_ne!(
+        std::fs::read_to_string(&fp_path).unwrap(),
+        fp,
+        "a changed data dir is exported again"
+    );
     let (code, out, _) = orrery(&["replay", "--data-dir", data, "diff", &at, "1000000"]);
     assert_eq!(code, Some(1), "past the end is refused: {out}");
 
@@ -309,4 +344,21 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
         err.contains("replay check FAILED") && err.contains("over-committed"),
         "{err}"
     );
+}
+
+/// Every file under `dir`, in a stable order.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
 }
