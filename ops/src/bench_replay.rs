@@ -14,7 +14,8 @@
 //! get through the whole history by its own checkpoints).
 //!
 //! Reported, for the file and for the data dir: the first replay to the end
-//! (which writes the checkpoints), then the state at `--queries` points
+//! (which writes the checkpoints; for the data dir, also the one-time
+//! export its queries are answered from), then the state at `--queries` points
 //! spread over the log, each from a fresh start (checkpoints on disk only):
 //! the median and the slowest. The target is under 2 s per query at
 //! 10,000,000 events.
