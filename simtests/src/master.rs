@@ -352,18 +352,11 @@ impl Sim {
                 self.carry_out(m, p);
             }
         }
-        if let Some(shell) = self.shell(m) {
-            if !shell.elected
-                && shell.spec.leader.as_ref().map(|l| l.term) == Some(self.masters[m].term)
-            {
-                let term = self.masters[m].term;
-                let committed_term = self.masters[m].state.term();
-                if let Some(shell) = self.shell(m) {
-                    if committed_term == term {
-                        shell.elected = true;
-                    }
-                }
-            }
+        // It serves once its own election is committed.
+        let r = &mut self.masters[m];
+        let elected = r.state.term() == r.term;
+        if let Some(shell) = r.shell() {
+            shell.elected |= elected;
         }
     }
 
