@@ -242,6 +242,54 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
     out
 }
 
+/// After a (re)registration: re-sends the launches of STAGING tasks the
+/// agent did not report (the launch may have been lost with an old
+/// leader or a broken stream; agents ignore a launch of a task they
+/// run), and kills tasks the agent runs that the master holds terminal
+/// or does not know (Mesos: a non-PARTITION_AWARE framework's task
+/// marked LOST while its agent was away).
+pub fn reconcile_agent(
+    c: &Cluster,
+    agent_id: &AgentId,
+    reported: &std::collections::BTreeSet<TaskKey>,
+) -> Vec<ap::master_message::Message> {
+    let mut messages = Vec::new();
+    for t in c.tasks_on_agent(agent_id) {
+        if t.state == TaskState::TaskStaging && !reported.contains(&t.key) {
+            let checkpoint = c
+                .frameworks
+                .get(&t.key.framework_id)
+                .is_some_and(|f| f.checkpoint);
+            messages.push(ap::master_message::Message::Launch(ap::LaunchTask {
+                framework_id: t.key.framework_id.0.clone(),
+                task_id: t.key.task_id.0.clone(),
+                name: t.name.clone(),
+                resources: Some(t.resources.to_proto()),
+                command: Some(t.command.clone()),
+                checkpoint,
+                health_check: t
+                    .job
+                    .as_ref()
+                    .and_then(|k| c.jobs.get(k).and_then(|j| j.spec.health_check.clone())),
+            }));
+        }
+    }
+    for key in reported {
+        // A kill requested while the agent was away (a drain, a
+        // framework's kill) is sent again: the first may be lost.
+        let live = c
+            .task(key)
+            .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id && !t.kill_requested);
+        if !live {
+            messages.push(ap::master_message::Message::Kill(ap::KillTask {
+                framework_id: key.framework_id.0.clone(),
+                task_id: key.task_id.0.clone(),
+            }));
+        }
+    }
+    messages
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1048,59 +1048,13 @@ impl Master {
         self.timers.last_allocation = None;
     }
 
-    /// After a (re)registration: re-sends the launches of STAGING tasks the
-    /// agent did not report (the launch may have been lost with an old
-    /// leader or a broken stream; agents ignore a launch of a task they
-    /// run), and kills tasks the agent runs that the master holds terminal
-    /// or does not know (Mesos: a non-PARTITION_AWARE framework's task
-    /// marked LOST while its agent was away).
+    /// After a (re)registration: what `effects::reconcile_agent` says the
+    /// agent must hear again.
     fn reconcile_agent(&mut self, agent_id: &AgentId, reported: &BTreeSet<TaskKey>) {
         let Some(link) = self.agents.get(agent_id) else {
             return;
         };
-        let mut messages = Vec::new();
-        for t in self.cluster.tasks_on_agent(agent_id) {
-            if t.state == TaskState::TaskStaging && !reported.contains(&t.key) {
-                let checkpoint = self
-                    .cluster
-                    .frameworks
-                    .get(&t.key.framework_id)
-                    .is_some_and(|f| f.checkpoint);
-                messages.push(orrery_proto::agent::master_message::Message::Launch(
-                    orrery_proto::agent::LaunchTask {
-                        framework_id: t.key.framework_id.0.clone(),
-                        task_id: t.key.task_id.0.clone(),
-                        name: t.name.clone(),
-                        resources: Some(t.resources.to_proto()),
-                        command: Some(t.command.clone()),
-                        checkpoint,
-                        health_check: t.job.as_ref().and_then(|k| {
-                            self.cluster
-                                .jobs
-                                .get(k)
-                                .and_then(|j| j.spec.health_check.clone())
-                        }),
-                    },
-                ));
-            }
-        }
-        for key in reported {
-            // A kill requested while the agent was away (a drain, a
-            // framework's kill) is sent again: the first may be lost.
-            let live = self
-                .cluster
-                .task(key)
-                .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id && !t.kill_requested);
-            if !live {
-                messages.push(orrery_proto::agent::master_message::Message::Kill(
-                    orrery_proto::agent::KillTask {
-                        framework_id: key.framework_id.0.clone(),
-                        task_id: key.task_id.0.clone(),
-                    },
-                ));
-            }
-        }
-        for m in messages {
+        for m in crate::effects::reconcile_agent(&self.cluster, agent_id, reported) {
             let _ = link.addr.try_send(agent_session::Deliver(m));
         }
     }

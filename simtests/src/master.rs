@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use orrery_actors::effects::{effects_of, Effect};
 use orrery_events::command::{Command, ElectLeader, FrameworkSubscription};
-use orrery_events::pb::{self, envelope::Payload};
+use orrery_events::pb::envelope::Payload;
 use orrery_events::state::{AgentState, Domain, HostState, MasterConfig};
 use orrery_events::{decide, envelopes, jobs, AgentId, Cluster, FrameworkId, TaskKey};
 use orrery_proto::agent as ap;
@@ -609,39 +609,12 @@ impl Sim {
         }
     }
 
-    /// After a reregistration, as the real master: re-send launches of
-    /// STAGING tasks the agent did not report, and kill what it reported
-    /// that the master holds ended, unknown or to be killed.
+    /// After a reregistration: the real master's `reconcile_agent`.
     fn reconcile_agent(&mut self, m: usize, agent_id: &AgentId, reported: &BTreeSet<TaskKey>) {
         let Some(shell) = self.shell(m) else {
             return;
         };
-        let c = &shell.spec;
-        let mut messages = Vec::new();
-        for t in c.tasks_on_agent(agent_id) {
-            if t.state == pb::TaskState::TaskStaging && !reported.contains(&t.key) {
-                messages.push(ap::master_message::Message::Launch(ap::LaunchTask {
-                    framework_id: t.key.framework_id.0.clone(),
-                    task_id: t.key.task_id.0.clone(),
-                    name: t.name.clone(),
-                    resources: Some(t.resources.to_proto()),
-                    command: Some(t.command.clone()),
-                    checkpoint: true,
-                    health_check: None,
-                }));
-            }
-        }
-        for key in reported {
-            let live = c
-                .task(key)
-                .is_some_and(|t| !t.is_terminal() && t.agent_id == *agent_id && !t.kill_requested);
-            if !live {
-                messages.push(ap::master_message::Message::Kill(ap::KillTask {
-                    framework_id: key.framework_id.0.clone(),
-                    task_id: key.task_id.0.clone(),
-                }));
-            }
-        }
+        let messages = orrery_actors::effects::reconcile_agent(&shell.spec, agent_id, reported);
         for msg in messages {
             self.send_to_agent(m, agent_id, msg);
         }
