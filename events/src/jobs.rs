@@ -367,15 +367,16 @@ fn update_step(
         watch_ms: 0,
         rollback_on_failure: true,
     });
-    let tasks: Vec<&crate::state::Task> = job_tasks.to_vec();
     if job.previous.is_some()
         && strategy.rollback_on_failure
-        && tasks.iter().any(|t| t.job_version == v && is_failure(t))
+        && job_tasks
+            .iter()
+            .any(|t| t.job_version == v && is_failure(t))
     {
         plan.rollbacks.push((key.clone(), v));
         return true;
     }
-    let live: BTreeMap<u32, &crate::state::Task> = tasks
+    let live: BTreeMap<u32, &crate::state::Task> = job_tasks
         .iter()
         .filter(|t| !t.is_terminal())
         .map(|t| (t.instance, *t))

@@ -107,6 +107,14 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// A session number no other session of this leader had.
+    fn new_session(&mut self) -> u64 {
+        self.next_session += 1;
+        self.next_session
+    }
+}
+
 /// Where a submitted command came from.
 #[derive(Clone, Debug)]
 pub enum Origin {
@@ -393,8 +401,7 @@ impl Sim {
                 let Some(shell) = self.shell(m) else {
                     return;
                 };
-                shell.next_session += 1;
-                let session = shell.next_session;
+                let session = shell.new_session();
                 shell
                     .agent_sessions
                     .insert(agent_id.clone(), (agent, session));
@@ -424,8 +431,7 @@ impl Sim {
                 let Some(shell) = self.shell(m) else {
                     return;
                 };
-                shell.next_session += 1;
-                let session = shell.next_session;
+                let session = shell.new_session();
                 shell
                     .fw_sessions
                     .insert(fw.clone(), (framework, session, 0));

@@ -296,8 +296,10 @@ impl Sim {
 
     /// Sends a unary call or reply through the network.
     pub fn send(&mut self, from: Node, to: Node, msg: Msg) {
-        let f = self.cfg.faults.clone();
-        match self.net.unary(&mut self.rng, &f, from, to, self.now) {
+        match self
+            .net
+            .unary(&mut self.rng, &self.cfg.faults, from, to, self.now)
+        {
             Fate::Lost => {}
             Fate::Deliver { delay, twice } => {
                 if let Some(d) = twice {
@@ -310,8 +312,10 @@ impl Sim {
 
     /// Sends a stream message; false if the stream broke.
     pub fn send_stream(&mut self, from: Node, to: Node, msg: Msg) -> bool {
-        let f = self.cfg.faults.clone();
-        match self.net.stream(&mut self.rng, &f, from, to, self.now) {
+        match self
+            .net
+            .stream(&mut self.rng, &self.cfg.faults, from, to, self.now)
+        {
             Fate::Lost => {
                 self.stats.stream_breaks += 1;
                 false
