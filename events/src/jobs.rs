@@ -59,14 +59,36 @@ pub struct InstanceHistory {
 
 /// Every job instance's history, from one pass over the tasks.
 pub fn histories(c: &Cluster) -> BTreeMap<(JobKey, u32), InstanceHistory> {
-    let mut out: BTreeMap<(JobKey, u32), InstanceHistory> = BTreeMap::new();
-    let mut tasks: Vec<_> = c.tasks.values().filter(|t| t.job.is_some()).collect();
+    let mut out = BTreeMap::new();
+    for (key, tasks) in tasks_by_job(c) {
+        for (instance, h) in job_histories(&tasks) {
+            out.insert((key.clone(), instance), h);
+        }
+    }
+    out
+}
+
+/// Each job's tasks (terminal ones too), from one pass over the tasks.
+pub fn tasks_by_job(c: &Cluster) -> BTreeMap<&JobKey, Vec<&crate::state::Task>> {
+    let mut by_job: BTreeMap<&JobKey, Vec<&crate::state::Task>> = BTreeMap::new();
+    for t in c.tasks.values() {
+        if let Some(k) = &t.job {
+            by_job.entry(k).or_default().push(t);
+        }
+    }
+    by_job
+}
+
+/// One job's instance histories, from that job's tasks: keyed by instance
+/// alone, so a plan never compares or copies job keys per task.
+pub fn job_histories(job_tasks: &[&crate::state::Task]) -> BTreeMap<u32, InstanceHistory> {
+    let mut out: BTreeMap<u32, InstanceHistory> = BTreeMap::new();
+    let mut tasks: Vec<&crate::state::Task> = job_tasks.to_vec();
     tasks.sort_by(|a, b| {
         (a.launched_at_ms, &a.key.task_id.0).cmp(&(b.launched_at_ms, &b.key.task_id.0))
     });
     for t in tasks {
-        let Some(job) = &t.job else { continue };
-        let h = out.entry((job.clone(), t.instance)).or_default();
+        let h = out.entry(t.instance).or_default();
         h.launched += 1;
         if !is_terminal(t.state) {
             h.live = Some(t.key.task_id.clone());
@@ -427,18 +449,13 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         .collect();
     let mut remaining: Vec<Resources> = offers.iter().map(|o| o.resources.clone()).collect();
     let mut used: Vec<Vec<TaskSpec>> = vec![Vec::new(); offers.len()];
-    let hist = histories(c);
     // Each job's tasks, found once (not by a scan of every task per job).
-    let mut by_job: BTreeMap<&JobKey, Vec<&crate::state::Task>> = BTreeMap::new();
-    for t in c.tasks.values() {
-        if let Some(k) = &t.job {
-            by_job.entry(k).or_default().push(t);
-        }
-    }
+    let by_job = tasks_by_job(c);
     let mut plan = Plan::default();
     for (key, job) in &c.jobs {
         let spec = &job.spec;
         let job_tasks: &[&crate::state::Task] = by_job.get(key).map_or(&[], |v| v.as_slice());
+        let hist = job_histories(job_tasks);
         plan.updating |= update_step(key, job_tasks, job, now_ms, &mut plan);
         let mut surge = std::collections::BTreeSet::new();
         plan.updating |= drain_step(c, job_tasks, job, &mut plan, &mut surge);
@@ -471,7 +488,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
             all_values.insert(con.field.clone(), values);
         }
         for instance in 0..spec.instances {
-            let h = hist.get(&(key.clone(), instance));
+            let h = hist.get(&instance);
             match instance_state(spec, h, now_ms) {
                 // A replacement for an instance on a draining host.
                 InstanceState::Running(_) if surge.contains(&instance) => {}

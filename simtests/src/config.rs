@@ -93,6 +93,9 @@ pub struct Config {
     pub check_every: u64,
     /// Replica digests are compared at indexes divisible by this.
     pub digest_every: u64,
+    /// How often (simulated) the liveness phase asks whether the cluster
+    /// converged.
+    pub live_check_ms: Ms,
 }
 
 impl Config {
@@ -132,6 +135,7 @@ impl Config {
             },
             check_every: 1,
             digest_every: 16,
+            live_check_ms: 1_000,
         }
     }
 
@@ -169,8 +173,11 @@ impl Config {
                 maintenance_per_s: 0.02,
                 bad_input_per_s: 0.2,
             },
-            check_every: 200_000,
+            // About once per simulated minute: each check reads (and the
+            // core invariants copy) the whole 100,000-task state.
+            check_every: 2_000_000,
             digest_every: 250_000,
+            live_check_ms: 10_000,
         }
     }
 }

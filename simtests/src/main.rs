@@ -88,6 +88,8 @@ fn config(args: &Args) -> Config {
             cfg.tasks_per_framework = part(cfg.tasks_per_framework);
             cfg.instances_per_job = part(cfg.instances_per_job as usize) as u32;
             cfg.max_unavailable = part(cfg.max_unavailable as usize) as u32;
+            // The state oracles still run about once per simulated minute.
+            cfg.check_every = part(cfg.check_every as usize) as u64;
         }
         cfg.agents = n;
     }
@@ -175,7 +177,8 @@ fn main() -> ExitCode {
 fn scale(args: &Args, cfg: Config) -> ExitCode {
     let seed = args.seed.unwrap_or(1);
     let t = Instant::now();
-    let sim = orrery_simtests::Sim::new(seed, cfg, args.sabotage);
+    let mut sim = orrery_simtests::Sim::new(seed, cfg, args.sabotage);
+    sim.progress_ms = Some(300_000);
     // Bytes a freshly decoded copy of a state holds (the projection as a
     // master that just loaded it would hold it).
     let held = |c: &orrery_events::Cluster| -> usize {

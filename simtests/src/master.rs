@@ -74,6 +74,8 @@ pub struct Shell {
     pub jobs_fw: Option<FrameworkId>,
     pub next_session: u64,
     pub elected_at: Ms,
+    /// Offers reached the job scheduler and it has not planned since.
+    jobs_offered: bool,
     skipped_update: bool,
     duplicated_launch: bool,
 }
@@ -101,6 +103,7 @@ impl Shell {
             jobs_fw: None,
             next_session: (m as u64 + 1) << 40 | r.term << 20,
             elected_at: sim.now,
+            jobs_offered: false,
             skipped_update: false,
             duplicated_launch: false,
         }
@@ -136,6 +139,7 @@ impl Sim {
         }
         match msg {
             Msg::Timer(Timer::LeaderTick) => self.leader_tick(m),
+            Msg::Timer(Timer::JobOffers) => self.job_offers(m),
             Msg::Timer(Timer::MasterRestart) => {}
             Msg::Request { from, id, call } => self.on_request(m, from, id, call),
             other => self.on_raft(m, other),
@@ -475,6 +479,15 @@ impl Sim {
                 let jobs = self.shell(m).and_then(|s| s.jobs_fw.clone());
                 if jobs.as_ref() != Some(&fw) {
                     self.send_to_framework(m, &fw, event);
+                } else if matches!(event, sp::event::Event::Offers(_)) {
+                    // As the real master: the job scheduler plans when
+                    // offers reach it (once per batch of commits).
+                    let first = self
+                        .shell(m)
+                        .is_some_and(|s| !std::mem::replace(&mut s.jobs_offered, true));
+                    if first {
+                        self.schedule(0, Node::Master(m), Msg::Timer(Timer::JobOffers));
+                    }
                 }
             }
             Effect::ToAgent(agent_id, msg) => {
@@ -805,6 +818,16 @@ impl Sim {
                         .push(Pending::CloseSession { agent_id, session });
                 }
             }
+        }
+    }
+
+    /// Offers reached the job scheduler: it plans.
+    fn job_offers(&mut self, m: usize) {
+        let Some(shell) = self.shell(m) else {
+            return;
+        };
+        if !std::mem::take(&mut shell.jobs_offered) {
+            return;
         }
         let stopped = self.sabotage == Some(Sabotage::JobSchedulerStops) && !self.in_fault_phase();
         if !stopped {

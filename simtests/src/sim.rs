@@ -122,12 +122,18 @@ pub enum Msg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timer {
-    Election { epoch: u64 },
+    Election {
+        epoch: u64,
+    },
     Replicate,
     LeaderTick,
+    /// Offers reached the leader's job scheduler.
+    JobOffers,
     AgentTick,
     AgentRestart,
-    TaskEnds { seq: u64 },
+    TaskEnds {
+        seq: u64,
+    },
     FrameworkTick,
     MasterRestart,
     Faults,
@@ -195,6 +201,9 @@ pub struct Sim {
     pub faults_until: Ms,
     /// Print committed events and deliveries whose text contains this.
     pub trace: Option<String>,
+    /// Print a progress line to stderr every this many simulated ms (the
+    /// scale run); it never changes what the run does.
+    pub progress_ms: Option<Ms>,
     oracles: Vec<Box<dyn Oracle>>,
 }
 
@@ -264,6 +273,7 @@ impl Sim {
             violations: Vec::new(),
             faults_until,
             trace: None,
+            progress_ms: None,
             oracles: oracles::all(),
             cfg,
         };
@@ -338,6 +348,8 @@ impl Sim {
         let mut liveness_started = false;
         let mut quiet_since: Option<Ms> = None;
         let mut next_live_check: Ms = 0;
+        let started = std::time::Instant::now();
+        let mut next_progress = self.now;
         while self.violations.is_empty() {
             let Some(Reverse((at, id))) = self.queue.pop() else {
                 self.violations.push(Violation {
@@ -363,6 +375,19 @@ impl Sim {
                 break;
             }
             self.now = at;
+            if let Some(every) = self.progress_ms {
+                if self.now >= next_progress {
+                    next_progress = self.now + every;
+                    eprintln!(
+                        "progress: {:.0} s wall, {} s simulated, {} steps, {} events committed, {} tasks",
+                        started.elapsed().as_secs_f64(),
+                        (self.now - EPOCH_MS) / 1_000,
+                        self.stats.steps,
+                        self.stats.committed,
+                        self.truth.cluster.tasks.len(),
+                    );
+                }
+            }
             let Some((node, msg)) = self.items.remove(&id) else {
                 continue;
             };
@@ -378,7 +403,7 @@ impl Sim {
                 self.check_state();
             }
             if liveness_started && self.now >= next_live_check {
-                next_live_check = self.now + 1_000;
+                next_live_check = self.now + self.cfg.live_check_ms;
                 if crate::oracles::liveness::unconverged(&self).is_none() {
                     // Converged: hold it for a few seconds (messages in
                     // flight land), then judge.

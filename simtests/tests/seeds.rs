@@ -150,6 +150,9 @@ fn oracle_remote_offers_catches_an_allocator_that_ignores_regions() {
 fn oracle_job_sla_catches_a_drain_that_ignores_max_unavailable() {
     let mut cfg = short();
     cfg.faults.maintenance_per_s = 0.2;
+    // More instances than agents: a drained host holds several of a job's
+    // instances, which a drain may only take down one at a time.
+    cfg.instances_per_job = 16;
     caught(Sabotage::DrainIgnoresSla, cfg);
 }
 
