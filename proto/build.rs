@@ -15,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/agent.proto",
         "proto/operator.proto",
         "proto/checkpoint.proto",
+        "proto/tikv_log.proto",
+        "proto/tikv/metapb.proto",
+        "proto/tikv/pdpb.proto",
+        "proto/tikv/kvrpcpb.proto",
+        "proto/tikv/tikvpb.proto",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -53,6 +58,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".orrery.events.v1", "crate::events")
         .extern_path(".orrery.agent.v1", "crate::agent")
         .compile_protos(&["proto/checkpoint.proto"], &["proto"])?;
+    // The TiKV backend's own records: messages only.
+    prost_build::Config::new().compile_protos(&["proto/tikv_log.proto"], &["proto"])?;
+    // A subset of PD's and TiKV's services, server only, for the in-process
+    // test double the TiKV backend's tests run against.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(false)
+        .compile_protos(
+            &["proto/tikv/pdpb.proto", "proto/tikv/tikvpb.proto"],
+            &["proto"],
+        )?;
     // etcd's KV API, client only, for `orrery bench log`'s peer run.
     tonic_prost_build::configure()
         .build_server(false)

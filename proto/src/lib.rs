@@ -16,6 +16,9 @@
 //! - `proto/agent.proto` → [`agent`]: agents ↔ the active master.
 //! - `proto/operator.proto` → [`operator`]: the CLI and tools.
 //! - `proto/checkpoint.proto` → [`checkpoint`]: an agent's on-disk records.
+//! - `proto/tikv_log.proto` → [`tikvlog`]: the TiKV backend's records.
+//! - `proto/tikv/*.proto` → `tikv_double`: a subset of kvproto's PD and TiKV
+//!   services, for the TiKV test double (server side only).
 //!
 //! The three client APIs are built only with the `grpc` feature.
 //!
@@ -41,6 +44,33 @@ pub mod raft {
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod etcd {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+}
+
+/// The TiKV backend's records (entries, tail, lease, snapshot meta):
+/// package `orrery.tikvlog.v1`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod tikvlog {
+    include!(concat!(env!("OUT_DIR"), "/orrery.tikvlog.v1.rs"));
+}
+
+/// A subset of PD's and TiKV's gRPC services (kvproto's field numbers and
+/// method paths), server side only: what the in-process TiKV **test double**
+/// serves. Not a TiKV client; the backend uses tikv-client.
+#[cfg(feature = "grpc")]
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod tikv_double {
+    pub mod metapb {
+        include!(concat!(env!("OUT_DIR"), "/metapb.rs"));
+    }
+    pub mod pdpb {
+        include!(concat!(env!("OUT_DIR"), "/pdpb.rs"));
+    }
+    pub mod kvrpcpb {
+        include!(concat!(env!("OUT_DIR"), "/kvrpcpb.rs"));
+    }
+    pub mod tikvpb {
+        include!(concat!(env!("OUT_DIR"), "/tikvpb.rs"));
+    }
 }
 
 /// The event log's schema: package `orrery.events.v1`.

@@ -15,9 +15,11 @@
 //!   `raft-log` crate on local disk, snapshots as protobuf files, raft RPCs
 //!   over tonic, and the start-up rules that refuse a wiped or foreign data
 //!   dir.
+//! - [`tikv`]: the event log kept in TiKV (`--store tikv://…`): entries at
+//!   big-endian index keys, a lease, a compare-and-swap commit point that
+//!   fences older leaders; and `tikv::double`, an in-process PD + TiKV
+//!   **test double** its tests run against when no TiKV is reachable.
 //! - [`conformance`] (feature `conformance`): one suite every backend passes.
-//!
-//! **Not finished**: the `tikv` backend (its own issue).
 
 pub mod api;
 #[cfg(feature = "conformance")]
@@ -25,6 +27,7 @@ pub mod conformance;
 pub mod memory;
 pub mod raft;
 pub mod subscription;
+pub mod tikv;
 
 pub use api::{
     AppendError, AppendedRange, EventLog, Fatal, LeaderInfo, LoggedEvent, ReadError, StateAccess,
