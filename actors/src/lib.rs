@@ -38,6 +38,7 @@ pub mod client;
 pub mod cluster_machine;
 pub mod effects;
 pub mod framework_session;
+pub mod log;
 pub mod master;
 pub mod telemetry;
 pub mod views;

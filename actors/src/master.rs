@@ -41,17 +41,15 @@ use orrery_events::{
     Rejection, Resources, TaskId, TaskKey,
 };
 use orrery_proto::scheduler as sp;
-use orrery_storage::raft::RaftNode;
 use orrery_storage::{AppendError, AppendedRange, EventLog, LeaderInfo, StateAccess};
 use tokio::sync::oneshot;
 
 use crate::agent_session::{self, AgentSession};
-use crate::cluster_machine::ClusterMachine;
 use crate::effects::{effects_of, Effect};
 use crate::framework_session::{self, FrameworkSession};
 
-/// The log the master runs on.
-pub type Log = RaftNode<ClusterMachine>;
+/// The log the master runs on (raft or TiKV).
+pub use crate::log::Log;
 
 /// Commands waiting for the next batch, at most.
 pub const QUEUE_MAX: usize = 100_000;

@@ -55,11 +55,20 @@ pub fn router(admin: Admin) -> Router {
 }
 
 async fn health(State(a): State<Admin>) -> Response {
-    let running = a.log.raft().metrics().borrow().running_state.clone();
-    if let Err(e) = running {
+    if let Some(e) = a.log.stopped() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the replica's log stopped: {e}\n"),
+        )
+            .into_response();
+    }
+    if let Some(why) = a.log.unavailable() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the log's store ({}) is unavailable: {why}\n",
+                a.log.store()
+            ),
         )
             .into_response();
     }

@@ -62,7 +62,9 @@ fn set_gauges(a: &Admin) {
     metrics::gauge!(t::IS_LEADER).set(if leader.is_leader { 1.0 } else { 0.0 });
     metrics::gauge!(t::RAFT_TERM).set(leader.term as f64);
     metrics::gauge!(t::COMMIT_INDEX).set(a.log.last_applied() as f64);
-    metrics::gauge!(t::LOG_SIZE).set(dir_bytes(&a.log.data_dir()) as f64);
+    if let Some(dir) = a.log.data_dir() {
+        metrics::gauge!(t::LOG_SIZE).set(dir_bytes(&dir) as f64);
+    }
     a.log.with_state(|m| {
         let c = &m.cluster;
         for state in [

@@ -1,5 +1,6 @@
-//! A master replica, wired: the raft log, the `Master` actor, the gRPC
-//! services on the log's address, and the HTTP admin endpoints.
+//! A master replica, wired: the log (raft, or TiKV), the `Master` actor,
+//! the gRPC services (on the raft address, or their own listener with
+//! TiKV), and the HTTP admin endpoints.
 //!
 //! `orrery master` runs one; the in-process tests run three. Must be
 //! called inside an actix `System` (the actor starts on its arbiter).
@@ -10,6 +11,7 @@ use actix::Addr;
 use orrery_actors::cluster_machine::ClusterMachine;
 use orrery_actors::master::{Log, Master, Settings, Stop};
 use orrery_storage::raft::{RaftConfig, RaftNode};
+use orrery_storage::tikv::{TikvConfig, TikvLog};
 use orrery_storage::Fatal;
 use tokio::sync::oneshot;
 
@@ -22,6 +24,9 @@ pub struct RunningMaster {
     pub addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
     http_stop: Option<oneshot::Sender<()>>,
+    /// The gRPC server's own stop (TiKV store; with raft the log's server
+    /// serves gRPC and stops with it).
+    grpc_stop: Option<oneshot::Sender<()>>,
 }
 
 /// Starts a replica. `settings.addr` and `settings.http_addr` are filled in
@@ -31,27 +36,7 @@ pub async fn start(
     mut settings: Settings,
     http: Option<SocketAddr>,
 ) -> Result<RunningMaster, Fatal> {
-    // The process's metrics recorder, before anything records.
-    let _ = crate::metrics::handle();
-    orrery_actors::telemetry::describe();
-    let http_listener = match http {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .map_err(|e| Fatal::Io {
-                    what: format!("listening for HTTP on {a}"),
-                    detail: e.to_string(),
-                })?,
-        ),
-        None => None,
-    };
-    let http_addr = match &http_listener {
-        Some(l) => Some(l.local_addr().map_err(|e| Fatal::Io {
-            what: "the HTTP socket".into(),
-            detail: e.to_string(),
-        })?),
-        None => None,
-    };
+    let (http_listener, http_addr) = bind_http(http).await?;
     settings.http_addr = http_addr.map(|a| a.to_string()).unwrap_or_default();
     settings.addr = config
         .peers
@@ -61,9 +46,10 @@ pub async fn start(
     let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
     let mut started: Option<Addr<Master>> = None;
     let node = RaftNode::start_with_services(config, ClusterMachine::default(), |node, routes| {
-        let master = actix::Actor::start(Master::new(settings, node.clone()));
+        let log = Log::from(node.clone());
+        let master = actix::Actor::start(Master::new(settings, log.clone()));
         started = Some(master.clone());
-        crate::grpc::routes(routes, master, node.clone(), ping_ms)
+        crate::grpc::routes(routes, master, log, ping_ms)
     })
     .await;
     let node = match node {
@@ -76,32 +62,119 @@ pub async fn start(
         }
     };
     let master = started.ok_or_else(|| Fatal::Refused("the master actor did not start".into()))?;
-    let mut http_stop = None;
-    if let Some(listener) = http_listener {
-        let (tx, rx) = oneshot::channel::<()>();
-        http_stop = Some(tx);
-        let router = crate::http::router(crate::http::Admin {
-            master: master.clone(),
-            log: node.clone(),
-        });
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "the HTTP admin server stopped");
-            }
-        });
-    }
+    let addr = node.local_addr();
+    let node = Log::from(node);
+    let http_stop = serve_http(http_listener, &master, &node);
     Ok(RunningMaster {
-        addr: node.local_addr(),
+        addr,
         node,
         master,
         http_addr,
         http_stop,
+        grpc_stop: None,
     })
+}
+
+/// Starts a replica whose log is kept in TiKV: the gRPC services get their
+/// own listener (`listen`; no raft traffic between masters: they meet in
+/// TiKV).
+pub async fn start_tikv(
+    mut config: TikvConfig,
+    listen: SocketAddr,
+    mut settings: Settings,
+    http: Option<SocketAddr>,
+) -> Result<RunningMaster, Fatal> {
+    let (http_listener, http_addr) = bind_http(http).await?;
+    let (grpc, addr) = bind("gRPC", listen).await?;
+    settings.http_addr = http_addr.map(|a| a.to_string()).unwrap_or_default();
+    settings.addr = addr.to_string();
+    config.addr = addr.to_string();
+    let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
+    let node = Log::from(TikvLog::open(config, ClusterMachine::default()).await?);
+    let master = actix::Actor::start(Master::new(settings, node.clone()));
+    let routes = crate::grpc::routes(
+        tonic::service::Routes::default(),
+        master.clone(),
+        node.clone(),
+        ping_ms,
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the gRPC server stopped");
+        }
+    });
+    let http_stop = serve_http(http_listener, &master, &node);
+    Ok(RunningMaster {
+        addr,
+        node,
+        master,
+        http_addr,
+        http_stop,
+        grpc_stop: Some(tx),
+    })
+}
+
+async fn bind_http(
+    http: Option<SocketAddr>,
+) -> Result<(Option<tokio::net::TcpListener>, Option<SocketAddr>), Fatal> {
+    // The process's metrics recorder, before anything records.
+    let _ = crate::metrics::handle();
+    orrery_actors::telemetry::describe();
+    let Some(a) = http else {
+        return Ok((None, None));
+    };
+    let (listener, addr) = bind("HTTP", a).await?;
+    Ok((Some(listener), Some(addr)))
+}
+
+/// Binds `addr`; errors name what was to listen there.
+async fn bind(
+    what: &str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), Fatal> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Io {
+            what: format!("listening for {what} on {addr}"),
+            detail: e.to_string(),
+        })?;
+    let bound = listener.local_addr().map_err(|e| Fatal::Io {
+        what: format!("the {what} socket"),
+        detail: e.to_string(),
+    })?;
+    Ok((listener, bound))
+}
+
+fn serve_http(
+    listener: Option<tokio::net::TcpListener>,
+    master: &Addr<Master>,
+    log: &Log,
+) -> Option<oneshot::Sender<()>> {
+    let listener = listener?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let router = crate::http::router(crate::http::Admin {
+        master: master.clone(),
+        log: log.clone(),
+    });
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP admin server stopped");
+        }
+    });
+    Some(tx)
 }
 
 impl RunningMaster {
@@ -109,6 +182,9 @@ impl RunningMaster {
     pub async fn shutdown(mut self) {
         let _ = self.master.send(Stop).await;
         if let Some(stop) = self.http_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stop) = self.grpc_stop.take() {
             let _ = stop.send(());
         }
         self.node.shutdown().await;

@@ -28,13 +28,18 @@ pub struct MasterArgs {
     /// Where to listen for raft and log RPCs, e.g. 127.0.0.1:7001.
     #[arg(long)]
     listen: String,
+    /// Where the log lives: `raft` (embedded, replicated between the
+    /// masters of --peers; the default) or `tikv://PD1:2379,PD2:2379/PREFIX`
+    /// (kept in TiKV under PREFIX; masters take a lease there).
+    #[arg(long, default_value = "raft")]
+    store: String,
     /// Every replica as ID=HOST:PORT, comma-separated: 1, 3 or 5 of them.
-    /// The quorum is derived (a majority), never configured.
+    /// The quorum is derived (a majority), never configured. Raft only.
     #[arg(long)]
-    peers: String,
-    /// Where this replica keeps its log and snapshots.
+    peers: Option<String>,
+    /// Where this replica keeps its log and snapshots. Raft only.
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// The minimum election timeout (the maximum is twice it).
     #[arg(long, default_value = "1s")]
     election_timeout: String,
@@ -135,33 +140,39 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
 
 pub fn run(args: &MasterArgs) -> Result<()> {
     crate::logging::init(&args.log_format)?;
+    if args.store.starts_with("tikv://") {
+        return run_tikv(args);
+    }
+    if args.store != "raft" {
+        bail!(
+            "--store {:?}: expected raft or tikv://PD1:2379,PD2:2379/PREFIX",
+            args.store
+        );
+    }
     let settings = settings(args)?;
-    let peers =
-        RaftConfig::parse_peers(&args.peers).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
+    let peers_flag = args
+        .peers
+        .as_deref()
+        .context("--peers is required with --store raft (every replica as ID=HOST:PORT)")?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .context("--data-dir is required with --store raft")?;
+    let peers = RaftConfig::parse_peers(peers_flag).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
     let listen = tokio::net::lookup_host(&args.listen);
     let election = parse_duration("--election-timeout", &args.election_timeout)?;
     let heartbeat = parse_duration("--heartbeat", &args.heartbeat)?;
     if args.snapshot_every == 0 {
         bail!("--snapshot-every must be at least 1");
     }
-    let http = match &args.http {
-        Some(h) => Some(
-            h.parse::<std::net::SocketAddr>()
-                .with_context(|| format!("--http {h:?} is not IP:PORT"))?,
-        ),
-        None => None,
-    };
+    let http = http_flag(args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     actix_rt::System::with_tokio_rt(move || rt).block_on(async {
-        let listen = listen
-            .await
-            .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?
-            .next()
-            .with_context(|| format!("--listen {:?} resolves to no address", args.listen))?;
-        let mut config = RaftConfig::new(args.id, listen, peers, args.data_dir.clone());
+        let listen = resolve_listen(&args.listen, listen).await?;
+        let mut config = RaftConfig::new(args.id, listen, peers, data_dir);
         config.election_timeout_ms = election.as_millis() as u64;
         config.heartbeat_ms = heartbeat.as_millis() as u64;
         config.snapshot_every_entries = args.snapshot_every;
@@ -178,7 +189,9 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         let running = orrery_gateway::server::start(config, settings, http)
             .await
             .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
-        let node = running.node.clone();
+        let orrery_actors::log::Log::Raft(node) = running.node.clone() else {
+            bail!("--store raft started a replica on another store");
+        };
         tracing::info!(
             id = args.id,
             addr = %node.local_addr(),
@@ -209,6 +222,95 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         running.shutdown().await;
         outcome
     })
+}
+
+/// `--store tikv://…`: the log in TiKV; the replica leads while it holds
+/// the lease there.
+fn run_tikv(args: &MasterArgs) -> Result<()> {
+    for (given, flag) in [
+        (args.peers.is_some(), "--peers"),
+        (args.data_dir.is_some(), "--data-dir"),
+        (args.rebuild, "--rebuild"),
+        (args.accept_raw_appends, "--accept-raw-appends"),
+    ] {
+        if given {
+            bail!(
+                "{flag} applies to --store raft only: masters on TiKV keep no local log and meet in TiKV"
+            );
+        }
+    }
+    if args.id == 0 {
+        bail!("--id must be a positive integer");
+    }
+    let settings = settings(args)?;
+    let mut config =
+        orrery_storage::tikv::TikvConfig::from_url(&args.store, args.id, args.listen.clone())
+            .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    config.snapshot_every = args.snapshot_every;
+    if args.snapshot_every == 0 {
+        bail!("--snapshot-every must be at least 1");
+    }
+    let http = http_flag(args)?;
+    let listen = tokio::net::lookup_host(args.listen.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    actix_rt::System::with_tokio_rt(move || rt).block_on(async {
+        let listen = resolve_listen(&args.listen, listen).await?;
+        let running = orrery_gateway::server::start_tikv(config, listen, settings, http)
+            .await
+            .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
+        let node = running.node.clone();
+        tracing::info!(
+            id = args.id,
+            addr = %running.addr,
+            http = ?running.http_addr.map(|a| a.to_string()),
+            store = %node.store(),
+            "master replica started"
+        );
+        let mut last = (None, 0);
+        let outcome = loop {
+            tokio::select! {
+                _ = shutdown_signal() => break Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if let Some(e) = node.stopped() {
+                        break Err(anyhow::anyhow!("the replica stopped: {e}"));
+                    }
+                    let l = orrery_storage::EventLog::leader(&node);
+                    if (l.leader_id, l.term) != last {
+                        last = (l.leader_id, l.term);
+                        tracing::info!(term = l.term, leader = ?l.leader_id, is_leader = l.is_leader, "leadership changed");
+                    }
+                }
+            }
+        };
+        running.shutdown().await;
+        outcome
+    })
+}
+
+fn http_flag(args: &MasterArgs) -> Result<Option<std::net::SocketAddr>> {
+    args.http
+        .as_deref()
+        .map(|h| {
+            h.parse::<std::net::SocketAddr>()
+                .with_context(|| format!("--http {h:?} is not IP:PORT"))
+        })
+        .transpose()
+}
+
+async fn resolve_listen(
+    flag: &str,
+    lookup: impl std::future::Future<
+        Output = std::io::Result<impl Iterator<Item = std::net::SocketAddr>>,
+    >,
+) -> Result<std::net::SocketAddr> {
+    lookup
+        .await
+        .with_context(|| format!("--listen {flag:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--listen {flag:?} resolves to no address"))
 }
 
 pub async fn shutdown_signal() {

@@ -945,22 +945,6 @@ async fn a_rolling_update_failing_its_health_check_rolls_back_by_itself() {
     );
 }
 
-/// One HTTP/1.0 request on a raw socket; the whole response.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to --http");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_endpoints_and_host_commands() {
     let _serial = SERIAL.lock().await;

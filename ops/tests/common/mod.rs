@@ -362,3 +362,24 @@ impl Masters {
         Err(format!("no leader took the append: {last}"))
     }
 }
+
+/// One HTTP/1.0 request on a raw socket; the whole response.
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> String {
+    try_http(addr, method, path, body).expect("connect to --http")
+}
+
+/// As [`http`], or None if nothing listens there (yet).
+pub fn try_http(addr: &str, method: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    Some(out)
+}

@@ -96,6 +96,9 @@ pub struct TikvConfig {
     pub request_timeout: Duration,
     /// Snapshot chunk size (TiKV's raw values should stay well under 8 MiB).
     pub chunk_bytes: usize,
+    /// The leader takes a snapshot (and purges what it covers) once this
+    /// many events were applied after the last one; 0 for never.
+    pub snapshot_every: u64,
 }
 
 impl TikvConfig {
@@ -140,6 +143,7 @@ impl TikvConfig {
             poll: Duration::from_millis(100),
             request_timeout: Duration::from_secs(3),
             chunk_bytes: 1 << 20,
+            snapshot_every: 10_000,
         })
     }
 
@@ -242,6 +246,9 @@ struct Inner<S> {
     snapshot_lock: tokio::sync::Mutex<()>,
     health: Mutex<Option<String>>,
     fatal: Mutex<Option<Fatal>>,
+    /// The latest snapshot this replica wrote or restored: (last index,
+    /// bytes), for readers of compacted history.
+    latest: Mutex<Option<(u64, Vec<u8>)>>,
     closed: AtomicBool,
 }
 
@@ -307,6 +314,7 @@ impl<S: StateMachine> TikvLog<S> {
             snapshot_lock: tokio::sync::Mutex::new(()),
             health: Mutex::new(None),
             fatal: Mutex::new(None),
+            latest: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
         match inner.catch_up().await {
@@ -356,6 +364,12 @@ impl<S: StateMachine> TikvLog<S> {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.step_down("closed");
+    }
+
+    /// The latest snapshot this replica wrote or restored: (the last event
+    /// it includes, the state machine's bytes).
+    pub fn latest_snapshot(&self) -> Option<(u64, Vec<u8>)> {
+        lock(&self.inner.latest).clone()
     }
 
     /// The configuration this log was opened with.
@@ -463,6 +477,22 @@ impl<S: StateMachine> Inner<S> {
         if !lock(&self.role).leader.is_leader {
             if let Err(Step::Fatal(f)) = self.catch_up().await {
                 self.stop(f);
+            }
+        } else if self.cfg.snapshot_every > 0 {
+            let since = {
+                let cache = lock(&self.cache);
+                (*self.applied.borrow() + 1).saturating_sub(cache.first)
+            };
+            if since >= self.cfg.snapshot_every {
+                match self.snapshot().await {
+                    Ok(i) => tracing::info!(last_index = i, "took a snapshot of the TiKV log"),
+                    Err(Step::Fatal(f)) => {
+                        self.stop(f);
+                    }
+                    Err(Step::Unavailable(e)) | Err(Step::Fenced(e)) => {
+                        tracing::warn!(error = %e, "the TiKV log's snapshot failed; retrying later")
+                    }
+                }
             }
         }
     }
@@ -808,6 +838,7 @@ impl<S: StateMachine> Inner<S> {
             cache.first = meta.last_index + 1;
             cache.snapshot_term = meta.last_term;
         }
+        *lock(&self.latest) = Some((meta.last_index, state));
         self.applied.send_replace(meta.last_index);
         tracing::info!(
             last_index = meta.last_index,
@@ -1038,6 +1069,8 @@ impl<S: StateMachine> Inner<S> {
         }
         cache.first = last_index + 1;
         cache.snapshot_term = last_term;
+        drop(cache);
+        *lock(&self.latest) = Some((last_index, state));
         Ok(last_index)
     }
 }
