@@ -55,6 +55,13 @@ pub struct BenchLogArgs {
     /// Put it on the disk you want to measure.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// A TiKV cluster's PD (`host:port`) for the `tikv` rows: the TiKV
+    /// backend appending in-process, one master. Default: $ORRERY_TIKV_PD;
+    /// without either, no tikv rows. `double` measures the in-process test
+    /// double instead (rows `tikv-double`: a check of the code path, not a
+    /// TiKV figure).
+    #[arg(long)]
+    tikv_pd: Option<String>,
 }
 
 /// The state machine for the benchmark: counts (the log is what is timed).
@@ -276,14 +283,75 @@ fn etcd_cluster(bin: &str, root: &Path, n: usize) -> Result<Etcd> {
     Ok(etcd)
 }
 
+/// The TiKV backend's rows: one master appending in-process (TiKV
+/// replicates by its own configuration).
+async fn tikv_rows(
+    pd: &str,
+    duration: Duration,
+    batches: &[usize],
+    writers: &[usize],
+    payload: &Arc<Vec<u8>>,
+) -> Result<Vec<Cell>> {
+    let double = if pd == "double" {
+        Some(
+            orrery_storage::tikv::double::TikvTestDouble::start()
+                .await
+                .context("starting the TiKV test double")?,
+        )
+    } else {
+        None
+    };
+    let (system, endpoint) = match &double {
+        Some(d) => ("tikv-double", d.pd_endpoint()),
+        None => ("tikv", pd.to_owned()),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let url = format!("tikv://{endpoint}/orrery-bench/{stamp}");
+    let mut cfg = orrery_storage::tikv::TikvConfig::from_url(&url, 1, "bench:0".into())
+        .map_err(|e| anyhow::anyhow!("--tikv-pd {pd:?}: {e}"))?;
+    cfg.snapshot_every = 0;
+    let log = orrery_storage::tikv::TikvLog::open(cfg, Counter::default())
+        .await
+        .with_context(|| format!("opening the TiKV log at {url}"))?;
+    log.wait_leader(Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!("the TiKV log: {e}"))?;
+    let mut cells = Vec::new();
+    for &b in batches {
+        for &w in writers {
+            let log = log.clone();
+            let payload = payload.clone();
+            let r = drive(duration, w, b, move |_, _| {
+                let log = log.clone();
+                let events = vec![payload.as_ref().clone(); b];
+                async move {
+                    log.append(events)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            let c = cell(system, 1, b, w, r);
+            eprintln!("{c:?}");
+            cells.push(c);
+        }
+    }
+    eprintln!("{system}: {} events in the log", log.last_applied());
+    log.close();
+    Ok(cells)
+}
+
 fn print_table(cells: &[Cell]) {
     println!(
-        "{:<8} {:>8} {:>6} {:>8} {:>14} {:>10} {:>10} {:>7}",
+        "{:<11} {:>8} {:>6} {:>8} {:>14} {:>10} {:>10} {:>7}",
         "system", "replicas", "batch", "writers", "events/s", "p50 ms", "p99 ms", "errors"
     );
     for c in cells {
         println!(
-            "{:<8} {:>8} {:>6} {:>8} {:>14.0} {:>10.2} {:>10.2} {:>7}",
+            "{:<11} {:>8} {:>6} {:>8} {:>14.0} {:>10.2} {:>10.2} {:>7}",
             c.system, c.replicas, c.batch, c.writers, c.events_per_s, c.p50_ms, c.p99_ms, c.errors
         );
     }
@@ -322,9 +390,20 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
         }
     };
     let payload = Arc::new(vec![0x5au8; args.event_bytes]);
+    let tikv_pd = args
+        .tikv_pd
+        .clone()
+        .or_else(|| std::env::var("ORRERY_TIKV_PD").ok())
+        .filter(|p| !p.is_empty());
+    if tikv_pd.is_none() {
+        eprintln!("note: no TiKV given (--tikv-pd or ORRERY_TIKV_PD): no tikv rows");
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let mut cells = Vec::new();
     rt.block_on(async {
+        if let Some(pd) = &tikv_pd {
+            cells.extend(tikv_rows(pd, duration, &batches, &writers, &payload).await?);
+        }
         for &n in &replicas {
             let (nodes, leader) = orrery_cluster(&root, n).await?;
             for &b in &batches {
