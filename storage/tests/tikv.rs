@@ -104,11 +104,15 @@ async fn tikv_acknowledged_appends_survive_restart() {
     conformance::acknowledged_appends_survive_restart(&mut TikvHarness::new("durable").await).await;
 }
 
-async fn double_and_leader(test: &str) -> (TikvTestDouble, TikvConfig, TikvLog<CheckingMachine>) {
+async fn double_and_leader(
+    test: &str,
+    snapshot_every: u64,
+) -> (TikvTestDouble, TikvConfig, TikvLog<CheckingMachine>) {
     let double = TikvTestDouble::start()
         .await
         .expect("start the test double");
-    let cfg = config(&double.pd_endpoint(), test, 1);
+    let mut cfg = config(&double.pd_endpoint(), test, 1);
+    cfg.snapshot_every = snapshot_every;
     let log = TikvLog::open(cfg.clone(), CheckingMachine::default())
         .await
         .expect("open");
@@ -123,7 +127,7 @@ async fn double_and_leader(test: &str) -> (TikvTestDouble, TikvConfig, TikvLog<C
 /// after the last acknowledged index.
 #[tokio::test]
 async fn tikv_unreachable_fails_appends_with_unavailable() {
-    let (double, cfg, log) = double_and_leader("unreachable").await;
+    let (double, cfg, log) = double_and_leader("unreachable", 0).await;
     for i in 0..10u8 {
         log.append(vec![vec![i]]).await.expect("append");
     }
@@ -175,7 +179,7 @@ async fn tikv_unreachable_fails_appends_with_unavailable() {
 /// higher term, and the old leader has stepped down before that.
 #[tokio::test]
 async fn tikv_lease_failover_and_followers() {
-    let (double, cfg_a, a) = double_and_leader("failover").await;
+    let (double, cfg_a, a) = double_and_leader("failover", 8).await;
     let mut cfg_b = cfg_a.clone();
     cfg_b.node_id = 2;
     cfg_b.addr = "master-2:7000".into();
@@ -192,6 +196,28 @@ async fn tikv_lease_failover_and_followers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(a.digest().await, b.digest().await, "follower digest");
+    // Snapshots every 8 events: the leader purges, and the follower drops
+    // what the snapshot covers from its memory too.
+    while a.latest_snapshot().is_none() || b.latest_snapshot().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshots: leader {:?}, follower {:?}",
+            a.latest_snapshot().map(|s| s.0),
+            b.latest_snapshot().map(|s| s.0)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match b.read(1, u64::MAX, 10).await {
+        Err(orrery_storage::ReadError::Compacted { first_available }) => {
+            assert!(first_available > 8, "{first_available}")
+        }
+        other => panic!("the follower's early events are covered by a snapshot: {other:?}"),
+    }
+    let first_key = [cfg_a.prefix.as_bytes(), b"/L", &1u64.to_be_bytes()].concat();
+    assert!(
+        !double.dump().iter().any(|(k, _)| *k == first_key),
+        "event 1 was purged from TiKV"
+    );
     let term_a = a.leader().term;
     match b.append(vec![b"x".to_vec()]).await {
         Err(AppendError::NotLeader {
@@ -224,7 +250,7 @@ async fn tikv_lease_failover_and_followers() {
 /// because the new leader moved the tail to its term.
 #[tokio::test]
 async fn tikv_deposed_leader_cannot_commit() {
-    let (double, cfg_a, a) = double_and_leader("fencing").await;
+    let (double, cfg_a, a) = double_and_leader("fencing", 0).await;
     a.append(vec![b"one".to_vec()]).await.expect("append");
     // Someone else takes the lease and fences the tail behind a's back (as
     // a replica whose clock ran fast would).
@@ -278,7 +304,7 @@ async fn tikv_deposed_leader_cannot_commit() {
 /// key; nothing is skipped.
 #[tokio::test]
 async fn tikv_corrupt_entry_is_named_not_skipped() {
-    let (double, cfg, a) = double_and_leader("corrupt").await;
+    let (double, cfg, a) = double_and_leader("corrupt", 0).await;
     a.append(vec![b"one".to_vec(), b"two".to_vec()])
         .await
         .expect("append");

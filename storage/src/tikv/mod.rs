@@ -474,16 +474,22 @@ impl<S: StateMachine> Inner<S> {
                 return;
             }
         }
+        let since = {
+            let cache = lock(&self.cache);
+            (*self.applied.borrow() + 1).saturating_sub(cache.first)
+        };
+        let snapshot_due = self.cfg.snapshot_every > 0 && since >= self.cfg.snapshot_every;
         if !lock(&self.role).leader.is_leader {
-            if let Err(Step::Fatal(f)) = self.catch_up().await {
+            let mut r = self.catch_up().await;
+            // Twice the interval: the leader's snapshot is due at one.
+            if r.is_ok() && snapshot_due && since >= 2 * self.cfg.snapshot_every {
+                r = self.follow_snapshot().await;
+            }
+            if let Err(Step::Fatal(f)) = r {
                 self.stop(f);
             }
-        } else if self.cfg.snapshot_every > 0 {
-            let since = {
-                let cache = lock(&self.cache);
-                (*self.applied.borrow() + 1).saturating_sub(cache.first)
-            };
-            if since >= self.cfg.snapshot_every {
+        } else if snapshot_due {
+            {
                 match self.snapshot().await {
                     Ok(i) => tracing::info!(last_index = i, "took a snapshot of the TiKV log"),
                     Err(Step::Fatal(f)) => {
@@ -717,11 +723,10 @@ impl<S: StateMachine> Inner<S> {
             for kv in page {
                 let index = self.index_of(kv.key().clone().into())?;
                 if index != next + events.len() as u64 {
-                    return Err(self.stop(corrupt(
-                        "log",
-                        format!("{}/L/{}", self.cfg.prefix, next + events.len() as u64),
-                        format!("committed event missing (tail {last})"),
-                    )));
+                    // A gap: apply what comes before it; the next round
+                    // restores a snapshot over it, or stops saying which
+                    // event is missing.
+                    break;
                 }
                 let e = Entry::decode(kv.value().as_slice()).map_err(|e| {
                     corrupt("log entry", format!("{}/L/{index}", self.cfg.prefix), e)
@@ -780,18 +785,19 @@ impl<S: StateMachine> Inner<S> {
         Ok(())
     }
 
-    /// Restores the latest snapshot if it covers `next`; false if none does.
-    async fn restore_snapshot(&self, next: u64) -> Result<bool, Step> {
+    /// The latest snapshot in TiKV, if one covers `at_least`: its meta and
+    /// its bytes (every chunk, checked against the meta).
+    async fn read_snapshot(&self, at_least: u64) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Step> {
         let Some(bytes) = self
             .get(self.cfg.key(b'S', &[]), "read of the snapshot meta")
             .await?
         else {
-            return Ok(false);
+            return Ok(None);
         };
         let meta = SnapshotMeta::decode(bytes.as_slice())
             .map_err(|e| corrupt("snapshot meta", format!("{}/S", self.cfg.prefix), e))?;
-        if meta.last_index < next {
-            return Ok(false);
+        if meta.last_index < at_least {
+            return Ok(None);
         }
         let mut page = Vec::new();
         let all: Vec<u32> = (0..meta.chunks).collect();
@@ -806,10 +812,11 @@ impl<S: StateMachine> Inner<S> {
             );
         }
         page.sort_by(|a, b| a.key().cmp(b.key()));
+        let location = format!("{}/C/{}", self.cfg.prefix, meta.last_index);
         if page.len() != meta.chunks as usize {
             return Err(Step::Fatal(corrupt(
                 "snapshot",
-                format!("{}/C/{}", self.cfg.prefix, meta.last_index),
+                location,
                 format!("{} of {} chunks found", page.len(), meta.chunks),
             )));
         }
@@ -820,10 +827,18 @@ impl<S: StateMachine> Inner<S> {
         if state.len() as u64 != meta.bytes {
             return Err(Step::Fatal(corrupt(
                 "snapshot",
-                format!("{}/C/{}", self.cfg.prefix, meta.last_index),
+                location,
                 format!("{} bytes, the meta says {}", state.len(), meta.bytes),
             )));
         }
+        Ok(Some((meta, state)))
+    }
+
+    /// Restores the latest snapshot if it covers `next`; false if none does.
+    async fn restore_snapshot(&self, next: u64) -> Result<bool, Step> {
+        let Some((meta, state)) = self.read_snapshot(next).await? else {
+            return Ok(false);
+        };
         {
             let mut machine = lock(&self.machine);
             machine.restore(&state).map_err(|detail| {
@@ -845,6 +860,32 @@ impl<S: StateMachine> Inner<S> {
             "restored the TiKV log's snapshot"
         );
         Ok(true)
+    }
+
+    /// A follower keeps what the leader keeps: once the leader's snapshot
+    /// covers cached events, they go (the snapshot serves older reads).
+    async fn follow_snapshot(&self) -> Result<(), Step> {
+        let first = lock(&self.cache).first;
+        let Some((meta, state)) = self.read_snapshot(first).await? else {
+            return Ok(());
+        };
+        if meta.last_index > *self.applied.borrow() {
+            // Not applied that far yet: catch_up restores it when it must.
+            return Ok(());
+        }
+        let mut cache = lock(&self.cache);
+        while cache
+            .events
+            .front()
+            .is_some_and(|e| e.index <= meta.last_index)
+        {
+            cache.events.pop_front();
+        }
+        cache.first = meta.last_index + 1;
+        cache.snapshot_term = meta.last_term;
+        drop(cache);
+        *lock(&self.latest) = Some((meta.last_index, state));
+        Ok(())
     }
 
     async fn append_as_leader(&self, events: Vec<Vec<u8>>) -> Result<AppendedRange, Step> {
