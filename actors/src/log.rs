@@ -86,11 +86,11 @@ impl Log {
     }
 
     /// Stops the replica's log (raft: its server and raft; TiKV: the
-    /// background follower, letting the lease lapse).
+    /// background follower, handing the lease back).
     pub async fn shutdown(&self) {
         match self {
             Log::Raft(n) => n.shutdown().await,
-            Log::Tikv(t) => t.close(),
+            Log::Tikv(t) => t.shutdown().await,
         }
     }
 }

@@ -321,3 +321,42 @@ async fn tikv_corrupt_entry_is_named_not_skipped() {
         "names the entry: {text}"
     );
 }
+
+/// A clean shutdown hands the lease back: the other replica takes over
+/// without waiting out the TTL.
+#[tokio::test]
+async fn tikv_clean_shutdown_hands_the_lease_over() {
+    let double = TikvTestDouble::start()
+        .await
+        .expect("start the test double");
+    let mut cfg_a = config(&double.pd_endpoint(), "handover", 1);
+    // A lease long enough that waiting it out (at least 5 s - 5/3 s since
+    // the last renewal) is told apart from a handover (at most one
+    // acquisition round, 5/3 s, plus a poll).
+    cfg_a.lease_ttl = Duration::from_secs(5);
+    let a = TikvLog::open(cfg_a.clone(), CheckingMachine::default())
+        .await
+        .expect("open a");
+    a.wait_leader(Duration::from_secs(10))
+        .await
+        .expect("a leads");
+    a.append(vec![b"one".to_vec()]).await.expect("append");
+    let mut cfg_b = cfg_a.clone();
+    cfg_b.node_id = 2;
+    let b = TikvLog::open(cfg_b, CheckingMachine::default())
+        .await
+        .expect("open b");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!b.leader().is_leader, "b follows while a holds the lease");
+    let t = std::time::Instant::now();
+    a.shutdown().await;
+    b.wait_leader(Duration::from_secs(10))
+        .await
+        .expect("b leads");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "a handed-back lease is taken within one acquisition round: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(b.last_applied(), 1);
+}

@@ -360,10 +360,43 @@ impl<S: StateMachine> TikvLog<S> {
         }
     }
 
-    /// Stops the background task (a clean shutdown; the lease lapses).
+    /// Stops the background task and steps down; the lease lapses by
+    /// itself (a crash looks the same to the others).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.step_down("closed");
+    }
+
+    /// A clean shutdown: steps down and hands the lease back at once (an
+    /// expired lease of the same term), so another replica takes over
+    /// without waiting out the TTL.
+    pub async fn shutdown(&self) {
+        let _appends = self.inner.append_lock.lock().await;
+        let held = {
+            let role = lock(&self.inner.role);
+            role.lease.clone().map(|l| (l, role.leader.term))
+        };
+        self.close();
+        let Some((lease, term)) = held else {
+            return;
+        };
+        let released = Lease {
+            holder_id: self.inner.cfg.node_id,
+            holder_addr: self.inner.cfg.addr.clone(),
+            term,
+            expires_unix_ms: 0,
+        }
+        .encode_to_vec();
+        let key = self.inner.cfg.key(b'E', &[]);
+        match self
+            .inner
+            .cas(key, Some(lease), released, "release of the lease")
+            .await
+        {
+            Ok((_, true)) => tracing::info!(term, "handed the TiKV log's lease back"),
+            Ok((_, false)) => {}
+            Err(_) => tracing::warn!("could not hand the lease back; it lapses by itself"),
+        }
     }
 
     /// The latest snapshot this replica wrote or restored: (the last event
