@@ -133,6 +133,18 @@ async fn tikv_unreachable_fails_appends_with_unavailable() {
     }
     assert!(log.health().is_none(), "healthy: {:?}", log.health());
     double.set_down(true);
+    let down = std::time::Instant::now();
+    // No renewal succeeds: the replica stops leading within two thirds of
+    // the TTL (600 ms) of its last renewal, before its lease could expire
+    // for the others (900 ms after that renewal).
+    while log.leader().is_leader {
+        assert!(
+            down.elapsed() < Duration::from_millis(700),
+            "still leading {:?} after TiKV went away",
+            down.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let err = log.append(vec![b"lost?".to_vec()]).await.expect_err("down");
     match &err {
         // Unavailable, or (if the lease lapsed first) no longer the leader.

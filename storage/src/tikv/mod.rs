@@ -1210,7 +1210,15 @@ impl<S: StateMachine> EventLog for TikvLog<S> {
     }
 
     fn leader(&self) -> LeaderInfo {
-        lock(&self.inner.role).leader.clone()
+        let role = lock(&self.inner.role);
+        let mut info = role.leader.clone();
+        // Past its validity the lease is not ours, even before the
+        // background task (which may be waiting on TiKV) steps down.
+        if info.is_leader && role.valid_until.is_none_or(|v| Instant::now() >= v) {
+            info.is_leader = false;
+            info.ready = false;
+        }
+        info
     }
 
     async fn snapshot_now(&self) -> Result<u64, Fatal> {
