@@ -1,6 +1,7 @@
 //! The master end to end, in process: three masters with real raft logs on
 //! disk and real gRPC on loopback, simulated agents, and framework clients
-//! that speak the scheduler API.
+//! that speak the scheduler API. Two scenarios run again with the log in
+//! TiKV (`_on_tikv`, on the in-process test double).
 
 mod common;
 
@@ -18,104 +19,121 @@ const WAIT: Duration = Duration::from_secs(15);
 #[test]
 fn subscribe_offer_launch_update_acknowledge_reconcile() {
     run(LIMIT, async {
-        let masters = Masters::start(3, test_settings()).await;
-        let a1 = SimAgent::spawn(masters.addrs(), "host-1", 4);
-        let mut fw =
-            Framework::subscribe(masters.addrs(), framework_info("web", "web", &[]), true).await;
-        assert_eq!(fw.id(), "F1");
+        subscribe_offer_launch_update_acknowledge_reconcile_on(
+            Masters::start(3, test_settings()).await,
+        )
+        .await;
+    });
+}
 
-        let offers = fw.offers(WAIT).await;
-        let offer = &offers[0];
-        assert_eq!(offer.hostname, "host-1");
-        assert_eq!(offer.resources.as_ref().unwrap().cpus_milli, 4000);
-        fw.call(launch(offer, "t1", 1000, Some(0.0)))
-            .await
-            .expect("accepted");
+/// The same, with the masters' log in TiKV (the test double).
+#[test]
+fn subscribe_offer_launch_update_acknowledge_reconcile_on_tikv() {
+    run(LIMIT, async {
+        subscribe_offer_launch_update_acknowledge_reconcile_on(
+            Masters::start_tikv(3, test_settings()).await,
+        )
+        .await;
+    });
+}
 
-        // The agent runs it; the framework hears TASK_RUNNING and acks it.
-        let status = fw
-            .next("TASK_RUNNING for t1", WAIT, |e| match e {
-                sp::event::Event::Update(u) => u
-                    .status
-                    .filter(|s| s.task_id == "t1" && s.state == TaskState::TaskRunning as i32),
-                _ => None,
-            })
-            .await;
-        assert!(
-            !status.uuid.is_empty(),
-            "an agent's update carries a uuid to acknowledge"
-        );
-        assert_eq!(a1.task_count(), 1);
-        fw.call(sp::call::Call::Acknowledge(sp::Acknowledge {
-            task_id: "t1".into(),
-            uuid: status.uuid.clone(),
-        }))
-        .await
-        .expect("acknowledged");
+async fn subscribe_offer_launch_update_acknowledge_reconcile_on(masters: Masters) {
+    let a1 = SimAgent::spawn(masters.addrs(), "host-1", 4);
+    let mut fw =
+        Framework::subscribe(masters.addrs(), framework_info("web", "web", &[]), true).await;
+    assert_eq!(fw.id(), "F1");
 
-        // Explicit reconcile: the known task and an unknown one.
-        fw.call(sp::call::Call::Reconcile(sp::Reconcile {
-            task_ids: vec!["t1".into(), "nope".into()],
-        }))
+    let offers = fw.offers(WAIT).await;
+    let offer = &offers[0];
+    assert_eq!(offer.hostname, "host-1");
+    assert_eq!(offer.resources.as_ref().unwrap().cpus_milli, 4000);
+    fw.call(launch(offer, "t1", 1000, Some(0.0)))
         .await
-        .expect("reconcile");
-        let mut seen = Vec::new();
-        while seen.len() < 2 {
-            let s = fw
-                .next("reconciliation updates", WAIT, |e| match e {
-                    sp::event::Event::Update(u) => u.status.filter(|s| s.uuid.is_empty()),
-                    _ => None,
-                })
-                .await;
-            seen.push((s.task_id, s.state));
-        }
-        seen.sort();
-        assert_eq!(
-            seen,
-            vec![
-                ("nope".to_string(), TaskState::TaskLost as i32),
-                ("t1".to_string(), TaskState::TaskRunning as i32)
-            ]
-        );
-        // Implicit reconcile: every live task of the framework.
-        fw.call(sp::call::Call::Reconcile(sp::Reconcile {
-            task_ids: vec![],
-        }))
-        .await
-        .expect("reconcile");
+        .expect("accepted");
+
+    // The agent runs it; the framework hears TASK_RUNNING and acks it.
+    let status = fw
+        .next("TASK_RUNNING for t1", WAIT, |e| match e {
+            sp::event::Event::Update(u) => u
+                .status
+                .filter(|s| s.task_id == "t1" && s.state == TaskState::TaskRunning as i32),
+            _ => None,
+        })
+        .await;
+    assert!(
+        !status.uuid.is_empty(),
+        "an agent's update carries a uuid to acknowledge"
+    );
+    assert_eq!(a1.task_count(), 1);
+    fw.call(sp::call::Call::Acknowledge(sp::Acknowledge {
+        task_id: "t1".into(),
+        uuid: status.uuid.clone(),
+    }))
+    .await
+    .expect("acknowledged");
+
+    // Explicit reconcile: the known task and an unknown one.
+    fw.call(sp::call::Call::Reconcile(sp::Reconcile {
+        task_ids: vec!["t1".into(), "nope".into()],
+    }))
+    .await
+    .expect("reconcile");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
         let s = fw
-            .next("implicit reconciliation", WAIT, |e| match e {
+            .next("reconciliation updates", WAIT, |e| match e {
                 sp::event::Event::Update(u) => u.status.filter(|s| s.uuid.is_empty()),
                 _ => None,
             })
             .await;
-        assert_eq!(
-            (s.task_id.as_str(), s.state),
-            ("t1", TaskState::TaskRunning as i32)
-        );
-
-        // Kill: the agent kills it and the framework hears TASK_KILLED.
-        fw.call(sp::call::Call::Kill(sp::Kill {
-            task_id: "t1".into(),
-        }))
-        .await
-        .expect("kill");
-        fw.next("TASK_KILLED for t1", WAIT, |e| match e {
-            sp::event::Event::Update(u) => u
-                .status
-                .filter(|s| s.task_id == "t1" && s.state == TaskState::TaskKilled as i32),
+        seen.push((s.task_id, s.state));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("nope".to_string(), TaskState::TaskLost as i32),
+            ("t1".to_string(), TaskState::TaskRunning as i32)
+        ]
+    );
+    // Implicit reconcile: every live task of the framework.
+    fw.call(sp::call::Call::Reconcile(sp::Reconcile {
+        task_ids: vec![],
+    }))
+    .await
+    .expect("reconcile");
+    let s = fw
+        .next("implicit reconciliation", WAIT, |e| match e {
+            sp::event::Event::Update(u) => u.status.filter(|s| s.uuid.is_empty()),
             _ => None,
         })
         .await;
+    assert_eq!(
+        (s.task_id.as_str(), s.state),
+        ("t1", TaskState::TaskRunning as i32)
+    );
 
-        // Every master agrees on the log; the leader's view shows it all.
-        let state = masters.state().await;
-        assert_eq!(state.agents.len(), 1);
-        assert_eq!(state.frameworks.len(), 1);
-        assert_eq!(task_state(&state, "F1", "t1"), Some(TaskState::TaskKilled));
-        drop(a1);
-        masters.shutdown().await;
-    });
+    // Kill: the agent kills it and the framework hears TASK_KILLED.
+    fw.call(sp::call::Call::Kill(sp::Kill {
+        task_id: "t1".into(),
+    }))
+    .await
+    .expect("kill");
+    fw.next("TASK_KILLED for t1", WAIT, |e| match e {
+        sp::event::Event::Update(u) => u
+            .status
+            .filter(|s| s.task_id == "t1" && s.state == TaskState::TaskKilled as i32),
+        _ => None,
+    })
+    .await;
+
+    // Every master agrees on the log; the leader's view shows it all.
+    let state = masters.state().await;
+    assert_eq!(state.agents.len(), 1);
+    assert_eq!(state.frameworks.len(), 1);
+    assert_eq!(task_state(&state, "F1", "t1"), Some(TaskState::TaskKilled));
+    drop(a1);
+    masters.shutdown().await;
 }
 
 #[test]
@@ -356,77 +374,94 @@ fn drf_shares_converge_to_the_role_weights() {
 #[test]
 fn a_framework_survives_the_leader_being_killed_and_keeps_its_tasks() {
     run(LIMIT, async {
-        let mut masters = Masters::start(3, test_settings()).await;
-        let agents: Vec<SimAgent> = (0..2)
-            .map(|i| SimAgent::spawn(masters.addrs(), &format!("host-{i}"), 4))
-            .collect();
-        let mut fw =
-            Framework::subscribe(masters.addrs(), framework_info("svc", "svc", &[]), true).await;
-        // Launch four tasks; each launch is acknowledged (committed) before
-        // the next.
-        let mut acked = Vec::new();
-        while acked.len() < 4 {
-            for offer in fw.offers(WAIT).await {
-                let id = format!("t{}", acked.len());
-                if acked.len() < 4 && fw.call(launch(&offer, &id, 1000, Some(0.0))).await.is_ok() {
-                    acked.push(id);
-                }
-            }
-        }
-        let old = masters.leader().await;
-        masters.kill(old).await;
-
-        // The framework resubscribes (failover) to the new leader.
-        let ids = fw.ids.clone();
-        eventually("the framework resubscribed", WAIT, || {
-            let n = ids.lock().unwrap().subscriptions;
-            async move { (n >= 2).then_some(()) }
-        })
+        a_framework_survives_the_leader_being_killed_and_keeps_its_tasks_on(
+            Masters::start(3, test_settings()).await,
+        )
         .await;
-        let new = masters.leader().await;
-        assert_ne!(new, old);
-        // Every acknowledged launch is there, running, on reregistered agents.
-        let state = eventually("the tasks under the new leader", WAIT, || {
-            let m = &masters;
-            let acked = &acked;
-            async move {
-                let s = m.state().await;
-                let all = acked
-                    .iter()
-                    .all(|t| task_state(&s, "F1", t) == Some(TaskState::TaskRunning));
-                let agents_back = s.agents.iter().all(|a| a.state == "REGISTERED");
-                (all && agents_back).then_some(s)
-            }
-        })
-        .await;
-        assert_eq!(state.tasks.len(), 4, "no task appeared or vanished");
-        let f = &state.frameworks[0];
-        assert!(
-            f.connected && !f.removed,
-            "the framework is connected: {f:?}"
-        );
-        // And it can go on launching through the new leader.
-        // (Offers the old leader made are void: the election rescinded
-        // them, and accepting one is refused as unknown.)
-        loop {
-            let offer = fw.offers(WAIT).await.remove(0);
-            match fw.call(launch(&offer, "t-after", 1000, Some(0.0))).await {
-                Ok(_) => break,
-                Err(e) if e.code() == Code::NotFound => continue,
-                Err(e) => panic!("launch through the new leader: {e:?}"),
-            }
-        }
-        fw.next("TASK_RUNNING for t-after", WAIT, |e| match e {
-            sp::event::Event::Update(u) => u
-                .status
-                .filter(|s| s.task_id == "t-after" && s.state == TaskState::TaskRunning as i32),
-            _ => None,
-        })
-        .await;
-        assert_eq!(agents.iter().map(SimAgent::task_count).sum::<usize>(), 5);
-        drop(agents);
-        masters.shutdown().await;
     });
+}
+
+/// The same, with the masters' log in TiKV (the test double).
+#[test]
+fn a_framework_survives_the_leader_being_killed_and_keeps_its_tasks_on_tikv() {
+    run(LIMIT, async {
+        a_framework_survives_the_leader_being_killed_and_keeps_its_tasks_on(
+            Masters::start_tikv(3, test_settings()).await,
+        )
+        .await;
+    });
+}
+
+async fn a_framework_survives_the_leader_being_killed_and_keeps_its_tasks_on(mut masters: Masters) {
+    let agents: Vec<SimAgent> = (0..2)
+        .map(|i| SimAgent::spawn(masters.addrs(), &format!("host-{i}"), 4))
+        .collect();
+    let mut fw =
+        Framework::subscribe(masters.addrs(), framework_info("svc", "svc", &[]), true).await;
+    // Launch four tasks; each launch is acknowledged (committed) before
+    // the next.
+    let mut acked = Vec::new();
+    while acked.len() < 4 {
+        for offer in fw.offers(WAIT).await {
+            let id = format!("t{}", acked.len());
+            if acked.len() < 4 && fw.call(launch(&offer, &id, 1000, Some(0.0))).await.is_ok() {
+                acked.push(id);
+            }
+        }
+    }
+    let old = masters.leader().await;
+    masters.kill(old).await;
+
+    // The framework resubscribes (failover) to the new leader.
+    let ids = fw.ids.clone();
+    eventually("the framework resubscribed", WAIT, || {
+        let n = ids.lock().unwrap().subscriptions;
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let new = masters.leader().await;
+    assert_ne!(new, old);
+    // Every acknowledged launch is there, running, on reregistered agents.
+    let state = eventually("the tasks under the new leader", WAIT, || {
+        let m = &masters;
+        let acked = &acked;
+        async move {
+            let s = m.state().await;
+            let all = acked
+                .iter()
+                .all(|t| task_state(&s, "F1", t) == Some(TaskState::TaskRunning));
+            let agents_back = s.agents.iter().all(|a| a.state == "REGISTERED");
+            (all && agents_back).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(state.tasks.len(), 4, "no task appeared or vanished");
+    let f = &state.frameworks[0];
+    assert!(
+        f.connected && !f.removed,
+        "the framework is connected: {f:?}"
+    );
+    // And it can go on launching through the new leader.
+    // (Offers the old leader made are void: the election rescinded
+    // them, and accepting one is refused as unknown.)
+    loop {
+        let offer = fw.offers(WAIT).await.remove(0);
+        match fw.call(launch(&offer, "t-after", 1000, Some(0.0))).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Code::NotFound => continue,
+            Err(e) => panic!("launch through the new leader: {e:?}"),
+        }
+    }
+    fw.next("TASK_RUNNING for t-after", WAIT, |e| match e {
+        sp::event::Event::Update(u) => u
+            .status
+            .filter(|s| s.task_id == "t-after" && s.state == TaskState::TaskRunning as i32),
+        _ => None,
+    })
+    .await;
+    assert_eq!(agents.iter().map(SimAgent::task_count).sum::<usize>(), 5);
+    drop(agents);
+    masters.shutdown().await;
 }
 
 #[test]

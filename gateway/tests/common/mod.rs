@@ -1,6 +1,6 @@
-//! In-process harness: a group of masters (real raft logs in temp dirs, real
-//! gRPC on loopback), simulated agents and a framework client, all through
-//! the public APIs.
+//! In-process harness: a group of masters (real raft logs in temp dirs, or
+//! one log in the TiKV test double; real gRPC on loopback), simulated
+//! agents and a framework client, all through the public APIs.
 
 #![allow(dead_code)]
 
@@ -22,10 +22,12 @@ use std::time::Duration;
 use orrery_actors::master::Settings;
 use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
 use orrery_gateway::client::{connect, with_leader};
-use orrery_gateway::server::{start, RunningMaster};
+use orrery_gateway::server::{start, start_tikv, RunningMaster};
 use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
 use orrery_proto::operator::{self as op, operator_client::OperatorClient};
 use orrery_storage::raft::RaftConfig;
+use orrery_storage::tikv::double::TikvTestDouble;
+use orrery_storage::tikv::TikvConfig;
 
 /// Runs a test body in an actix system on a multi-threaded tokio runtime,
 /// with an overall deadline.
@@ -72,15 +74,43 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// Where the masters keep their log.
+pub enum Store {
+    /// Each its own raft log on disk (the default).
+    Raft,
+    /// One log in the in-process TiKV test double, under `prefix`.
+    Tikv {
+        double: Arc<TikvTestDouble>,
+        prefix: String,
+    },
+}
+
 pub struct Masters {
     pub dir: tempfile::TempDir,
     pub peers: BTreeMap<u64, String>,
     pub running: BTreeMap<u64, RunningMaster>,
     pub settings: Settings,
+    pub store: Store,
 }
 
 impl Masters {
     pub async fn start(n: u64, settings: Settings) -> Masters {
+        Self::start_on(n, settings, Store::Raft).await
+    }
+
+    /// `n` masters sharing one log in the TiKV test double.
+    pub async fn start_tikv(n: u64, settings: Settings) -> Masters {
+        let double = TikvTestDouble::start()
+            .await
+            .expect("start the TiKV test double");
+        let store = Store::Tikv {
+            double: Arc::new(double),
+            prefix: "orrery-test/gateway".into(),
+        };
+        Self::start_on(n, settings, store).await
+    }
+
+    async fn start_on(n: u64, settings: Settings, store: Store) -> Masters {
         let peers: BTreeMap<u64, String> = (1..=n)
             .zip(free_ports(n as usize))
             .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
@@ -90,6 +120,7 @@ impl Masters {
             peers,
             running: BTreeMap::new(),
             settings,
+            store,
         };
         let ids: Vec<u64> = m.peers.keys().copied().collect();
         let started = futures::future::join_all(ids.iter().map(|&id| m.start_one(id))).await;
@@ -111,15 +142,23 @@ impl Masters {
         c
     }
 
-    fn start_one(&self, id: u64) -> impl Future<Output = RunningMaster> {
-        let config = self.config(id);
+    async fn start_one(&self, id: u64) -> RunningMaster {
         let mut settings = self.settings.clone();
         settings.node_id = id;
-        async move {
-            start(config, settings, Some("127.0.0.1:0".parse().expect("addr")))
-                .await
-                .unwrap_or_else(|e| panic!("master {id} started: {e}"))
-        }
+        let http = Some("127.0.0.1:0".parse().expect("addr"));
+        let started = match &self.store {
+            Store::Raft => start(self.config(id), settings, http).await,
+            Store::Tikv { double, prefix } => {
+                let url = format!("tikv://{}/{prefix}", double.pd_endpoint());
+                let mut cfg = TikvConfig::from_url(&url, id, String::new()).expect("store URL");
+                cfg.lease_ttl = Duration::from_millis(900);
+                cfg.poll = Duration::from_millis(20);
+                cfg.request_timeout = Duration::from_millis(800);
+                let listen = self.peers[&id].parse().expect("addr");
+                start_tikv(cfg, listen, settings, http).await
+            }
+        };
+        started.unwrap_or_else(|e| panic!("master {id} started: {e}"))
     }
 
     pub async fn restart(&mut self, id: u64) {
