@@ -170,6 +170,14 @@ impl TikvConfig {
 /// Keys per batch read.
 const READ_BATCH: u64 = 256;
 
+/// Event writes of one append in flight at once: enough to hide a real
+/// TiKV's round trips, bounded so a 20,000-event batch does not open
+/// 20,000 calls at once. (On the in-process test double, where the client's
+/// CPU is the cost, one at a time is faster: 17 ms for 64 events against
+/// about 50 ms; that says nothing about a TiKV across a network, which is
+/// not measured yet.)
+const CLAIMS_IN_FLIGHT: usize = 16;
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -959,17 +967,25 @@ impl<S: StateMachine> Inner<S> {
         }
         let first = tail.last_index + 1;
         let n = events.len() as u64;
-        // Claim each index: free, or a stale uncommitted event.
-        let writes = events.iter().enumerate().map(|(i, payload)| {
-            let index = first + i as u64;
+        // Claim each index: free, or a stale uncommitted event. A few in
+        // flight at a time: TiKV's latency is hidden, and the client's
+        // per-call work does not pile up on the cores.
+        let mut writes = Vec::with_capacity(events.len());
+        for (i, payload) in events.iter().enumerate() {
             let value = Entry {
                 term,
                 payload: payload.clone(),
             }
             .encode_to_vec();
-            self.claim(index, term, value)
-        });
-        futures::future::try_join_all(writes).await?;
+            writes.push(self.claim(first + i as u64, term, value));
+        }
+        {
+            use futures::stream::{StreamExt, TryStreamExt};
+            futures::stream::iter(writes)
+                .buffer_unordered(CLAIMS_IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
         if lock(&self.role)
             .valid_until
             .is_none_or(|v| Instant::now() >= v)
