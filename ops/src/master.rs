@@ -25,7 +25,9 @@ pub struct MasterArgs {
     /// This replica's id (a positive integer, listed in --peers).
     #[arg(long)]
     id: u64,
-    /// Where to listen for raft and log RPCs, e.g. 127.0.0.1:7001.
+    /// Where to listen for gRPC, e.g. 127.0.0.1:7001: the scheduler,
+    /// agent and operator APIs, and with --store raft the raft and log RPCs
+    /// between masters too.
     #[arg(long)]
     listen: String,
     /// Where the log lives: `raft` (embedded, replicated between the
