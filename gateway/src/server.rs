@@ -99,18 +99,7 @@ pub async fn start_tikv(
         ping_ms,
     );
     let (tx, rx) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-    tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = rx.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the gRPC server stopped");
-        }
-    });
+    orrery_storage::serve::spawn_routes(grpc, routes, rx, "gRPC");
     let http_stop = serve_http(http_listener, &master, &node);
     Ok(RunningMaster {
         addr,

@@ -10,6 +10,7 @@
 //!   [`StateMachine`] trait it feeds, and the errors split by who reacts
 //!   ([`AppendError`] for callers, [`Fatal`] for the replica).
 //! - [`subscription`]: a stream of committed events that resumes exactly.
+//! - [`serve`]: tonic routes served on a bound listener until stopped.
 //! - [`memory`]: a single-replica in-memory backend for tests.
 //! - [`raft`]: the default backend — openraft 0.9 (storage-v2) over the
 //!   `raft-log` crate on local disk, snapshots as protobuf files, raft RPCs
@@ -26,6 +27,7 @@ pub mod api;
 pub mod conformance;
 pub mod memory;
 pub mod raft;
+pub mod serve;
 pub mod subscription;
 pub mod tikv;
 

@@ -699,29 +699,7 @@ impl<S: StateMachine> RaftNode<S> {
             &node,
             tonic::service::Routes::new(raft_svc).add_service(log_svc),
         );
-        let server = tokio::spawn(async move {
-            // TCP_NODELAY on every accepted connection: with Nagle on, a
-            // response written in two parts waits for the client's delayed
-            // ACK (~40 ms).
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
-            );
-            let result = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "the raft server stopped");
-            }
-        });
+        let server = crate::serve::spawn_routes(listener, routes, stop_rx, "raft");
         *node
             .handles
             .server

@@ -121,18 +121,7 @@ impl TikvTestDouble {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let routes = tonic::service::Routes::new(PdServer::new(Service(shared.clone())))
             .add_service(TikvServer::new(Service(shared.clone())));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "the TiKV test double stopped");
-            }
-        });
+        let server = crate::serve::spawn_routes(listener, routes, stop_rx, "TiKV test double");
         Ok(Self {
             shared,
             addr,
