@@ -10,6 +10,8 @@
 //!   [`StateMachine`] trait it feeds, and the errors split by who reacts
 //!   ([`AppendError`] for callers, [`Fatal`] for the replica).
 //! - [`subscription`]: a stream of committed events that resumes exactly.
+//! - [`security`]: mutual TLS on every link, the principal a certificate
+//!   names (`orrery://ROLE/NAME`), and certificates (`security::pki`).
 //! - [`serve`]: tonic routes served on a bound listener until stopped.
 //! - [`memory`]: a single-replica in-memory backend for tests.
 //! - [`raft`]: the default backend — openraft 0.9 (storage-v2) over the
@@ -27,6 +29,7 @@ pub mod api;
 pub mod conformance;
 pub mod memory;
 pub mod raft;
+pub mod security;
 pub mod serve;
 pub mod subscription;
 pub mod tikv;
