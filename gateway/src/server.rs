@@ -99,7 +99,7 @@ pub async fn start_tikv(
         ping_ms,
     );
     let (tx, rx) = oneshot::channel::<()>();
-    orrery_storage::serve::spawn_routes(grpc, routes, rx, "gRPC");
+    orrery_storage::serve::spawn_routes(grpc, routes, rx, "gRPC", None)?;
     let http_stop = serve_http(http_listener, &master, &node);
     Ok(RunningMaster {
         addr,

@@ -1,37 +1,96 @@
 //! Serving tonic routes on a bound listener until told to stop: one way for
-//! the raft replica, the TiKV test double and a master on TiKV.
+//! the raft replica, the TiKV test double and a master on TiKV, in plain
+//! TCP or mutual TLS.
 
 use tokio::sync::oneshot;
 
+use crate::security::{Principal, Tls};
+
+/// The path prefix of the master-to-master services (raft and the log).
+pub const RAFT_PATH_PREFIX: &str = "/orrery.raft.v1.";
+
 /// Serves `routes` on `listener` until `stop` fires (or its sender is
-/// dropped). `what` names the server in the error log if it fails.
+/// dropped). With `tls`, every connection is mutual TLS (see
+/// [`crate::security`]) and the raft and log services answer masters only.
+/// `what` names the server in the log.
 pub fn spawn_routes(
     listener: tokio::net::TcpListener,
     routes: tonic::service::Routes,
     stop: oneshot::Receiver<()>,
     what: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // TCP_NODELAY on every accepted connection: with Nagle on, a
-        // response written in two parts waits for the client's delayed
-        // ACK (~40 ms).
+    tls: Option<&Tls>,
+) -> Result<tokio::task::JoinHandle<()>, crate::Fatal> {
+    let shutdown = async {
+        let _ = stop.await;
+    };
+    let Some(tls) = tls else {
+        return Ok(tokio::spawn(async move {
+            // TCP_NODELAY on every accepted connection: with Nagle on, a
+            // response written in two parts waits for the client's delayed
+            // ACK (~40 ms).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            );
+            let result = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the {what} server stopped");
+            }
+        }));
+    };
+    let config = tls.server_config(&[b"h2"])?;
+    let routes = tonic::service::Routes::from(
+        routes
+            .into_axum_router()
+            .layer(axum::middleware::from_fn(masters_only_on_raft)),
+    );
+    let incoming = crate::security::tls_incoming(listener, config, what);
+    Ok(tokio::spawn(async move {
         let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            |s| {
-                if let Ok(s) = &s {
-                    let _ = s.set_nodelay(true);
-                }
-                s
-            },
+            tokio_stream::wrappers::ReceiverStream::new(incoming),
+            Ok::<_, std::io::Error>,
         );
         let result = tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop.await;
-            })
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         if let Err(e) = result {
             tracing::error!(error = %e, "the {what} server stopped");
         }
-    })
+    }))
+}
+
+/// The raft and log services answer only a peer holding a master
+/// certificate: an agent's or a client's is refused (PERMISSION_DENIED),
+/// no certificate at all is UNAUTHENTICATED. Both are logged.
+async fn masters_only_on_raft(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    if !path.starts_with(RAFT_PATH_PREFIX) {
+        return next.run(req).await;
+    }
+    let refusal = match crate::security::peer_principal(req.extensions()) {
+        Some(Ok(Principal::Master(_))) => return next.run(req).await,
+        Some(Ok(other)) => tonic::Status::permission_denied(format!(
+            "{path} answers masters only; this is the certificate of {other}"
+        )),
+        Some(Err(e)) => tonic::Status::unauthenticated(format!(
+            "the client certificate is not an Orrery one: {e}"
+        )),
+        None => tonic::Status::unauthenticated(format!(
+            "{path} needs a master's client certificate; none was presented"
+        )),
+    };
+    tracing::warn!(path, code = ?refusal.code(), "refused: {}", refusal.message());
+    refusal.into_http()
 }

@@ -110,6 +110,9 @@ pub struct RaftConfig {
     /// This master's fault-domain region ("" for none). Start-up refuses a
     /// peer that answers with another: a group shares one region.
     pub region: String,
+    /// Mutual TLS between masters (and for the services sharing the
+    /// address); None runs plain TCP (`--insecure`).
+    pub tls: Option<std::sync::Arc<crate::security::Tls>>,
 }
 
 impl RaftConfig {
@@ -132,6 +135,7 @@ impl RaftConfig {
             rebuild: false,
             raw_appends: RawAppends::Refused,
             region: String::new(),
+            tls: None,
         }
     }
 
@@ -513,8 +517,12 @@ pub(crate) async fn open_log(dir: &Path) -> Result<raft_log::RaftLog<RlTypes>, F
     Ok(log)
 }
 
-async fn peer_status(addr: &str, wait: Duration) -> Result<pb::StatusResponse, String> {
-    let mut c = network::client(addr)?;
+async fn peer_status(
+    addr: &str,
+    tls: Option<&crate::security::Tls>,
+    wait: Duration,
+) -> Result<pb::StatusResponse, String> {
+    let mut c = network::client(addr, tls)?;
     tokio::time::timeout(wait, c.status(pb::StatusRequest {}))
         .await
         .map_err(|_| format!("{addr} did not answer in {wait:?}"))?
@@ -645,6 +653,7 @@ impl<S: StateMachine> RaftNode<S> {
         let shared = Shared::open(app, log.clone(), snap_dir, cluster_id.clone())?;
         let network = NetworkFactory {
             cluster_id: shared.cluster_id.clone(),
+            tls: config.tls.clone(),
         };
         let raft = Raft::new(
             config.node_id,
@@ -699,7 +708,19 @@ impl<S: StateMachine> RaftNode<S> {
             &node,
             tonic::service::Routes::new(raft_svc).add_service(log_svc),
         );
-        let server = crate::serve::spawn_routes(listener, routes, stop_rx, "raft");
+        let server = match crate::serve::spawn_routes(
+            listener,
+            routes,
+            stop_rx,
+            "raft",
+            config.tls.as_deref(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                node.shutdown().await;
+                return Err(e);
+            }
+        };
         *node
             .handles
             .server
@@ -723,7 +744,7 @@ impl<S: StateMachine> RaftNode<S> {
         let mut cluster: Option<String> = None;
         let mut max_term = 0;
         for (id, addr) in config.others() {
-            let st = peer_status(addr, Duration::from_secs(5))
+            let st = peer_status(addr, config.tls.as_deref(), Duration::from_secs(5))
                 .await
                 .map_err(|e| {
                     Fatal::Refused(format!(
@@ -788,11 +809,12 @@ impl<S: StateMachine> RaftNode<S> {
             // and do not hold the start-up back.
             let asks = config.others().map(|(id, addr)| {
                 let addr = addr.clone();
+                let tls = config.tls.clone();
                 async move {
                     (
                         id,
                         addr.clone(),
-                        peer_status(&addr, Duration::from_secs(3)).await,
+                        peer_status(&addr, tls.as_deref(), Duration::from_secs(3)).await,
                     )
                 }
             });
@@ -823,7 +845,8 @@ impl<S: StateMachine> RaftNode<S> {
             let mut existing = None;
             let mut all_ready = true;
             for (id, addr) in config.others() {
-                let answer = peer_status(addr, Duration::from_millis(500)).await;
+                let answer =
+                    peer_status(addr, config.tls.as_deref(), Duration::from_millis(500)).await;
                 if let Ok(st) = &answer {
                     check_region(config, id, st)?;
                 }

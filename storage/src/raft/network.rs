@@ -18,6 +18,8 @@ use orrery_proto::raft as pb;
 use orrery_proto::raft::raft_client::RaftClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::security::Tls;
+
 use super::types::{
     entry_to_pb, log_id_to_pb, opt_log_id_from_pb, opt_log_id_to_pb, stored_membership_to_pb,
     vote_from_pb, vote_to_pb, NodeId, TypeConfig,
@@ -29,6 +31,7 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 128 << 20;
 
 pub struct NetworkFactory {
     pub(crate) cluster_id: Arc<Mutex<String>>,
+    pub(crate) tls: Option<Arc<Tls>>,
 }
 
 pub struct Peer {
@@ -36,6 +39,7 @@ pub struct Peer {
     addr: String,
     client: Option<RaftClient<Channel>>,
     cluster_id: Arc<Mutex<String>>,
+    tls: Option<Arc<Tls>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -47,6 +51,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.addr.clone(),
             client: None,
             cluster_id: self.cluster_id.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -66,9 +71,15 @@ fn network<E: std::error::Error>(
 }
 
 /// Connects lazily: a peer that is down costs nothing until it is called.
-pub fn client(addr: &str) -> Result<RaftClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+/// With `tls`, over mutual TLS to a peer that must hold a master
+/// certificate.
+pub fn client(addr: &str, tls: Option<&Tls>) -> Result<RaftClient<Channel>, String> {
+    let endpoint = match tls {
+        Some(tls) => tls.endpoint(addr)?,
+        None => Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?,
+    };
+    let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true);
     Ok(RaftClient::new(endpoint.connect_lazy())
@@ -79,7 +90,7 @@ pub fn client(addr: &str) -> Result<RaftClient<Channel>, String> {
 impl Peer {
     fn client<E: std::error::Error>(&mut self) -> Result<RaftClient<Channel>, RpcErr<E>> {
         if self.client.is_none() {
-            self.client = Some(client(&self.addr).map_err(unreachable::<E>)?);
+            self.client = Some(client(&self.addr, self.tls.as_deref()).map_err(unreachable::<E>)?);
         }
         Ok(self.client.clone().expect("set above"))
     }

@@ -121,7 +121,9 @@ impl TikvTestDouble {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let routes = tonic::service::Routes::new(PdServer::new(Service(shared.clone())))
             .add_service(TikvServer::new(Service(shared.clone())));
-        let server = crate::serve::spawn_routes(listener, routes, stop_rx, "TiKV test double");
+        let server =
+            crate::serve::spawn_routes(listener, routes, stop_rx, "TiKV test double", None)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Self {
             shared,
             addr,
