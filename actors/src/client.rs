@@ -5,14 +5,36 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::LEADER_METADATA;
+use orrery_storage::security::Tls;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+/// How a client reaches the masters: mutual TLS with its certificate (the
+/// masters must prove they are masters), or plain TCP (`--insecure`).
+#[derive(Clone, Debug, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls(Arc<Tls>),
+}
+
+impl Transport {
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
+        match self {
+            Transport::Plain => Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| Status::invalid_argument(format!("{addr:?} is not HOST:PORT: {e}"))),
+            Transport::Tls(tls) => tls.endpoint(addr).map_err(Status::invalid_argument),
+        }
+    }
+}
+
 /// Opens a channel to `addr` (HOST:PORT).
-pub async fn connect(addr: &str) -> Result<Channel, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Status::invalid_argument(format!("{addr:?} is not HOST:PORT: {e}")))?
+pub async fn connect(transport: &Transport, addr: &str) -> Result<Channel, Status> {
+    let endpoint = transport
+        .endpoint(addr)?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true);
     endpoint
@@ -37,6 +59,7 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 /// retrying UNAVAILABLE (no leader yet, a leader recovering, a master down)
 /// until `patience` runs out. Returns the answer and the leader's address.
 pub async fn with_leader<T, F, Fut>(
+    transport: &Transport,
     masters: &[String],
     patience: Duration,
     mut call: F,
@@ -57,7 +80,7 @@ where
             next += 1;
             a
         });
-        let outcome = match connect(&addr).await {
+        let outcome = match connect(transport, &addr).await {
             Ok(channel) => call(channel).await,
             Err(e) => Err(e),
         };

@@ -77,6 +77,7 @@ mod tests {
             term: 0,
             proposed_at_ms: n,
             request_id: String::new(),
+            principal: String::new(),
             payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
                 weights: vec![pb::RoleWeight {
                     role: format!("r{n}"),

@@ -29,6 +29,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
+
+pub use crate::telemetry::Origin;
 use orrery_events::command::{
     AgentRegistration, Command, ElectLeader, FrameworkSubscription, ReportedTask, TaskSpec,
 };
@@ -172,8 +174,8 @@ struct Pending {
     cmd: Command,
     want_events: bool,
     done: Done,
-    /// The API request it came from ("" for the master's own).
-    request_id: String,
+    /// The API request it came from (empty for the master's own).
+    origin: Origin,
 }
 
 struct FrameworkLink {
@@ -282,7 +284,7 @@ impl Master {
         cmd: Command,
         want_events: bool,
         done: Done,
-        request_id: String,
+        origin: Origin,
         ctx: &mut Context<Self>,
     ) {
         if self.queue.len() >= QUEUE_MAX {
@@ -299,14 +301,14 @@ impl Master {
             cmd,
             want_events,
             done,
-            request_id,
+            origin,
         });
         self.flush(ctx);
     }
 
     /// A command from a timer or a session: the outcome is only logged.
     fn submit_internal(&mut self, cmd: Command, ctx: &mut Context<Self>, then: Done) {
-        self.enqueue(cmd, false, then, String::new(), ctx);
+        self.enqueue(cmd, false, then, Origin::default(), ctx);
     }
 
     /// Decides every queued command against the copy, applies the events to
@@ -351,8 +353,8 @@ impl Master {
         let mut tally = crate::telemetry::Tally::default();
         while let Some(p) = self.queue.pop_front() {
             let allocating = matches!(p.cmd, Command::Allocate);
-            if !p.request_id.is_empty() {
-                tracing::debug!(request_id = %p.request_id, command = ?std::mem::discriminant(&p.cmd), "deciding a request's command");
+            if !p.origin.request_id.is_empty() {
+                tracing::debug!(request_id = %p.origin.request_id, principal = %p.origin.principal, command = ?std::mem::discriminant(&p.cmd), "deciding a request's command");
             }
             let started = Instant::now();
             let outcome = decide(&self.cluster, p.cmd, now);
@@ -363,8 +365,8 @@ impl Master {
                 Ok(events) => events,
                 Err(rejection) => {
                     crate::telemetry::rejected(rejection.name());
-                    if !p.request_id.is_empty() {
-                        tracing::info!(request_id = %p.request_id, rejection = rejection.name(), "refused: {rejection}");
+                    if !p.origin.request_id.is_empty() {
+                        tracing::info!(request_id = %p.origin.request_id, principal = %p.origin.principal, rejection = rejection.name(), "refused: {rejection}");
                     }
                     (p.done)(self, ctx, Err(MasterError::Rejected(rejection)));
                     continue;
@@ -372,7 +374,8 @@ impl Master {
             };
             let mut kept = Vec::new();
             for mut env in envelopes(&self.cluster, term, now, events) {
-                env.request_id.clone_from(&p.request_id);
+                env.request_id.clone_from(&p.origin.request_id);
+                env.principal.clone_from(&p.origin.principal);
                 let Some(payload) = env.payload.as_ref() else {
                     continue;
                 };
@@ -1146,8 +1149,8 @@ impl Actor for Master {
 pub struct Submit {
     pub command: Command,
     pub want_events: bool,
-    /// `telemetry::request_id()` of the API request, or "".
-    pub request_id: String,
+    /// `telemetry::origin()` of the API request (empty for none).
+    pub origin: Origin,
 }
 
 fn reply_via<T: 'static>(
@@ -1180,7 +1183,7 @@ impl Handler<Submit> for Master {
             msg.command,
             msg.want_events,
             reply_via(tx, |_, _, c| Ok(c)),
-            msg.request_id,
+            msg.origin,
             ctx,
         );
         wait(rx)
@@ -1194,7 +1197,7 @@ impl Handler<Submit> for Master {
 pub struct SubscribeFramework {
     pub subscription: FrameworkSubscription,
     pub tx: framework_session::EventTx,
-    pub request_id: String,
+    pub origin: Origin,
 }
 
 impl Handler<SubscribeFramework> for Master {
@@ -1222,7 +1225,7 @@ impl Handler<SubscribeFramework> for Master {
                     })?;
                 act.open_framework(FrameworkId::new(id), tx, ctx)
             }),
-            msg.request_id,
+            msg.origin,
             ctx,
         );
         wait(rx)
@@ -1236,7 +1239,7 @@ pub struct FrameworkCall {
     pub framework_id: FrameworkId,
     pub stream_id: String,
     pub call: sp::call::Call,
-    pub request_id: String,
+    pub origin: Origin,
 }
 
 fn refuse_seconds(f: Option<sp::Filters>) -> Option<f64> {
@@ -1356,7 +1359,7 @@ impl Handler<FrameworkCall> for Master {
                         }
                         Ok(c.last_index)
                     }),
-                    msg.request_id,
+                    msg.origin,
                     ctx,
                 );
             }
@@ -1399,7 +1402,7 @@ pub struct RegisterAgent {
     pub agent_id: Option<AgentId>,
     pub registration: AgentRegistration,
     pub tasks: Vec<ReportedTask>,
-    pub request_id: String,
+    pub origin: Origin,
 }
 
 impl Handler<RegisterAgent> for Master {
@@ -1436,7 +1439,7 @@ impl Handler<RegisterAgent> for Master {
                 }
                 let _ = reply.send(res.and_then(|c| register_done(act, ctx, c, term, &reported)));
             }),
-            msg.request_id,
+            msg.origin,
             ctx,
         );
         wait(rx)

@@ -22,6 +22,7 @@ pub const STATUS_UPDATES: &str = "orrery_status_updates_total";
 pub const REJECTIONS: &str = "orrery_rejections_total";
 pub const AGENT_REGISTRATIONS: &str = "orrery_agent_registrations_total";
 pub const INVERSE_OFFERS_SENT: &str = "orrery_inverse_offers_sent_total";
+pub const REQUESTS_DENIED: &str = "orrery_requests_denied_total";
 
 pub const AGENTS: &str = "orrery_agents";
 pub const TASKS: &str = "orrery_tasks";
@@ -47,9 +48,33 @@ tokio::task_local! {
     pub static REQUEST_ID: String;
 }
 
+tokio::task_local! {
+    /// Who made the API request being served (`client:alice`,
+    /// `agent:host-1`; set by the gateway's authentication), recorded on
+    /// the events its commands produce.
+    pub static PRINCIPAL: String;
+}
+
 /// The request id of the request being served, "" outside one.
 pub fn request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// Where a command came from: the API request and its authenticated
+/// principal (both empty for the master's own commands, and the principal
+/// empty on an `--insecure` cluster).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub request_id: String,
+    pub principal: String,
+}
+
+/// The origin of the request being served.
+pub fn origin() -> Origin {
+    Origin {
+        request_id: request_id(),
+        principal: PRINCIPAL.try_with(Clone::clone).unwrap_or_default(),
+    }
 }
 
 /// Every metric name above (dashboards and alert rules are checked
@@ -64,6 +89,7 @@ pub const NAMES: &[&str] = &[
     REJECTIONS,
     AGENT_REGISTRATIONS,
     INVERSE_OFFERS_SENT,
+    REQUESTS_DENIED,
     AGENTS,
     TASKS,
     HOSTS,
@@ -134,6 +160,10 @@ pub fn describe() {
     describe_counter!(LAUNCHES, "Tasks launched.");
     describe_counter!(STATUS_UPDATES, "Task status updates committed, by state.");
     describe_counter!(REJECTIONS, "Commands the master refused, by rejection.");
+    describe_counter!(
+        REQUESTS_DENIED,
+        "API requests refused before any command: unauthenticated, forbidden by the policy, or over the client's rate; by reason."
+    );
     describe_counter!(
         AGENT_REGISTRATIONS,
         "Agent registrations and reregistrations."

@@ -182,6 +182,7 @@ mod tests {
             term: 1,
             proposed_at_ms: 0,
             request_id: String::new(),
+            principal: String::new(),
             payload: Some(Payload::TaskStatusUpdated(pb::TaskStatusUpdated {
                 state: 999,
                 ..Default::default()

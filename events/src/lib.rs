@@ -76,6 +76,7 @@ pub fn envelopes(
             term,
             proposed_at_ms,
             request_id: String::new(),
+            principal: String::new(),
             payload: Some(payload),
         })
         .collect()

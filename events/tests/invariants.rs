@@ -109,6 +109,7 @@ fn apply_refuses_gaps_and_dangling_references() {
         term: 1,
         proposed_at_ms: 0,
         request_id: String::new(),
+        principal: String::new(),
         payload: Some(Payload::AgentDisconnected(pb::AgentDisconnected {
             agent_id: "S1".into(),
         })),

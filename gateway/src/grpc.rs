@@ -27,6 +27,8 @@ use orrery_storage::{EventLog, StateAccess};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
+
 /// The metadata key naming a rejection (`host_in_maintenance`, ...).
 pub const REJECTION_METADATA: &str = "orrery-rejection";
 
@@ -87,6 +89,7 @@ type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Se
 #[derive(Clone, Debug)]
 pub struct SchedulerService {
     pub master: Addr<Master>,
+    pub log: Log,
 }
 
 #[tonic::async_trait]
@@ -97,6 +100,7 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<sp::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request);
         let info = request
             .into_inner()
             .framework
@@ -114,6 +118,9 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
                 }
             }
         }
+        // Bound to the authenticated caller; the core refuses a failover
+        // under another principal.
+        let principal = caller.framework_principal(&info.principal, &info.role)?;
         let subscription = FrameworkSubscription {
             framework_id: (!info.framework_id.is_empty())
                 .then(|| FrameworkId::new(info.framework_id)),
@@ -123,14 +130,14 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
             partition_aware,
             checkpoint: info.checkpoint,
             failover_timeout_ms: info.failover_timeout_ms,
-            principal: info.principal,
+            principal,
         };
         let (tx, rx) = tokio::sync::mpsc::channel(framework_session::STREAM_BUFFER);
         self.master
             .send(SubscribeFramework {
                 subscription,
                 tx,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -139,7 +146,19 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
     }
 
     async fn call(&self, request: Request<sp::Call>) -> Result<Response<sp::CallResponse>, Status> {
+        let caller = Caller::of(&request);
         let call = request.into_inner();
+        if caller.principal.is_some() {
+            let bound = self.log.with_state(|m| {
+                m.cluster
+                    .frameworks
+                    .get(&FrameworkId::new(call.framework_id.clone()))
+                    .map(|f| f.principal.clone())
+            });
+            if let Some(bound) = bound {
+                caller.framework_owner(&call.framework_id, &bound)?;
+            }
+        }
         let inner = call
             .call
             .ok_or_else(|| Status::invalid_argument("the call names no operation"))?;
@@ -149,7 +168,7 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
                 framework_id: FrameworkId::new(call.framework_id),
                 stream_id: call.stream_id,
                 call: inner,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -163,7 +182,28 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
 #[derive(Clone, Debug)]
 pub struct AgentService {
     pub master: Addr<Master>,
+    pub log: Log,
     pub ping_interval_ms: u64,
+}
+
+impl AgentService {
+    /// The caller must be the agent of `agent_id`'s host (an id the log
+    /// does not know is left to the master to refuse).
+    fn own_agent(&self, caller: &Caller, agent_id: &str) -> Result<(), Status> {
+        if caller.principal.is_none() {
+            return Ok(());
+        }
+        let host = self.log.with_state(|m| {
+            m.cluster
+                .agents
+                .get(&AgentId::new(agent_id.to_owned()))
+                .map(|a| a.hostname.clone())
+        });
+        match host {
+            Some(h) => caller.agent_host(&h),
+            None => Ok(()),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -174,10 +214,13 @@ impl ap::agent_link_server::AgentLink for AgentService {
         &self,
         request: Request<ap::RegisterRequest>,
     ) -> Result<Response<ap::RegisterResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let info = req
             .info
             .ok_or_else(|| Status::invalid_argument("agent info is missing"))?;
+        caller.agent_host(&info.hostname)?;
+        self.own_agent(&caller, &req.agent_id)?;
         let registration = AgentRegistration {
             hostname: info.hostname,
             ip: info.ip,
@@ -203,7 +246,7 @@ impl ap::agent_link_server::AgentLink for AgentService {
                 agent_id: (!req.agent_id.is_empty()).then(|| AgentId::new(req.agent_id)),
                 registration,
                 tasks,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -219,7 +262,10 @@ impl ap::agent_link_server::AgentLink for AgentService {
         &self,
         request: Request<ap::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let agent_id = AgentId::new(request.into_inner().agent_id);
+        let caller = Caller::of(&request);
+        let agent_id = request.into_inner().agent_id;
+        self.own_agent(&caller, &agent_id)?;
+        let agent_id = AgentId::new(agent_id);
         let (tx, rx) = tokio::sync::mpsc::channel(agent_session::STREAM_BUFFER);
         self.master
             .send(AttachAgent { agent_id, tx })
@@ -233,7 +279,9 @@ impl ap::agent_link_server::AgentLink for AgentService {
         &self,
         request: Request<ap::PongRequest>,
     ) -> Result<Response<ap::PongResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
+        self.own_agent(&caller, &req.agent_id)?;
         self.master
             .send(AgentPong {
                 agent_id: AgentId::new(req.agent_id),
@@ -249,7 +297,9 @@ impl ap::agent_link_server::AgentLink for AgentService {
         &self,
         request: Request<ap::StatusUpdate>,
     ) -> Result<Response<ap::StatusAck>, Status> {
+        let caller = Caller::of(&request);
         let u = request.into_inner();
+        self.own_agent(&caller, &u.agent_id)?;
         let uuid = u.uuid.clone();
         let update = StatusUpdate {
             agent_id: AgentId::new(u.agent_id),
@@ -267,7 +317,7 @@ impl ap::agent_link_server::AgentLink for AgentService {
             .send(Submit {
                 command: Command::UpdateStatus(update),
                 want_events: false,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -315,7 +365,7 @@ impl op::operator_server::Operator for OperatorService {
             .send(Submit {
                 command: Command::SetRoleWeights { weights },
                 want_events: false,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -559,7 +609,7 @@ impl OperatorService {
             .send(Submit {
                 command,
                 want_events: false,
-                request_id: orrery_actors::telemetry::request_id(),
+                origin: orrery_actors::telemetry::origin(),
             })
             .await
             .map_err(mailbox)?
@@ -576,17 +626,20 @@ pub fn routes(
     master: Addr<Master>,
     log: Log,
     ping_interval_ms: u64,
+    security: Option<std::sync::Arc<crate::auth::Security>>,
 ) -> tonic::service::Routes {
     let routes = routes
         .add_service(
             sp::scheduler_server::SchedulerServer::new(SchedulerService {
                 master: master.clone(),
+                log: log.clone(),
             })
             .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
         .add_service(
             ap::agent_link_server::AgentLinkServer::new(AgentService {
                 master: master.clone(),
+                log: log.clone(),
                 ping_interval_ms,
             })
             .max_decoding_message_size(MESSAGE_BYTES_MAX),
@@ -598,6 +651,10 @@ pub fn routes(
     tonic::service::Routes::from(
         routes
             .into_axum_router()
+            .layer(axum::middleware::from_fn_with_state(
+                security,
+                crate::auth::grpc_guard,
+            ))
             .layer(axum::middleware::from_fn(crate::metrics::api_latency)),
     )
 }

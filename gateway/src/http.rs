@@ -31,7 +31,7 @@ pub struct Admin {
     pub log: Log,
 }
 
-pub fn router(admin: Admin) -> Router {
+pub fn router(admin: Admin, security: Option<std::sync::Arc<crate::auth::Security>>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/state", get(state))
@@ -50,6 +50,10 @@ pub fn router(admin: Admin) -> Router {
             "/machine/up",
             axum::routing::post(crate::maintenance::post_up),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            security,
+            crate::auth::http_guard,
+        ))
         .layer(axum::middleware::from_fn(crate::metrics::api_latency))
         .with_state(admin)
 }

@@ -11,6 +11,9 @@
 //! in the tree through tonic.
 //!
 //! # Layout
+//! - [`auth`]: authentication (client certificates, bearer tokens),
+//!   default-deny authorization from the policy file, per-client rate
+//!   limits, and the TLS listener of the HTTP endpoints.
 //! - [`grpc`]: the three services and `MasterError` → gRPC status.
 //! - [`http`]: `GET /health`, `GET /state` (followers redirect with 307).
 //! - [`server`]: a master replica wired (log, actor, gRPC, HTTP).
@@ -26,6 +29,7 @@
 /// The leader-following client lives in orrery-actors (the agent uses it
 /// too); re-exported here for the CLI and framework clients.
 pub use orrery_actors::client;
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod maintenance;

@@ -163,7 +163,7 @@ async fn submit(a: &Admin, command: Command) -> Response {
         .send(Submit {
             command,
             want_events: false,
-            request_id: orrery_actors::telemetry::request_id(),
+            origin: orrery_actors::telemetry::origin(),
         })
         .await
     {

@@ -6,6 +6,7 @@
 //! called inside an actix `System` (the actor starts on its arbiter).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::Addr;
 use orrery_actors::cluster_machine::ClusterMachine;
@@ -14,6 +15,8 @@ use orrery_storage::raft::{RaftConfig, RaftNode};
 use orrery_storage::tikv::{TikvConfig, TikvLog};
 use orrery_storage::Fatal;
 use tokio::sync::oneshot;
+
+use crate::auth::Security;
 
 /// A running master replica.
 #[derive(Debug)]
@@ -32,10 +35,13 @@ pub struct RunningMaster {
 /// Starts a replica. `settings.addr` and `settings.http_addr` are filled in
 /// from what was actually bound.
 pub async fn start(
-    config: RaftConfig,
+    mut config: RaftConfig,
     mut settings: Settings,
     http: Option<SocketAddr>,
+    security: Option<Arc<Security>>,
 ) -> Result<RunningMaster, Fatal> {
+    config.tls = security.as_ref().map(|s| s.tls.clone());
+    warn_if_insecure(&security);
     let (http_listener, http_addr) = bind_http(http).await?;
     settings.http_addr = http_addr.map(|a| a.to_string()).unwrap_or_default();
     settings.addr = config
@@ -49,7 +55,7 @@ pub async fn start(
         let log = Log::from(node.clone());
         let master = actix::Actor::start(Master::new(settings, log.clone()));
         started = Some(master.clone());
-        crate::grpc::routes(routes, master, log, ping_ms)
+        crate::grpc::routes(routes, master, log, ping_ms, security.clone())
     })
     .await;
     let node = match node {
@@ -64,7 +70,7 @@ pub async fn start(
     let master = started.ok_or_else(|| Fatal::Refused("the master actor did not start".into()))?;
     let addr = node.local_addr();
     let node = Log::from(node);
-    let http_stop = serve_http(http_listener, &master, &node);
+    let http_stop = serve_http(http_listener, &master, &node, &security)?;
     Ok(RunningMaster {
         addr,
         node,
@@ -83,7 +89,9 @@ pub async fn start_tikv(
     listen: SocketAddr,
     mut settings: Settings,
     http: Option<SocketAddr>,
+    security: Option<Arc<Security>>,
 ) -> Result<RunningMaster, Fatal> {
+    warn_if_insecure(&security);
     let (http_listener, http_addr) = bind_http(http).await?;
     let (grpc, addr) = bind("gRPC", listen).await?;
     settings.http_addr = http_addr.map(|a| a.to_string()).unwrap_or_default();
@@ -97,10 +105,17 @@ pub async fn start_tikv(
         master.clone(),
         node.clone(),
         ping_ms,
+        security.clone(),
     );
     let (tx, rx) = oneshot::channel::<()>();
-    orrery_storage::serve::spawn_routes(grpc, routes, rx, "gRPC", None)?;
-    let http_stop = serve_http(http_listener, &master, &node);
+    orrery_storage::serve::spawn_routes(
+        grpc,
+        routes,
+        rx,
+        "gRPC",
+        security.as_ref().map(|s| &*s.tls),
+    )?;
+    let http_stop = serve_http(http_listener, &master, &node, &security)?;
     Ok(RunningMaster {
         addr,
         node,
@@ -142,28 +157,62 @@ async fn bind(
     Ok((listener, bound))
 }
 
+/// An `--insecure` master says so at start-up, every time.
+fn warn_if_insecure(security: &Option<Arc<Security>>) {
+    if security.is_none() {
+        tracing::warn!(
+            "INSECURE: plain TCP and no authentication; anyone who reaches this master can run commands on every agent"
+        );
+    }
+}
+
 fn serve_http(
     listener: Option<tokio::net::TcpListener>,
     master: &Addr<Master>,
     log: &Log,
-) -> Option<oneshot::Sender<()>> {
-    let listener = listener?;
+    security: &Option<Arc<Security>>,
+) -> Result<Option<oneshot::Sender<()>>, Fatal> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
     let (tx, rx) = oneshot::channel::<()>();
-    let router = crate::http::router(crate::http::Admin {
-        master: master.clone(),
-        log: log.clone(),
-    });
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the HTTP admin server stopped");
+    let router = crate::http::router(
+        crate::http::Admin {
+            master: master.clone(),
+            log: log.clone(),
+        },
+        security.clone(),
+    );
+    let stop = async {
+        let _ = rx.await;
+    };
+    match security {
+        None => {
+            tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the HTTP admin server stopped");
+                }
+            });
         }
-    });
-    Some(tx)
+        Some(sec) => {
+            let listener = crate::auth::TlsListener::new(listener, &sec.tls)?;
+            tokio::spawn(async move {
+                let served = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<crate::auth::Peer>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the HTTP admin server stopped");
+                }
+            });
+        }
+    }
+    Ok(Some(tx))
 }
 
 impl RunningMaster {

@@ -274,10 +274,15 @@ fn failed_instances_restart_with_backoff_and_bad_constraints_are_refused() {
 }
 
 async fn update(m: &Masters, spec: pb::JobSpec) -> Result<(), tonic::Status> {
-    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
-        let s = spec.clone();
-        async move { OperatorClient::new(ch).update_job(s).await }
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &m.addrs(),
+        PATIENCE,
+        |ch| {
+            let s = spec.clone();
+            async move { OperatorClient::new(ch).update_job(s).await }
+        },
+    )
     .await
     .map(|_| ())
 }

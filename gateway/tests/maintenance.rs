@@ -326,8 +326,11 @@ fn a_request_id_goes_from_the_call_into_the_log() {
             (m.state().await.agents.len() == 1).then_some(())
         })
         .await;
-        let (resp, _) =
-            orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
+        let (resp, _) = orrery_gateway::client::with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &m.addrs(),
+            PATIENCE,
+            |ch| async move {
                 let mut req = tonic::Request::new(orrery_proto::operator::Hosts {
                     hostnames: vec!["host-q".into()],
                 });
@@ -336,9 +339,10 @@ fn a_request_id_goes_from_the_call_into_the_log() {
                 orrery_proto::operator::operator_client::OperatorClient::new(ch)
                     .start_maintenance(req)
                     .await
-            })
-            .await
-            .expect("drain started");
+            },
+        )
+        .await
+        .expect("drain started");
         assert_eq!(
             resp.metadata()
                 .get("x-request-id")
@@ -346,12 +350,17 @@ fn a_request_id_goes_from_the_call_into_the_log() {
             Some("ticket-4711"),
             "the id comes back"
         );
-        let (log, _) = orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| async move {
-            orrery_proto::operator::operator_client::OperatorClient::new(ch)
-                .read_log(orrery_proto::operator::ReadLogRequest { from: 1, max: 1000 })
-                .await
-                .map(|r| r.into_inner())
-        })
+        let (log, _) = orrery_gateway::client::with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &m.addrs(),
+            PATIENCE,
+            |ch| async move {
+                orrery_proto::operator::operator_client::OperatorClient::new(ch)
+                    .read_log(orrery_proto::operator::ReadLogRequest { from: 1, max: 1000 })
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
         .expect("the log");
         let tagged: Vec<&'static str> = log

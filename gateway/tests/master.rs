@@ -142,9 +142,12 @@ fn followers_redirect_to_the_leader() {
         let masters = Masters::start(3, test_settings()).await;
         let leader = masters.leader().await;
         let follower = *masters.peers.keys().find(|&&id| id != leader).unwrap();
-        let ch = orrery_gateway::client::connect(&masters.peers[&follower])
-            .await
-            .unwrap();
+        let ch = orrery_gateway::client::connect(
+            &orrery_gateway::client::Transport::Plain,
+            &masters.peers[&follower],
+        )
+        .await
+        .unwrap();
         let err = OperatorClient::new(ch)
             .get_state(op::GetStateRequest {})
             .await
@@ -315,8 +318,11 @@ async fn fill(
 fn drf_shares_converge_to_the_role_weights() {
     run(LIMIT, async {
         let masters = Masters::start(1, test_settings()).await;
-        let (_, leader) =
-            orrery_gateway::client::with_leader(&masters.addrs(), PATIENCE, |ch| async move {
+        let (_, leader) = orrery_gateway::client::with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &masters.addrs(),
+            PATIENCE,
+            |ch| async move {
                 OperatorClient::new(ch)
                     .update_weights(op::UpdateWeightsRequest {
                         weights: vec![
@@ -331,9 +337,10 @@ fn drf_shares_converge_to_the_role_weights() {
                         ],
                     })
                     .await
-            })
-            .await
-            .expect("weights set");
+            },
+        )
+        .await
+        .expect("weights set");
         assert!(!leader.is_empty());
         let mut light =
             Framework::subscribe(masters.addrs(), framework_info("l", "light", &[]), false).await;
@@ -756,28 +763,33 @@ fn an_agent_with_a_domain_is_refused_by_a_master_without_one() {
 
 async fn register_with_domain(masters: &Masters) -> Result<(), tonic::Status> {
     use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
-    orrery_gateway::client::with_leader(&masters.addrs(), PATIENCE, |ch| async move {
-        AgentLinkClient::new(ch)
-            .register(ap::RegisterRequest {
-                agent_id: String::new(),
-                info: Some(ap::AgentInfo {
-                    hostname: "h".into(),
-                    ip: "127.0.0.1".into(),
-                    resources: Some(orrery_events::pb::Resources {
-                        cpus_milli: 1000,
-                        mem_mb: 1024,
-                        ..Default::default()
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &masters.addrs(),
+        PATIENCE,
+        |ch| async move {
+            AgentLinkClient::new(ch)
+                .register(ap::RegisterRequest {
+                    agent_id: String::new(),
+                    info: Some(ap::AgentInfo {
+                        hostname: "h".into(),
+                        ip: "127.0.0.1".into(),
+                        resources: Some(orrery_events::pb::Resources {
+                            cpus_milli: 1000,
+                            mem_mb: 1024,
+                            ..Default::default()
+                        }),
+                        attributes: vec![],
+                        domain: Some(orrery_events::pb::Domain {
+                            region: "r1".into(),
+                            zone: "z1".into(),
+                        }),
                     }),
-                    attributes: vec![],
-                    domain: Some(orrery_events::pb::Domain {
-                        region: "r1".into(),
-                        zone: "z1".into(),
-                    }),
-                }),
-                tasks: vec![],
-            })
-            .await
-    })
+                    tasks: vec![],
+                })
+                .await
+        },
+    )
     .await
     .map(|_| ())
 }

@@ -118,8 +118,21 @@ pub fn config(args: &AgentArgs, masters: Option<&str>) -> Result<AgentConfig> {
         ),
         None => None,
     };
+    let transport = match crate::creds::flags().tls()? {
+        None => orrery_actors::client::Transport::Plain,
+        Some(tls) => {
+            if tls.principal() != &orrery_storage::security::Principal::Agent(hostname.clone()) {
+                bail!(
+                    "--cert is the certificate of {}; this agent (hostname {hostname:?}) needs the certificate of agent:{hostname} (orrery certs agent --host {hostname})",
+                    tls.principal()
+                );
+            }
+            orrery_actors::client::Transport::Tls(tls)
+        }
+    };
     Ok(AgentConfig {
         masters,
+        transport,
         work_dir,
         hostname,
         ip,

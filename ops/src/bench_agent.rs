@@ -32,7 +32,7 @@ pub struct BenchAgentArgs {
 }
 
 async fn state(grpc: &str) -> Result<op::State> {
-    let ch = connect(grpc)
+    let ch = connect(&orrery_actors::client::Transport::Plain, grpc)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(OperatorClient::new(ch)
@@ -74,7 +74,9 @@ async fn wait_for(
 fn agent_cmd(grpc: &str, work: &std::path::Path, extra: &[&str]) -> std::process::Command {
     let mut c =
         std::process::Command::new(std::env::current_exe().unwrap_or_else(|_| "orrery".into()));
-    c.args(["--master", grpc, "agent", "--work-dir"])
+    // The benchmark's master is in-process and plain TCP: it measures the
+    // agent and its executors, not TLS.
+    c.args(["--master", grpc, "--insecure", "agent", "--work-dir"])
         .arg(work)
         .args([
             "--hostname",
@@ -117,7 +119,7 @@ pub fn run(args: &BenchAgentArgs, json: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let result = actix_rt::System::with_tokio_rt(move || rt).block_on(async {
-        let master = orrery_gateway::server::start(config, settings, None)
+        let master = orrery_gateway::server::start(config, settings, None, None)
             .await
             .map_err(|e| anyhow::anyhow!("the master: {e}"))?;
         while !matches!(master.master.send(Serving).await, Ok(Ok(_))) {
@@ -166,7 +168,7 @@ async fn measure(
         grpc,
     )
     .await?;
-    let ch = connect(grpc)
+    let ch = connect(&orrery_actors::client::Transport::Plain, grpc)
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let mut client = SchedulerClient::new(ch);

@@ -77,10 +77,13 @@ pub fn run_cluster(args: &DevArgs) -> Result<()> {
         dir.join("master"),
     );
     let settings = Settings::new(1, grpc.to_string());
+    let hostname = detect_hostname();
+    let tls = dev_certs(&dir.join("tls"), &hostname)?;
     let agent = AgentConfig {
         masters: vec![grpc.to_string()],
+        transport: orrery_actors::client::Transport::Tls(tls.agent.clone()),
         work_dir: dir.join("agent"),
-        hostname: detect_hostname(),
+        hostname: hostname.clone(),
         ip: "127.0.0.1".into(),
         resources: orrery_actors::agent::flags::detect(&dir),
         attributes: vec![("os".into(), std::env::consts::OS.into())],
@@ -97,7 +100,8 @@ pub fn run_cluster(args: &DevArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let outcome = actix_rt::System::with_tokio_rt(move || rt).block_on(async {
-        let running = orrery_gateway::server::start(config, settings, Some(http))
+        let running =
+            orrery_gateway::server::start(config, settings, Some(http), Some(tls.security.clone()))
             .await
             .map_err(|e| anyhow::anyhow!("the master: {e}"))?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -112,9 +116,13 @@ pub fn run_cluster(args: &DevArgs) -> Result<()> {
             dir.display()
         );
         println!("  master (gRPC: scheduler, agent, operator APIs)  {grpc}");
-        println!("  master HTTP                                     http://{http}/state");
+        println!("  master HTTP                                     https://{http}/state");
         println!("  agent HTTP                                      http://{agent_http}/health");
-        println!("Try: orrery --master {grpc} agent list");
+        println!(
+            "TLS is on, with a throwaway CA in {0}; the CLI is the operator with:\n  export ORRERY_MASTER={grpc} ORRERY_CA={0}/ca.pem ORRERY_CERT={0}/operator.pem ORRERY_KEY={0}/operator.key",
+            tls.dir.display()
+        );
+        println!("Try: orrery agent list");
         println!("Stop with Ctrl-C.");
         let stop = async {
             match exit_after {
@@ -134,6 +142,49 @@ pub fn run_cluster(args: &DevArgs) -> Result<()> {
     });
     drop(temp);
     outcome
+}
+
+/// The throwaway TLS set-up of `orrery dev`.
+struct DevTls {
+    dir: std::path::PathBuf,
+    agent: std::sync::Arc<orrery_storage::security::Tls>,
+    security: std::sync::Arc<orrery_gateway::auth::Security>,
+}
+
+/// A CA made for this run, and from it: the master's certificate, the
+/// agent's (for `hostname`), and an operator's for the CLI (`operator`,
+/// granted everything, frameworks in any role included). Written to `dir`
+/// so the CLI can use them; the keys are readable by the owner only.
+fn dev_certs(dir: &std::path::Path, hostname: &str) -> Result<DevTls> {
+    use orrery_gateway::auth::{Policy, RateLimit, Security, Tokens};
+    use orrery_storage::security::pki::{write_pem, Ca, Validity};
+    use orrery_storage::security::Principal;
+    let fail = |e: String| anyhow::anyhow!("making the dev certificates: {e}");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = Ca::generate("Orrery dev CA (throwaway)", Validity::days(30)).map_err(fail)?;
+    let local = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let issue = |p: Principal, sans: &[String]| ca.issue(&p, sans, Validity::days(30));
+    let master = issue(Principal::Master("dev".into()), &local).map_err(fail)?;
+    let agent = issue(Principal::Agent(hostname.to_owned()), &[]).map_err(fail)?;
+    let operator = issue(Principal::Client("operator".into()), &[]).map_err(fail)?;
+    let write = |name: &str, pem: &str, secret: bool| {
+        write_pem(&dir.join(name), pem, secret).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    write("ca.pem", &ca.pair.cert_pem, false)?;
+    write("operator.pem", &operator.cert_pem, false)?;
+    write("operator.key", &operator.key_pem, true)?;
+    let tls = |pair| ca.tls(pair).map_err(|e| anyhow::anyhow!("{e}"));
+    let security = Security::new(
+        std::sync::Arc::new(tls(&master)?),
+        Policy::default().allow_all("operator"),
+        Tokens::default(),
+        RateLimit::default(),
+    );
+    Ok(DevTls {
+        dir: dir.to_owned(),
+        agent: std::sync::Arc::new(tls(&agent)?),
+        security,
+    })
 }
 
 /// This machine's size, as an agent would declare it.

@@ -50,6 +50,7 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
         .build()?;
     let patience = Duration::from_secs(10);
     let fail = |e: tonic::Status| anyhow!("{}", e.message());
+    let transport = crate::creds::transport()?;
     rt.block_on(async {
         match cmd {
             HostCmd::Maintenance(m) => {
@@ -57,7 +58,7 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
                     MaintenanceCmd::Start { hosts: h } => (true, hosts(h)?),
                     MaintenanceCmd::Complete { hosts: h } => (false, hosts(h)?),
                 };
-                with_leader(&masters, patience, |ch| {
+                with_leader(&transport, &masters, patience, |ch| {
                     let req = op::Hosts {
                         hostnames: list.clone(),
                     };
@@ -83,7 +84,7 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
                     .as_deref()
                     .map(|s| s.split(',').map(|x| x.trim().to_owned()).collect())
                     .unwrap_or_default();
-                let (list, _) = with_leader(&masters, patience, |ch| {
+                let (list, _) = with_leader(&transport, &masters, patience, |ch| {
                     let req = op::QueryHostsRequest {
                         states: states.clone(),
                     };

@@ -290,10 +290,15 @@ where
     F: FnMut(tonic::transport::Channel) -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
-    with_leader(masters, Duration::from_secs(10), call)
-        .await
-        .map(|(v, _)| v)
-        .map_err(|e| anyhow!("{}", e.message()))
+    with_leader(
+        &crate::creds::transport()?,
+        masters,
+        Duration::from_secs(10),
+        call,
+    )
+    .await
+    .map(|(v, _)| v)
+    .map_err(|e| anyhow!("{}", e.message()))
 }
 
 pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {

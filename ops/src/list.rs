@@ -173,13 +173,19 @@ pub fn run(masters: Option<&str>, what: What, json: bool) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let transport = crate::creds::transport()?;
     let state = rt.block_on(async {
-        with_leader(&masters, Duration::from_secs(10), |ch| async move {
-            OperatorClient::new(ch)
-                .get_state(op::GetStateRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
+        with_leader(
+            &transport,
+            &masters,
+            Duration::from_secs(10),
+            |ch| async move {
+                OperatorClient::new(ch)
+                    .get_state(op::GetStateRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
         .map(|(s, _)| s)
         .map_err(|e| anyhow!("asking {}: {}", masters.join(","), e.message()))

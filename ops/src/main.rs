@@ -18,6 +18,7 @@ mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod bench_replay;
+mod creds;
 mod dev;
 mod host;
 mod job;
@@ -43,6 +44,8 @@ struct Cli {
     /// ADDR[,ADDR...].
     #[arg(long, global = true, env = "ORRERY_MASTER")]
     master: Option<String>,
+    #[command(flatten)]
+    creds: creds::CredFlags,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -112,6 +115,7 @@ enum BenchCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    creds::init(cli.creds.clone());
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(args) => master::run(&args),

@@ -102,6 +102,55 @@ pub struct MasterArgs {
     /// Log format on stderr.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Who may do what (TOML; see README, Security). Required unless
+    /// --insecure: anything it does not grant is denied.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<std::path::PathBuf>,
+    /// Bearer tokens, by SHA-256 (TOML; `orrery certs token` makes one).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<std::path::PathBuf>,
+    /// Requests per second each client principal may make (bursts of twice
+    /// as many).
+    #[arg(long, default_value_t = 500)]
+    client_rate: u32,
+}
+
+/// The master's security, from the global --ca/--cert/--key (or
+/// --insecure) and --policy/--tokens. The certificate must be a master's.
+fn security(args: &MasterArgs) -> Result<Option<Arc<orrery_gateway::auth::Security>>> {
+    use orrery_gateway::auth::{Policy, RateLimit, Security, Tokens};
+    let flags = crate::creds::flags();
+    let Some(tls) = flags.tls()? else {
+        if args.policy.is_some() || args.tokens.is_some() {
+            bail!("--policy and --tokens need TLS: they cannot be used with --insecure");
+        }
+        return Ok(None);
+    };
+    if !matches!(
+        tls.principal(),
+        orrery_storage::security::Principal::Master(_)
+    ) {
+        bail!(
+            "--cert is the certificate of {}; a master needs a master certificate (orrery certs master)",
+            tls.principal()
+        );
+    }
+    let Some(policy) = &args.policy else {
+        bail!("--policy is required with TLS: the file that says who may do what (see README, Security)");
+    };
+    let policy = Policy::load(policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tokens = match &args.tokens {
+        Some(t) => Tokens::load(t).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => Tokens::default(),
+    };
+    if args.client_rate == 0 {
+        bail!("--client-rate must be at least 1");
+    }
+    let rate = RateLimit {
+        per_sec: f64::from(args.client_rate),
+        burst: 2.0 * f64::from(args.client_rate),
+    };
+    Ok(Some(Security::new(tls, policy, tokens, rate)))
 }
 
 pub fn parse_duration(flag: &str, text: &str) -> Result<Duration> {
@@ -152,6 +201,7 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         );
     }
     let settings = settings(args)?;
+    let security = security(args)?;
     let peers_flag = args
         .peers
         .as_deref()
@@ -188,7 +238,7 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         if args.accept_raw_appends {
             config.raw_appends = RawAppends::Checked(Arc::new(raw_append_allowed));
         }
-        let running = orrery_gateway::server::start(config, settings, http)
+        let running = orrery_gateway::server::start(config, settings, http, security)
             .await
             .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
         let orrery_actors::log::Log::Raft(node) = running.node.clone() else {
@@ -245,6 +295,7 @@ fn run_tikv(args: &MasterArgs) -> Result<()> {
         bail!("--id must be a positive integer");
     }
     let settings = settings(args)?;
+    let security = security(args)?;
     let mut config =
         orrery_storage::tikv::TikvConfig::from_url(&args.store, args.id, args.listen.clone())
             .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
@@ -260,7 +311,7 @@ fn run_tikv(args: &MasterArgs) -> Result<()> {
         .context("starting the async runtime")?;
     actix_rt::System::with_tokio_rt(move || rt).block_on(async {
         let listen = resolve_listen(&args.listen, listen).await?;
-        let running = orrery_gateway::server::start_tikv(config, listen, settings, http)
+        let running = orrery_gateway::server::start_tikv(config, listen, settings, http, security)
             .await
             .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
         let node = running.node.clone();

@@ -148,8 +148,9 @@ async fn load_online(masters: &[String]) -> Result<Loaded> {
     let mut events = Vec::new();
     let mut from = 1;
     let mut live_digest = None;
+    let transport = crate::creds::transport()?;
     loop {
-        let (resp, _) = with_leader(masters, patience, |ch| async move {
+        let (resp, _) = with_leader(&transport, masters, patience, |ch| async move {
             OperatorClient::new(ch)
                 .read_log(op::ReadLogRequest { from, max: 10_000 })
                 .await

@@ -89,6 +89,7 @@ impl AgentProc {
 
     fn command(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.env("ORRERY_INSECURE", "1");
         let _ = cmd
             .args(["--master", &self.masters, "agent", "--work-dir"])
             .arg(self.work())
@@ -191,6 +192,7 @@ fn cli(m: &Masters) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
     let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
     move |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .env("ORRERY_INSECURE", "1")
             .args(["--master", &masters])
             .args(args)
             .output()
@@ -309,12 +311,17 @@ async fn agent_state(m: &Masters) -> Option<String> {
 }
 
 async fn eventually_state(ms: &[String]) -> orrery_proto::operator::State {
-    orrery_gateway::client::with_leader(ms, PATIENCE, |ch| async move {
-        orrery_proto::operator::operator_client::OperatorClient::new(ch)
-            .get_state(orrery_proto::operator::GetStateRequest {})
-            .await
-            .map(|r| r.into_inner())
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        ms,
+        PATIENCE,
+        |ch| async move {
+            orrery_proto::operator::operator_client::OperatorClient::new(ch)
+                .get_state(orrery_proto::operator::GetStateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        },
+    )
     .await
     .expect("state")
     .0
@@ -655,6 +662,7 @@ fn bad_agent_flags_are_refused_with_the_flag_named() {
     let work = dir.path().join("w");
     let run = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.env("ORRERY_INSECURE", "1");
         cmd.args(["--master", "127.0.0.1:1", "agent", "--work-dir"])
             .arg(&work)
             .args(args);
@@ -686,6 +694,7 @@ fn bad_agent_flags_are_refused_with_the_flag_named() {
 #[test]
 fn orrery_dev_runs_a_master_and_an_agent_and_cleans_up() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env_remove("ORRERY_INSECURE")
         .args(["dev", "--exit-after", "5s"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -714,12 +723,24 @@ fn orrery_dev_runs_a_master_and_an_agent_and_cleans_up() {
         .and_then(|l| l.split("data in ").nth(1))
         .unwrap_or_else(|| panic!("the data dir is printed: {text}"))
         .to_owned();
+    // TLS is on with a throwaway CA: the CLI uses the operator
+    // certificate dev wrote; with no credentials, or plain TCP, it gets
+    // nothing.
+    let tls = format!("{data}/tls");
+    let cli = |creds: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        c.env_remove("ORRERY_INSECURE")
+            .args(["--master", &grpc, "--json", "agent", "list"]);
+        if creds {
+            c.env("ORRERY_CA", format!("{tls}/ca.pem"))
+                .env("ORRERY_CERT", format!("{tls}/operator.pem"))
+                .env("ORRERY_KEY", format!("{tls}/operator.key"));
+        }
+        c
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let listed = loop {
-        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["--master", &grpc, "--json", "agent", "list"])
-            .output()
-            .unwrap();
+        let o = cli(true).output().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         if v[0]["state"] == "REGISTERED" || std::time::Instant::now() > deadline {
             break v;
@@ -727,6 +748,12 @@ fn orrery_dev_runs_a_master_and_an_agent_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(listed[0]["state"], "REGISTERED", "{listed}");
+    let o = cli(false).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no credentials"), "{err}");
+    let o = cli(false).arg("--insecure").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "plain TCP to a TLS master");
     let status = wait_exit(&mut child, Duration::from_secs(20));
     if status.is_none() {
         let _ = child.kill();
@@ -855,6 +882,7 @@ async fn an_unhealthy_job_task_is_killed_and_replaced() {
     )
     .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env("ORRERY_INSECURE", "1")
         .args(["--master", &masters, "job", "create"])
         .arg(&file)
         .output()

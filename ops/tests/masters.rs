@@ -295,6 +295,7 @@ async fn a_data_dir_of_another_node_or_cluster_is_refused() {
     a.kill9(1);
     // ... which master 2 may not use.
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+    cmd.env("ORRERY_INSECURE", "1");
     cmd.args([
         "master",
         "--id",
@@ -341,6 +342,7 @@ async fn peers_that_disagree_with_the_membership_are_refused() {
         .peers()
         .replace(&m.addrs[&2], &format!("127.0.0.1:{}", free_port()));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+    cmd.env("ORRERY_INSECURE", "1");
     cmd.args([
         "master",
         "--id",
@@ -369,6 +371,7 @@ async fn peers_that_disagree_with_the_membership_are_refused() {
 fn bad_flags_are_refused_with_the_flag_named() {
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.env("ORRERY_INSECURE", "1");
         cmd.arg("master").args(args);
         let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
         (status.and_then(|s| s.code()), err)
@@ -481,6 +484,7 @@ fn http_admin_and_the_cli_follow_the_leader() {
     let all = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
     let cli = |args: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.env("ORRERY_INSECURE", "1");
         cmd.arg("--master").arg(&all).args(args);
         cmd.output().expect("run the cli")
     };

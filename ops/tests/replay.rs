@@ -16,6 +16,7 @@ use orrery_proto::operator::{self as op, operator_client::OperatorClient};
 
 fn orrery(args: &[&str]) -> (Option<i32>, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env("ORRERY_INSECURE", "1")
         .args(args)
         .output()
         .expect("run the cli");
@@ -48,26 +49,31 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
 
     // An agent (registered, never attached) and a job of 2 instances: the
     // launches stay STAGING on it.
-    with_leader(&addrs, patience, |ch| async move {
-        AgentLinkClient::new(ch)
-            .register(ap::RegisterRequest {
-                agent_id: String::new(),
-                info: Some(ap::AgentInfo {
-                    hostname: "host-r".into(),
-                    ip: "127.0.0.1".into(),
-                    resources: Some(pb::Resources {
-                        cpus_milli: 4000,
-                        mem_mb: 4096,
-                        disk_mb: 0,
-                        ports: vec![],
+    with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &addrs,
+        patience,
+        |ch| async move {
+            AgentLinkClient::new(ch)
+                .register(ap::RegisterRequest {
+                    agent_id: String::new(),
+                    info: Some(ap::AgentInfo {
+                        hostname: "host-r".into(),
+                        ip: "127.0.0.1".into(),
+                        resources: Some(pb::Resources {
+                            cpus_milli: 4000,
+                            mem_mb: 4096,
+                            disk_mb: 0,
+                            ports: vec![],
+                        }),
+                        attributes: vec![],
+                        domain: None,
                     }),
-                    attributes: vec![],
-                    domain: None,
-                }),
-                tasks: vec![],
-            })
-            .await
-    })
+                    tasks: vec![],
+                })
+                .await
+        },
+    )
     .await
     .expect("registered");
     let dir = tempfile::tempdir().unwrap();
@@ -83,12 +89,17 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
     let state = || {
         let addrs = addrs.clone();
         async move {
-            let (s, _) = with_leader(&addrs, patience, |ch| async move {
-                OperatorClient::new(ch)
-                    .get_state(op::GetStateRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-            })
+            let (s, _) = with_leader(
+                &orrery_gateway::client::Transport::Plain,
+                &addrs,
+                patience,
+                |ch| async move {
+                    OperatorClient::new(ch)
+                        .get_state(op::GetStateRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                },
+            )
             .await
             .expect("state");
             s
@@ -144,10 +155,15 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
             exit_code: None,
             healthy: None,
         };
-        with_leader(&addrs, patience, |ch| {
-            let u = u.clone();
-            async move { AgentLinkClient::new(ch).update_status(u).await }
-        })
+        with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &addrs,
+            patience,
+            |ch| {
+                let u = u.clone();
+                async move { AgentLinkClient::new(ch).update_status(u).await }
+            },
+        )
         .await
         .expect("status update");
     }

@@ -24,6 +24,7 @@ impl Drop for Proc {
 fn start(id: u64, store: &str, http: &str, dir: &std::path::Path) -> Proc {
     let log = std::fs::File::create(dir.join(format!("m{id}.log"))).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env("ORRERY_INSECURE", "1")
         .args([
             "master",
             "--id",
@@ -150,6 +151,7 @@ fn bad_store_flags_are_refused_with_the_flag_named() {
         (vec!["--store", "raft"], "--peers is required"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .env("ORRERY_INSECURE", "1")
             .args(["master", "--id", "1", "--listen", "127.0.0.1:0"])
             .args(&args)
             .output()

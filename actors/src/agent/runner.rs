@@ -56,6 +56,9 @@ pub enum Recover {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub masters: Vec<String>,
+    /// How the agent reaches the masters (mutual TLS with this host's agent
+    /// certificate, or plain TCP with `--insecure`).
+    pub transport: crate::client::Transport,
     pub work_dir: PathBuf,
     pub hostname: String,
     pub ip: String,
@@ -647,7 +650,7 @@ async fn send_loop(shared: Arc<Shared>) {
             let agent_id = agent_id.clone();
             tokio::spawn(async move {
                 let _permit = shared.sends.acquire().await;
-                let outcome = send_one(&shared.cfg.masters, &agent_id, &key, &rec).await;
+                let outcome = send_one(&shared.cfg, &agent_id, &key, &rec).await;
                 acked(&shared, &key, &rec.uuid, outcome);
                 shared.wake.notify_one();
             });
@@ -658,7 +661,7 @@ async fn send_loop(shared: Arc<Shared>) {
 /// Sends one update: `Ok(true)` acknowledged, `Ok(false)` refused for
 /// good (stale; logged), `Err` retry later.
 async fn send_one(
-    masters: &[String],
+    cfg: &AgentConfig,
     agent_id: &str,
     key: &Key,
     rec: &cp::StatusRecord,
@@ -675,11 +678,12 @@ async fn send_one(
         exit_code: rec.exit_code,
         healthy: rec.healthy,
     };
-    let r = crate::client::with_leader(masters, Duration::from_secs(2), |ch| {
-        let req = req.clone();
-        async move { AgentLinkClient::new(ch).update_status(req).await }
-    })
-    .await;
+    let r =
+        crate::client::with_leader(&cfg.transport, &cfg.masters, Duration::from_secs(2), |ch| {
+            let req = req.clone();
+            async move { AgentLinkClient::new(ch).update_status(req).await }
+        })
+        .await;
     match r {
         Ok(_) => Ok(true),
         Err(s)
@@ -793,12 +797,16 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
         info: Some(info.clone()),
         tasks,
     };
-    let registered =
-        crate::client::with_leader(&shared.cfg.masters, Duration::from_secs(10), |ch| {
+    let registered = crate::client::with_leader(
+        &shared.cfg.transport,
+        &shared.cfg.masters,
+        Duration::from_secs(10),
+        |ch| {
             let r = req.clone();
             async move { AgentLinkClient::new(ch).register(r).await }
-        })
-        .await;
+        },
+    )
+    .await;
     let (resp, addr) = match registered {
         Ok((r, a)) => (r.into_inner(), a),
         Err(s) if s.code() == Code::NotFound && !agent_id.is_empty() => {
@@ -852,7 +860,9 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
     tracing::info!(agent_id = %resp.agent_id, master = %addr, term = resp.term, "registered");
     shared.wake.notify_one();
     let retry = |s: tonic::Status| SessionEnd::Retry(s.message().to_owned());
-    let ch = crate::client::connect(&addr).await.map_err(retry)?;
+    let ch = crate::client::connect(&shared.cfg.transport, &addr)
+        .await
+        .map_err(retry)?;
     let mut client = AgentLinkClient::new(ch);
     let mut stream = client
         .attach(ap::AttachRequest {

@@ -85,17 +85,22 @@ async fn subscribe_once(
     masters: &[String],
     info: &sp::FrameworkInfo,
 ) -> Result<(tonic::Streaming<sp::Event>, sp::Subscribed), Status> {
-    let (mut stream, _) = with_leader(masters, PATIENCE, |ch| {
-        let req = sp::SubscribeRequest {
-            framework: Some(info.clone()),
-        };
-        async move {
-            SchedulerClient::new(ch)
-                .subscribe(req)
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
+    let (mut stream, _) = with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        masters,
+        PATIENCE,
+        |ch| {
+            let req = sp::SubscribeRequest {
+                framework: Some(info.clone()),
+            };
+            async move {
+                SchedulerClient::new(ch)
+                    .subscribe(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        },
+    )
     .await?;
     match stream.message().await? {
         Some(sp::Event {
@@ -155,19 +160,24 @@ impl Framework {
     pub async fn call_as(&self, stream_id: &str, call: sp::call::Call) -> Result<u64, Status> {
         let framework_id = self.id();
         let stream_id = stream_id.to_owned();
-        with_leader(&self.masters, PATIENCE, |ch| {
-            let c = sp::Call {
-                framework_id: framework_id.clone(),
-                stream_id: stream_id.clone(),
-                call: Some(call.clone()),
-            };
-            async move {
-                SchedulerClient::new(ch)
-                    .call(c)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
+        with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &self.masters,
+            PATIENCE,
+            |ch| {
+                let c = sp::Call {
+                    framework_id: framework_id.clone(),
+                    stream_id: stream_id.clone(),
+                    call: Some(call.clone()),
+                };
+                async move {
+                    SchedulerClient::new(ch)
+                        .call(c)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            },
+        )
         .await
         .map(|(r, _)| r.committed_index)
     }

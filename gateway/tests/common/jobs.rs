@@ -53,25 +53,35 @@ pub fn key(name: &str) -> pb::JobKey {
 }
 
 pub async fn create(m: &Masters, spec: pb::JobSpec) -> Result<(), tonic::Status> {
-    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
-        let s = spec.clone();
-        async move { OperatorClient::new(ch).create_job(s).await }
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &m.addrs(),
+        PATIENCE,
+        |ch| {
+            let s = spec.clone();
+            async move { OperatorClient::new(ch).create_job(s).await }
+        },
+    )
     .await
     .map(|_| ())
 }
 
 pub async fn status(m: &Masters, name: &str) -> op::JobStatusResponse {
     let k = key(name);
-    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
-        let k = k.clone();
-        async move {
-            OperatorClient::new(ch)
-                .job_status(k)
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &m.addrs(),
+        PATIENCE,
+        |ch| {
+            let k = k.clone();
+            async move {
+                OperatorClient::new(ch)
+                    .job_status(k)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        },
+    )
     .await
     .expect("job status")
     .0
@@ -94,17 +104,22 @@ pub async fn instances_running(m: &Masters, name: &str) -> usize {
 
 /// The hosts in `states` (all with none), through the leader.
 pub async fn hosts(m: &Masters, states: &[&str]) -> Vec<op::HostView> {
-    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
-        let req = op::QueryHostsRequest {
-            states: states.iter().map(|s| s.to_string()).collect(),
-        };
-        async move {
-            OperatorClient::new(ch)
-                .query_hosts(req)
-                .await
-                .map(|r| r.into_inner())
-        }
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &m.addrs(),
+        PATIENCE,
+        |ch| {
+            let req = op::QueryHostsRequest {
+                states: states.iter().map(|s| s.to_string()).collect(),
+            };
+            async move {
+                OperatorClient::new(ch)
+                    .query_hosts(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        },
+    )
     .await
     .expect("hosts")
     .0
@@ -113,12 +128,17 @@ pub async fn hosts(m: &Masters, states: &[&str]) -> Vec<op::HostView> {
 
 /// Starts maintenance (a drain) on `hostnames`.
 pub async fn start_maintenance(m: &Masters, hostnames: &[&str]) {
-    orrery_gateway::client::with_leader(&m.addrs(), PATIENCE, |ch| {
-        let req = op::Hosts {
-            hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
-        };
-        async move { OperatorClient::new(ch).start_maintenance(req).await }
-    })
+    orrery_gateway::client::with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &m.addrs(),
+        PATIENCE,
+        |ch| {
+            let req = op::Hosts {
+                hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
+            };
+            async move { OperatorClient::new(ch).start_maintenance(req).await }
+        },
+    )
     .await
     .expect("drain started");
 }

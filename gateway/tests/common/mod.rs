@@ -91,6 +91,28 @@ pub struct Masters {
     pub running: BTreeMap<u64, RunningMaster>,
     pub settings: Settings,
     pub store: Store,
+    /// Mutual TLS and the policy, or None (`--insecure`).
+    pub secure: Option<Secure>,
+}
+
+/// A secured group's CA and what its masters enforce.
+pub struct Secure {
+    pub ca: orrery_storage::security::pki::Ca,
+    pub policy: orrery_gateway::auth::Policy,
+    pub tokens: orrery_gateway::auth::Tokens,
+    pub rate: orrery_gateway::auth::RateLimit,
+}
+
+impl Secure {
+    /// A transport holding a fresh certificate of `principal` from the CA.
+    pub fn transport(
+        &self,
+        principal: orrery_storage::security::Principal,
+    ) -> orrery_gateway::client::Transport {
+        orrery_gateway::client::Transport::Tls(Arc::new(
+            self.ca.local(&principal).expect("issue a certificate"),
+        ))
+    }
 }
 
 impl Masters {
@@ -110,7 +132,21 @@ impl Masters {
         Self::start_on(n, settings, store).await
     }
 
+    /// `n` masters over mutual TLS, enforcing `secure`'s policy.
+    pub async fn start_secure(n: u64, settings: Settings, secure: Secure) -> Masters {
+        Self::start_with(n, settings, Store::Raft, Some(secure)).await
+    }
+
     async fn start_on(n: u64, settings: Settings, store: Store) -> Masters {
+        Self::start_with(n, settings, store, None).await
+    }
+
+    async fn start_with(
+        n: u64,
+        settings: Settings,
+        store: Store,
+        secure: Option<Secure>,
+    ) -> Masters {
         let peers: BTreeMap<u64, String> = (1..=n)
             .zip(free_ports(n as usize))
             .map(|(id, port)| (id, format!("127.0.0.1:{port}")))
@@ -121,6 +157,7 @@ impl Masters {
             running: BTreeMap::new(),
             settings,
             store,
+            secure,
         };
         let ids: Vec<u64> = m.peers.keys().copied().collect();
         let started = futures::future::join_all(ids.iter().map(|&id| m.start_one(id))).await;
@@ -146,8 +183,21 @@ impl Masters {
         let mut settings = self.settings.clone();
         settings.node_id = id;
         let http = Some("127.0.0.1:0".parse().expect("addr"));
+        let security = self.secure.as_ref().map(|s| {
+            orrery_gateway::auth::Security::new(
+                Arc::new(
+                    s.ca.local(&orrery_storage::security::Principal::Master(format!(
+                        "m{id}"
+                    )))
+                    .expect("a master certificate"),
+                ),
+                s.policy.clone(),
+                s.tokens.clone(),
+                s.rate,
+            )
+        });
         let started = match &self.store {
-            Store::Raft => start(self.config(id), settings, http).await,
+            Store::Raft => start(self.config(id), settings, http, security).await,
             Store::Tikv { double, prefix } => {
                 let url = format!("tikv://{}/{prefix}", double.pd_endpoint());
                 let mut cfg = TikvConfig::from_url(&url, id, String::new()).expect("store URL");
@@ -155,7 +205,7 @@ impl Masters {
                 cfg.poll = Duration::from_millis(20);
                 cfg.request_timeout = Duration::from_millis(800);
                 let listen = self.peers[&id].parse().expect("addr");
-                start_tikv(cfg, listen, settings, http).await
+                start_tikv(cfg, listen, settings, http, security).await
             }
         };
         started.unwrap_or_else(|e| panic!("master {id} started: {e}"))
@@ -172,24 +222,34 @@ impl Masters {
 
     /// The id of the master that serves as the active master.
     pub async fn leader(&self) -> u64 {
-        let (state, _) = with_leader(&self.addrs(), PATIENCE, |ch| async move {
-            OperatorClient::new(ch)
-                .get_state(op::GetStateRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
+        let (state, _) = with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &self.addrs(),
+            PATIENCE,
+            |ch| async move {
+                OperatorClient::new(ch)
+                    .get_state(op::GetStateRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
         .expect("a leader serves GetState");
         state.leader_id
     }
 
     pub async fn state(&self) -> op::State {
-        with_leader(&self.addrs(), PATIENCE, |ch| async move {
-            OperatorClient::new(ch)
-                .get_state(op::GetStateRequest {})
-                .await
-                .map(|r| r.into_inner())
-        })
+        with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &self.addrs(),
+            PATIENCE,
+            |ch| async move {
+                OperatorClient::new(ch)
+                    .get_state(op::GetStateRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            },
+        )
         .await
         .expect("a leader serves GetState")
         .0
@@ -288,10 +348,15 @@ impl Drop for SimAgent {
 
 async fn send_status(masters: Vec<String>, update: ap::StatusUpdate) {
     // Retried until acknowledged (the master commits a uuid once).
-    let _ = with_leader(&masters, Duration::from_secs(60), |ch| {
-        let u = update.clone();
-        async move { AgentLinkClient::new(ch).update_status(u).await }
-    })
+    let _ = with_leader(
+        &orrery_gateway::client::Transport::Plain,
+        &masters,
+        Duration::from_secs(60),
+        |ch| {
+            let u = update.clone();
+            async move { AgentLinkClient::new(ch).update_status(u).await }
+        },
+    )
     .await;
 }
 
@@ -319,10 +384,15 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
             info: Some(info.clone()),
             tasks,
         };
-        let registered = with_leader(&masters, Duration::from_secs(5), |ch| {
-            let r = req.clone();
-            async move { AgentLinkClient::new(ch).register(r).await }
-        })
+        let registered = with_leader(
+            &orrery_gateway::client::Transport::Plain,
+            &masters,
+            Duration::from_secs(5),
+            |ch| {
+                let r = req.clone();
+                async move { AgentLinkClient::new(ch).register(r).await }
+            },
+        )
         .await;
         let (resp, addr) = match registered {
             Ok(ok) => ok,
@@ -335,7 +405,7 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
         shared.registrations.fetch_add(1, Ordering::SeqCst);
         *shared.id.lock().unwrap() = Some(resp.agent_id.clone());
         shared.newest_term.fetch_max(resp.term, Ordering::SeqCst);
-        let Ok(ch) = connect(&addr).await else {
+        let Ok(ch) = connect(&orrery_gateway::client::Transport::Plain, &addr).await else {
             continue;
         };
         let mut client = AgentLinkClient::new(ch);

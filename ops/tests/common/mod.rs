@@ -91,6 +91,7 @@ impl Masters {
 
     pub fn command(&self, id: u64, more: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+        cmd.env("ORRERY_INSECURE", "1");
         cmd.args([
             "master",
             "--id",
@@ -269,6 +270,7 @@ pub fn event(n: u64) -> Vec<u8> {
         term: 0,
         proposed_at_ms: n,
         request_id: String::new(),
+        principal: String::new(),
         payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
             weights: vec![pb::RoleWeight {
                 role: format!("role-{n}"),

@@ -1,0 +1,810 @@
+//! Authentication, authorization and limits at the front door.
+//!
+//! Default-deny. Every request to the master's gRPC services and HTTP admin
+//! endpoints is first **authenticated**: the principal of the client
+//! certificate the TLS handshake verified (`orrery://ROLE/NAME`, see
+//! `orrery_storage::security`), or a bearer token (`authorization: Bearer
+//! T`) whose SHA-256 is listed in the tokens file. Nothing else gets in
+//! (UNAUTHENTICATED / 401).
+//!
+//! Then **authorized** by role and the policy file (PERMISSION_DENIED /
+//! 403 otherwise):
+//! - raft and the log service: masters only (enforced in storage);
+//! - the agent API: agents only, and each only for its own host (the
+//!   handlers compare the hostname, see [`Caller::agent_host`]);
+//! - the scheduler API: clients granted a framework role; a framework's
+//!   principal is bound at registration and every call must come from it;
+//! - the operator API and HTTP endpoints: `view` to read, `operator` for
+//!   maintenance, machines down/up, schedules and weights, `jobs` for jobs.
+//!   `/health` and `/metrics` are open (load balancers, Prometheus).
+//!
+//! Each client principal is held to a **request rate** (token bucket). Every
+//! refusal is logged with the principal, the method and the reason, and
+//! counted in `orrery_requests_denied_total`.
+//!
+//! Tokens are hashed at rest with SHA-256: they are 256-bit random values
+//! (`orrery certs token`), so a slow password hash would add nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use orrery_storage::security::{peer_principal, Principal, Tls};
+use orrery_storage::Fatal;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// What a client principal may be granted in the policy file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Read the cluster: state, hosts, jobs, schedules, the log.
+    View,
+    /// Maintenance, drains, machines down/up, schedules, role weights.
+    Operator,
+    /// Create, update and kill jobs.
+    Jobs,
+}
+
+impl Permission {
+    fn parse(s: &str) -> Result<Permission, String> {
+        match s {
+            "view" => Ok(Permission::View),
+            "operator" => Ok(Permission::Operator),
+            "jobs" => Ok(Permission::Jobs),
+            other => Err(format!(
+                "{other:?} is not a permission (view, operator, jobs)"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::View => "view",
+            Permission::Operator => "operator",
+            Permission::Jobs => "jobs",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    grant: Vec<GrantFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    principal: String,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    framework_roles: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Grant {
+    allow: BTreeSet<Permission>,
+    /// Roles its frameworks may register in; "*" is any.
+    framework_roles: BTreeSet<String>,
+}
+
+/// Who may do what: the policy file (`--policy`), TOML:
+///
+/// ```toml
+/// [[grant]]
+/// principal = "alice"            # a client certificate's or token's name
+/// allow = ["view", "operator", "jobs"]
+///
+/// [[grant]]
+/// principal = "spark"
+/// framework_roles = ["analytics"] # "*" for any role
+/// ```
+///
+/// Anything not granted is denied. Masters and agents are not listed:
+/// their rights come from their certificate's role.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    grants: BTreeMap<String, Grant>,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, Fatal> {
+        let text = std::fs::read_to_string(path).map_err(|e| Fatal::Io {
+            what: format!("the policy file {}", path.display()),
+            detail: e.to_string(),
+        })?;
+        Policy::parse(&text)
+            .map_err(|e| Fatal::Refused(format!("the policy file {}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut grants: BTreeMap<String, Grant> = BTreeMap::new();
+        for g in file.grant {
+            Principal::new("client", &g.principal).map_err(|e| format!("principal {e}"))?;
+            let entry = grants.entry(g.principal.clone()).or_default();
+            for a in &g.allow {
+                entry.allow.insert(
+                    Permission::parse(a).map_err(|e| format!("grant to {}: {e}", g.principal))?,
+                );
+            }
+            for r in g.framework_roles {
+                if r.is_empty() {
+                    return Err(format!(
+                        "grant to {}: a framework role is empty",
+                        g.principal
+                    ));
+                }
+                entry.framework_roles.insert(r);
+            }
+        }
+        Ok(Policy { grants })
+    }
+
+    /// Everything, for `name`: `orrery dev`'s operator.
+    pub fn allow_all(mut self, name: &str) -> Policy {
+        self.grants.insert(
+            name.to_owned(),
+            Grant {
+                allow: [Permission::View, Permission::Operator, Permission::Jobs].into(),
+                framework_roles: ["*".to_owned()].into(),
+            },
+        );
+        self
+    }
+
+    pub fn allows(&self, principal: &Principal, p: Permission) -> bool {
+        matches!(principal, Principal::Client(n) if self.grants.get(n).is_some_and(|g| g.allow.contains(&p)))
+    }
+
+    /// Whether `principal` may register a framework in `role`.
+    pub fn may_register(&self, principal: &Principal, role: &str) -> bool {
+        matches!(principal, Principal::Client(n) if self.grants.get(n).is_some_and(|g| {
+            g.framework_roles.contains("*") || g.framework_roles.contains(role)
+        }))
+    }
+
+    fn runs_frameworks(&self, principal: &Principal) -> bool {
+        matches!(principal, Principal::Client(n) if self.grants.get(n).is_some_and(|g| !g.framework_roles.is_empty()))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    token: Vec<TokenFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    principal: String,
+    sha256: String,
+}
+
+/// Bearer tokens, by the SHA-256 of the token (`--tokens`), TOML:
+///
+/// ```toml
+/// [[token]]
+/// principal = "ci-bot"
+/// sha256 = "<64 hex digits>"   # `orrery certs token` prints both
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    by_hash: HashMap<[u8; 32], String>,
+}
+
+/// The SHA-256 of a token, hex.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Tokens {
+    pub fn load(path: &Path) -> Result<Tokens, Fatal> {
+        let text = std::fs::read_to_string(path).map_err(|e| Fatal::Io {
+            what: format!("the tokens file {}", path.display()),
+            detail: e.to_string(),
+        })?;
+        Tokens::parse(&text)
+            .map_err(|e| Fatal::Refused(format!("the tokens file {}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<Tokens, String> {
+        let file: TokensFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut by_hash = HashMap::new();
+        for t in file.token {
+            Principal::new("client", &t.principal).map_err(|e| format!("principal {e}"))?;
+            let h = t.sha256.to_ascii_lowercase();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "the token of {} has sha256 {:?}, not 64 hex digits",
+                    t.principal, t.sha256
+                ));
+            }
+            let mut key = [0u8; 32];
+            for (i, k) in key.iter_mut().enumerate() {
+                *k = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+            }
+            if by_hash.insert(key, t.principal.clone()).is_some() {
+                return Err(format!("the token of {} is listed twice", t.principal));
+            }
+        }
+        Ok(Tokens { by_hash })
+    }
+
+    fn principal(&self, token: &str) -> Option<Principal> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_hash
+            .get(&key)
+            .map(|name| Principal::Client(name.clone()))
+    }
+}
+
+/// Requests per second a client principal may make (a token bucket holding
+/// `burst`).
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_sec: 500.0,
+            burst: 1000.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Everything a secured master needs to check a request.
+#[derive(Debug)]
+pub struct Security {
+    pub tls: Arc<Tls>,
+    pub policy: Policy,
+    pub tokens: Tokens,
+    pub rate: RateLimit,
+    buckets: Mutex<HashMap<Principal, Bucket>>,
+}
+
+impl Security {
+    pub fn new(tls: Arc<Tls>, policy: Policy, tokens: Tokens, rate: RateLimit) -> Arc<Security> {
+        Arc::new(Security {
+            tls,
+            policy,
+            tokens,
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Agents, masters and anything beyond 10,000 distinct principals are
+    /// not limited here (agents are bounded by their own send window).
+    fn within_rate(&self, p: &Principal) -> bool {
+        if !matches!(p, Principal::Client(_)) {
+            return true;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 10_000 && !buckets.contains_key(p) {
+            buckets.retain(|_, b| now.duration_since(b.at).as_secs() < 60);
+        }
+        let b = buckets.entry(p.clone()).or_insert(Bucket {
+            tokens: self.rate.burst,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.rate.per_sec;
+        b.tokens = (b.tokens + refill).min(self.rate.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Who sent the request: its verified client certificate, else a known
+    /// bearer token.
+    fn authenticate(
+        &self,
+        extensions: &axum::http::Extensions,
+        headers: &axum::http::HeaderMap,
+        peer: Option<&Result<Principal, String>>,
+    ) -> Result<Principal, Refusal> {
+        let from_cert = peer.cloned().or_else(|| peer_principal(extensions));
+        match from_cert {
+            Some(Ok(p)) => return Ok(p),
+            Some(Err(e)) => {
+                return Err(Refusal::unauthenticated(format!(
+                    "the client certificate is not an Orrery one: {e}"
+                )))
+            }
+            None => {}
+        }
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return Err(Refusal::unauthenticated(
+                "no credentials: present a client certificate or an `authorization: Bearer` token"
+                    .into(),
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Refusal::unauthenticated("the authorization header is not `Bearer TOKEN`".into())
+            })?;
+        self.tokens
+            .principal(token.trim())
+            .ok_or_else(|| Refusal::unauthenticated("the bearer token is not known".into()))
+    }
+}
+
+/// The authenticated caller of a request, in its extensions (None on an
+/// `--insecure` master).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Option<Principal>,
+    pub security: Option<Arc<Security>>,
+}
+
+impl Caller {
+    /// The caller of `req`; an `--insecure` master has none.
+    pub fn of<T>(req: &tonic::Request<T>) -> Caller {
+        req.extensions().get::<Caller>().cloned().unwrap_or(Caller {
+            principal: None,
+            security: None,
+        })
+    }
+
+    /// Whether the request may act for the agent of `hostname`: any on an
+    /// insecure master, else only that host's agent.
+    pub fn agent_host(&self, hostname: &str) -> Result<(), tonic::Status> {
+        match &self.principal {
+            None => Ok(()),
+            Some(Principal::Agent(h)) if h == hostname => Ok(()),
+            Some(p) => Err(denied(
+                p,
+                "agent",
+                format!("{p} may not act for the agent of host {hostname:?}"),
+            )),
+        }
+    }
+
+    /// Binds a framework's principal: the caller's name, which a principal
+    /// given in FrameworkInfo must equal; and the policy must let the
+    /// caller register in `role`.
+    pub fn framework_principal(&self, given: &str, role: &str) -> Result<String, tonic::Status> {
+        let (Some(p), Some(sec)) = (&self.principal, &self.security) else {
+            return Ok(given.to_owned());
+        };
+        if !given.is_empty() && given != p.name() {
+            return Err(denied(
+                p,
+                "Subscribe",
+                format!(
+                    "the framework names principal {given:?}, but the caller authenticated as {p}"
+                ),
+            ));
+        }
+        if !sec.policy.may_register(p, role) {
+            return Err(denied(
+                p,
+                "Subscribe",
+                format!("{p} may not register a framework in role {role:?}"),
+            ));
+        }
+        Ok(p.name().to_owned())
+    }
+
+    /// Whether the caller is the framework whose bound principal is
+    /// `bound` (frameworks act only on their own offers and tasks).
+    pub fn framework_owner(&self, framework_id: &str, bound: &str) -> Result<(), tonic::Status> {
+        match &self.principal {
+            None => Ok(()),
+            Some(p) if p.name() == bound && matches!(p, Principal::Client(_)) => Ok(()),
+            Some(p) => Err(denied(
+                p,
+                "Call",
+                format!("framework {framework_id} belongs to principal {bound:?}, not to {p}"),
+            )),
+        }
+    }
+}
+
+/// A refusal before the handler: its gRPC code and HTTP status.
+#[derive(Debug)]
+struct Refusal {
+    authenticated: bool,
+    message: String,
+}
+
+impl Refusal {
+    fn unauthenticated(message: String) -> Refusal {
+        Refusal {
+            authenticated: false,
+            message,
+        }
+    }
+
+    fn forbidden(message: String) -> Refusal {
+        Refusal {
+            authenticated: true,
+            message,
+        }
+    }
+}
+
+fn record_denied(who: &str, method: &str, reason: &str, message: &str) {
+    tracing::warn!(principal = who, method, reason, "refused: {message}");
+    metrics::counter!(orrery_actors::telemetry::REQUESTS_DENIED, "reason" => reason.to_owned())
+        .increment(1);
+}
+
+/// Logs and counts a refusal a handler makes, and returns its status.
+pub fn denied(p: &Principal, method: &str, message: String) -> tonic::Status {
+    record_denied(&p.to_string(), method, "forbidden", &message);
+    tonic::Status::permission_denied(message)
+}
+
+/// The method part of a gRPC path: `/orrery.operator.v1.Operator/GetState`
+/// → (`orrery.operator.v1.Operator`, `GetState`).
+fn grpc_method(path: &str) -> (&str, &str) {
+    let p = path.trim_start_matches('/');
+    p.split_once('/').unwrap_or((p, ""))
+}
+
+/// What a gRPC method requires of a client (None: not a client method).
+fn operator_permission(method: &str) -> Permission {
+    match method {
+        "GetState" | "ReadLog" | "ListJobs" | "JobStatus" | "QueryHosts" | "GetSchedule" => {
+            Permission::View
+        }
+        "CreateJob" | "UpdateJob" | "KillJob" => Permission::Jobs,
+        // UpdateWeights, UpdateSchedule, Start/CompleteMaintenance,
+        // MachinesDown, and any method added later: operators only.
+        _ => Permission::Operator,
+    }
+}
+
+fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), Refusal> {
+    let (service, method) = grpc_method(path);
+    let ok = match service {
+        // Guarded again in storage; here so the gateway's table is whole.
+        s if s.starts_with("orrery.raft.v1.") => matches!(p, Principal::Master(_)),
+        "orrery.agent.v1.AgentLink" => matches!(p, Principal::Agent(_)),
+        "orrery.scheduler.v1.Scheduler" => sec.policy.runs_frameworks(p),
+        "orrery.operator.v1.Operator" => sec.policy.allows(p, operator_permission(method)),
+        // Reflection, health and unknown services: nothing is granted.
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        let need = match service {
+            s if s.starts_with("orrery.raft.v1.") => "a master certificate".to_owned(),
+            "orrery.agent.v1.AgentLink" => "an agent certificate".to_owned(),
+            "orrery.scheduler.v1.Scheduler" => "a policy grant of framework_roles".to_owned(),
+            "orrery.operator.v1.Operator" => format!(
+                "the {:?} permission in the policy",
+                operator_permission(method).as_str()
+            ),
+            _ => "a service Orrery serves".to_owned(),
+        };
+        Err(Refusal::forbidden(format!(
+            "{p} may not call {service}/{method}: it needs {need}"
+        )))
+    }
+}
+
+/// Runs `next` with the caller in the request and its principal in the
+/// audit task-local.
+async fn admitted(
+    mut req: Request,
+    next: Next,
+    principal: Option<Principal>,
+    security: Option<Arc<Security>>,
+) -> Response {
+    let audit = principal
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    req.extensions_mut().insert(Caller {
+        principal,
+        security,
+    });
+    orrery_actors::telemetry::PRINCIPAL
+        .scope(audit, next.run(req))
+        .await
+}
+
+/// The gRPC guard (an axum layer on the master's routes).
+pub async fn grpc_guard(
+    axum::extract::State(sec): axum::extract::State<Option<Arc<Security>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(sec) = sec else {
+        return admitted(req, next, None, None).await;
+    };
+    let path = req.uri().path().to_owned();
+    let (_, method) = grpc_method(&path);
+    let outcome = sec
+        .authenticate(req.extensions(), req.headers(), None)
+        .and_then(|p| {
+            authorize_grpc(&sec, &p, &path)?;
+            if !sec.within_rate(&p) {
+                return Err(Refusal {
+                    authenticated: true,
+                    message: format!(
+                        "{p} is over its rate of {} requests/s; slow down",
+                        sec.rate.per_sec
+                    ),
+                });
+            }
+            Ok(p)
+        });
+    match outcome {
+        Ok(p) => admitted(req, next, Some(p), Some(sec)).await,
+        Err(r) => {
+            let over_rate = r.message.contains("over its rate");
+            let reason = if !r.authenticated {
+                "unauthenticated"
+            } else if over_rate {
+                "rate"
+            } else {
+                "forbidden"
+            };
+            let who = who_of(&sec, &req);
+            record_denied(&who, method, reason, &r.message);
+            let status = if !r.authenticated {
+                tonic::Status::unauthenticated(r.message)
+            } else if over_rate {
+                tonic::Status::resource_exhausted(r.message)
+            } else {
+                tonic::Status::permission_denied(r.message)
+            };
+            status.into_http()
+        }
+    }
+}
+
+fn who_of(sec: &Security, req: &Request) -> String {
+    sec.authenticate(req.extensions(), req.headers(), None)
+        .map(|p| p.to_string())
+        .unwrap_or_else(|_| "unauthenticated".to_owned())
+}
+
+/// The HTTP guard: `/health`, `/metrics` and `/vars.json` are open; reads
+/// need `view`, writes `operator`.
+pub async fn http_guard(
+    axum::extract::State(sec): axum::extract::State<Option<Arc<Security>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(sec) = sec else {
+        return admitted(req, next, None, None).await;
+    };
+    let path = req.uri().path().to_owned();
+    if matches!(path.as_str(), "/health" | "/metrics" | "/vars.json") {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .and_then(|c| c.0.principal.clone());
+    let need = if req.method() == axum::http::Method::GET {
+        Permission::View
+    } else {
+        Permission::Operator
+    };
+    let outcome = sec
+        .authenticate(req.extensions(), req.headers(), peer.as_ref())
+        .and_then(|p| {
+            if !sec.policy.allows(&p, need) {
+                return Err(Refusal::forbidden(format!(
+                    "{p} may not {} {path}: it needs the {:?} permission in the policy",
+                    req.method(),
+                    need.as_str()
+                )));
+            }
+            if !sec.within_rate(&p) {
+                return Err(Refusal::forbidden(format!(
+                    "{p} is over its rate of {} requests/s; slow down",
+                    sec.rate.per_sec
+                )));
+            }
+            Ok(p)
+        });
+    match outcome {
+        Ok(p) => admitted(req, next, Some(p), Some(sec)).await,
+        Err(r) => {
+            let (code, reason) = if r.authenticated {
+                if r.message.contains("over its rate") {
+                    (StatusCode::TOO_MANY_REQUESTS, "rate")
+                } else {
+                    (StatusCode::FORBIDDEN, "forbidden")
+                }
+            } else {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            };
+            let who = peer
+                .and_then(Result::ok)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "unauthenticated".to_owned());
+            record_denied(&who, &path, reason, &r.message);
+            (code, format!("{}\n", r.message)).into_response()
+        }
+    }
+}
+
+/// An HTTP peer: its address and the principal its certificate names.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub principal: Option<Result<Principal, String>>,
+}
+
+/// The HTTP admin listener over TLS, for `axum::serve`.
+#[derive(Debug)]
+pub struct TlsListener {
+    incoming: tokio::sync::mpsc::Receiver<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(listener: tokio::net::TcpListener, tls: &Tls) -> Result<TlsListener, Fatal> {
+        let local = listener.local_addr().map_err(|e| Fatal::Io {
+            what: "the HTTP socket".into(),
+            detail: e.to_string(),
+        })?;
+        let config = tls.server_config(&[b"http/1.1"])?;
+        Ok(TlsListener {
+            incoming: orrery_storage::security::tls_incoming(listener, config, "HTTP"),
+            local,
+        })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = Peer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(stream) = self.incoming.recv().await else {
+                // The accept loop ended; serve nothing more.
+                std::future::pending::<()>().await;
+                continue;
+            };
+            let (tcp, session) = stream.get_ref();
+            let Ok(addr) = tcp.peer_addr() else {
+                continue;
+            };
+            let principal = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|leaf| Principal::from_cert(leaf));
+            return (stream, Peer { addr, principal });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(Peer {
+            addr: self.local,
+            principal: None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_files_parse_and_bad_ones_name_the_problem() {
+        let p = Policy::parse(
+            r#"
+            [[grant]]
+            principal = "alice"
+            allow = ["view", "operator"]
+            [[grant]]
+            principal = "spark"
+            framework_roles = ["analytics"]
+            "#,
+        )
+        .unwrap();
+        let alice = Principal::Client("alice".into());
+        let spark = Principal::Client("spark".into());
+        assert!(p.allows(&alice, Permission::Operator));
+        assert!(!p.allows(&alice, Permission::Jobs));
+        assert!(!p.allows(&spark, Permission::View));
+        assert!(p.may_register(&spark, "analytics"));
+        assert!(!p.may_register(&spark, "prod"));
+        assert!(!p.may_register(&alice, "analytics"));
+        // A certificate's role is not a client's name.
+        assert!(!p.allows(&Principal::Agent("alice".into()), Permission::View));
+        let e = Policy::parse("[[grant]]\nprincipal = \"a\"\nallow = [\"root\"]").unwrap_err();
+        assert!(e.contains("not a permission"), "{e}");
+        let e = Policy::parse("[[grant]]\nprincipal = \"a\"\nalow = []").unwrap_err();
+        assert!(e.contains("alow"), "{e}");
+        let e = Policy::parse("[[grant]]\nprincipal = \"a b\"").unwrap_err();
+        assert!(e.contains("not a principal name"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_matched_by_hash_and_bad_files_are_refused() {
+        let h = token_hash("s3cret");
+        let t = Tokens::parse(&format!("[[token]]\nprincipal = \"ci\"\nsha256 = \"{h}\"")).unwrap();
+        assert_eq!(t.principal("s3cret"), Some(Principal::Client("ci".into())));
+        assert_eq!(t.principal("s3cret2"), None);
+        let e = Tokens::parse("[[token]]\nprincipal = \"ci\"\nsha256 = \"abc\"").unwrap_err();
+        assert!(e.contains("64 hex digits"), "{e}");
+        let e = Tokens::parse(&format!(
+            "[[token]]\nprincipal = \"a\"\nsha256 = \"{h}\"\n[[token]]\nprincipal = \"b\"\nsha256 = \"{h}\""
+        ))
+        .unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn each_operator_method_needs_its_permission() {
+        assert_eq!(operator_permission("GetState"), Permission::View);
+        assert_eq!(operator_permission("KillJob"), Permission::Jobs);
+        assert_eq!(
+            operator_permission("StartMaintenance"),
+            Permission::Operator
+        );
+        assert_eq!(operator_permission("MachinesDown"), Permission::Operator);
+        assert_eq!(operator_permission("SomethingNew"), Permission::Operator);
+    }
+
+    #[test]
+    fn a_client_over_its_rate_is_held_back() {
+        let ca = orrery_storage::security::pki::Ca::generate(
+            "t",
+            orrery_storage::security::pki::Validity::days(1),
+        )
+        .unwrap();
+        let tls = Arc::new(ca.local(&Principal::Master("m".into())).unwrap());
+        let sec = Security::new(
+            tls,
+            Policy::default(),
+            Tokens::default(),
+            RateLimit {
+                per_sec: 1.0,
+                burst: 3.0,
+            },
+        );
+        let c = Principal::Client("c".into());
+        assert!((0..3).all(|_| sec.within_rate(&c)));
+        assert!(!sec.within_rate(&c));
+        assert!(sec.within_rate(&Principal::Client("other".into())));
+        assert!(sec.within_rate(&Principal::Agent("h".into())));
+    }
+}
