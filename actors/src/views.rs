@@ -57,6 +57,7 @@ pub fn state(c: &Cluster) -> op::State {
                     allocated: Some(f.allocated.to_proto()),
                     capabilities,
                     tasks: 0,
+                    principal: f.principal.clone(),
                 }
             })
             .collect(),

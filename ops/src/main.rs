@@ -18,6 +18,7 @@ mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod bench_replay;
+mod certs;
 mod creds;
 mod dev;
 mod host;
@@ -79,6 +80,9 @@ enum Cmd {
     /// Benchmarks (see README and BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Certificates and tokens: a CA, master/agent/client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
     /// The event-replay debugger: the log, the state at any point, an
     /// entity's history, diffs, why work waited, and a full check.
     Replay(replay::ReplayArgs),
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Replay(args)) => bench_replay::run(&args, cli.json),
+        Cmd::Certs(cmd) => certs::run(&cmd),
         Cmd::Replay(args) => replay::run(cli.master.as_deref(), &args, cli.json),
     };
     match result {

@@ -256,7 +256,7 @@ fn print_events(events: &[&pb::Envelope], json: bool) {
                 let (index, kind, line) = event_line(e);
                 json!({"index": index.parse::<u64>().unwrap_or(0), "term": e.term,
                        "time": time(e.proposed_at_ms), "type": kind, "explained": line,
-                       "request_id": e.request_id})
+                       "request_id": e.request_id, "principal": e.principal})
             })
             .collect();
         println!("{}", serde_json::Value::from(v));
@@ -264,12 +264,19 @@ fn print_events(events: &[&pb::Envelope], json: bool) {
         print!(
             "{}",
             crate::list::table(
-                &["INDEX", "TIME", "TYPE", "WHAT"],
+                &["INDEX", "TIME", "BY", "TYPE", "WHAT"],
                 events
                     .iter()
                     .map(|e| {
                         let (index, kind, line) = event_line(e);
-                        vec![index, time(e.proposed_at_ms), kind, line]
+                        // Who asked (the audit trail); "-" for the
+                        // master's own decisions and insecure clusters.
+                        let by = if e.principal.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            e.principal.clone()
+                        };
+                        vec![index, time(e.proposed_at_ms), by, kind, line]
                     })
                     .collect(),
             )

@@ -396,6 +396,17 @@ impl ServerCertVerifier for MastersOnly {
     }
 }
 
+/// A new bearer token: 256 random bits from the TLS stack's CSPRNG (ring),
+/// hex.
+pub fn random_token() -> Result<String, Fatal> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| refused("the system's random source failed"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// A listener's connections after their TLS handshake. Each handshake runs
 /// on its own task (a slow peer holds up no one) with a deadline; a refused
 /// one is logged with the peer and rustls' reason (wrong CA, expired

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orrery_events::pb::{self, TaskState};
-use orrery_gateway::client::with_leader;
+use orrery_gateway::client::{with_leader, Transport};
 use orrery_proto::operator as op;
 use orrery_proto::scheduler::{self as sp, scheduler_client::SchedulerClient};
 use tokio::sync::mpsc;
@@ -49,6 +49,7 @@ pub struct FrameworkIds {
 /// event to `events`, and (with `failover`) resubscribes with its id when
 /// the stream breaks.
 pub struct Framework {
+    pub transport: Transport,
     pub masters: Vec<String>,
     pub info: sp::FrameworkInfo,
     pub ids: Arc<Mutex<FrameworkIds>>,
@@ -81,26 +82,22 @@ pub fn framework_info(
     }
 }
 
-async fn subscribe_once(
+pub async fn subscribe_once(
+    transport: &Transport,
     masters: &[String],
     info: &sp::FrameworkInfo,
 ) -> Result<(tonic::Streaming<sp::Event>, sp::Subscribed), Status> {
-    let (mut stream, _) = with_leader(
-        &orrery_gateway::client::Transport::Plain,
-        masters,
-        PATIENCE,
-        |ch| {
-            let req = sp::SubscribeRequest {
-                framework: Some(info.clone()),
-            };
-            async move {
-                SchedulerClient::new(ch)
-                    .subscribe(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        },
-    )
+    let (mut stream, _) = with_leader(transport, masters, PATIENCE, |ch| {
+        let req = sp::SubscribeRequest {
+            framework: Some(info.clone()),
+        };
+        async move {
+            SchedulerClient::new(ch)
+                .subscribe(req)
+                .await
+                .map(|r| r.into_inner())
+        }
+    })
     .await?;
     match stream.message().await? {
         Some(sp::Event {
@@ -118,7 +115,19 @@ impl Framework {
         info: sp::FrameworkInfo,
         failover: bool,
     ) -> Framework {
-        let (stream, subscribed) = subscribe_once(&masters, &info).await.expect("subscribed");
+        Self::subscribe_via(Transport::Plain, masters, info, failover).await
+    }
+
+    /// As [`Framework::subscribe`], over `transport` (its certificate).
+    pub async fn subscribe_via(
+        transport: Transport,
+        masters: Vec<String>,
+        info: sp::FrameworkInfo,
+        failover: bool,
+    ) -> Framework {
+        let (stream, subscribed) = subscribe_once(&transport, &masters, &info)
+            .await
+            .expect("subscribed");
         let ids = Arc::new(Mutex::new(FrameworkIds {
             framework_id: subscribed.framework_id.clone(),
             stream_id: subscribed.stream_id.clone(),
@@ -129,7 +138,7 @@ impl Framework {
         let mut info = info;
         info.framework_id = subscribed.framework_id.clone();
         tokio::spawn(reader(
-            masters.clone(),
+            (transport.clone(), masters.clone()),
             info.clone(),
             stream,
             ids.clone(),
@@ -138,6 +147,7 @@ impl Framework {
             stop.clone(),
         ));
         Framework {
+            transport,
             masters,
             info,
             ids,
@@ -160,24 +170,19 @@ impl Framework {
     pub async fn call_as(&self, stream_id: &str, call: sp::call::Call) -> Result<u64, Status> {
         let framework_id = self.id();
         let stream_id = stream_id.to_owned();
-        with_leader(
-            &orrery_gateway::client::Transport::Plain,
-            &self.masters,
-            PATIENCE,
-            |ch| {
-                let c = sp::Call {
-                    framework_id: framework_id.clone(),
-                    stream_id: stream_id.clone(),
-                    call: Some(call.clone()),
-                };
-                async move {
-                    SchedulerClient::new(ch)
-                        .call(c)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            },
-        )
+        with_leader(&self.transport, &self.masters, PATIENCE, |ch| {
+            let c = sp::Call {
+                framework_id: framework_id.clone(),
+                stream_id: stream_id.clone(),
+                call: Some(call.clone()),
+            };
+            async move {
+                SchedulerClient::new(ch)
+                    .call(c)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
         .await
         .map(|(r, _)| r.committed_index)
     }
@@ -227,7 +232,7 @@ impl Framework {
 }
 
 async fn reader(
-    masters: Vec<String>,
+    (transport, masters): (Transport, Vec<String>),
     info: sp::FrameworkInfo,
     mut stream: tonic::Streaming<sp::Event>,
     ids: Arc<Mutex<FrameworkIds>>,
@@ -248,7 +253,7 @@ async fn reader(
             if stop.load(Ordering::SeqCst) {
                 return;
             }
-            match subscribe_once(&masters, &info).await {
+            match subscribe_once(&transport, &masters, &info).await {
                 Ok((s, subscribed)) => {
                     let mut ids = ids.lock().unwrap();
                     ids.stream_id = subscribed.stream_id;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use orrery_actors::master::Settings;
 use orrery_events::pb::{self, StatusSource, TaskReason, TaskState};
-use orrery_gateway::client::{connect, with_leader};
+use orrery_gateway::client::{connect, with_leader, Transport};
 use orrery_gateway::server::{start, start_tikv, RunningMaster};
 use orrery_proto::agent::{self as ap, agent_link_client::AgentLinkClient};
 use orrery_proto::operator::{self as op, operator_client::OperatorClient};
@@ -221,35 +221,35 @@ impl Masters {
     }
 
     /// The id of the master that serves as the active master.
+    /// How tests reach the masters: plain, or as the policy's `operator`.
+    pub fn client(&self) -> Transport {
+        match &self.secure {
+            None => Transport::Plain,
+            Some(s) => s.transport(orrery_storage::security::Principal::Client(
+                "operator".into(),
+            )),
+        }
+    }
+
     pub async fn leader(&self) -> u64 {
-        let (state, _) = with_leader(
-            &orrery_gateway::client::Transport::Plain,
-            &self.addrs(),
-            PATIENCE,
-            |ch| async move {
-                OperatorClient::new(ch)
-                    .get_state(op::GetStateRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-            },
-        )
+        let (state, _) = with_leader(&self.client(), &self.addrs(), PATIENCE, |ch| async move {
+            OperatorClient::new(ch)
+                .get_state(op::GetStateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
         .await
         .expect("a leader serves GetState");
         state.leader_id
     }
 
     pub async fn state(&self) -> op::State {
-        with_leader(
-            &orrery_gateway::client::Transport::Plain,
-            &self.addrs(),
-            PATIENCE,
-            |ch| async move {
-                OperatorClient::new(ch)
-                    .get_state(op::GetStateRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-            },
-        )
+        with_leader(&self.client(), &self.addrs(), PATIENCE, |ch| async move {
+            OperatorClient::new(ch)
+                .get_state(op::GetStateRequest {})
+                .await
+                .map(|r| r.into_inner())
+        })
         .await
         .expect("a leader serves GetState")
         .0
@@ -286,6 +286,8 @@ pub struct AgentShared {
     pub stop: AtomicBool,
     pub newest_term: AtomicU64,
     pub registrations: AtomicU64,
+    /// Plain, or TLS with this host's agent certificate.
+    pub transport: Transport,
 }
 
 /// An agent that runs every task at once (TASK_RUNNING), kills on request
@@ -301,6 +303,16 @@ impl SimAgent {
         Self::spawn_in(masters, hostname, cpus, None)
     }
 
+    /// An agent reaching the masters over `transport` (its certificate).
+    pub fn spawn_via(
+        transport: Transport,
+        masters: Vec<String>,
+        hostname: &str,
+        cpus: u64,
+    ) -> SimAgent {
+        Self::spawn_with(transport, masters, hostname, cpus, None)
+    }
+
     /// An agent in a fault domain (region, zone).
     pub fn spawn_in(
         masters: Vec<String>,
@@ -308,7 +320,20 @@ impl SimAgent {
         cpus: u64,
         domain: Option<(&str, &str)>,
     ) -> SimAgent {
-        let shared = Arc::new(AgentShared::default());
+        Self::spawn_with(Transport::Plain, masters, hostname, cpus, domain)
+    }
+
+    fn spawn_with(
+        transport: Transport,
+        masters: Vec<String>,
+        hostname: &str,
+        cpus: u64,
+        domain: Option<(&str, &str)>,
+    ) -> SimAgent {
+        let shared = Arc::new(AgentShared {
+            transport,
+            ..AgentShared::default()
+        });
         let info = ap::AgentInfo {
             hostname: hostname.to_owned(),
             ip: "127.0.0.1".into(),
@@ -346,17 +371,12 @@ impl Drop for SimAgent {
     }
 }
 
-async fn send_status(masters: Vec<String>, update: ap::StatusUpdate) {
+async fn send_status(transport: Transport, masters: Vec<String>, update: ap::StatusUpdate) {
     // Retried until acknowledged (the master commits a uuid once).
-    let _ = with_leader(
-        &orrery_gateway::client::Transport::Plain,
-        &masters,
-        Duration::from_secs(60),
-        |ch| {
-            let u = update.clone();
-            async move { AgentLinkClient::new(ch).update_status(u).await }
-        },
-    )
+    let _ = with_leader(&transport, &masters, Duration::from_secs(60), |ch| {
+        let u = update.clone();
+        async move { AgentLinkClient::new(ch).update_status(u).await }
+    })
     .await;
 }
 
@@ -384,15 +404,10 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
             info: Some(info.clone()),
             tasks,
         };
-        let registered = with_leader(
-            &orrery_gateway::client::Transport::Plain,
-            &masters,
-            Duration::from_secs(5),
-            |ch| {
-                let r = req.clone();
-                async move { AgentLinkClient::new(ch).register(r).await }
-            },
-        )
+        let registered = with_leader(&shared.transport, &masters, Duration::from_secs(5), |ch| {
+            let r = req.clone();
+            async move { AgentLinkClient::new(ch).register(r).await }
+        })
         .await;
         let (resp, addr) = match registered {
             Ok(ok) => ok,
@@ -405,7 +420,7 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
         shared.registrations.fetch_add(1, Ordering::SeqCst);
         *shared.id.lock().unwrap() = Some(resp.agent_id.clone());
         shared.newest_term.fetch_max(resp.term, Ordering::SeqCst);
-        let Ok(ch) = connect(&orrery_gateway::client::Transport::Plain, &addr).await else {
+        let Ok(ch) = connect(&shared.transport, &addr).await else {
             continue;
         };
         let mut client = AgentLinkClient::new(ch);
@@ -444,6 +459,7 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
                         .unwrap()
                         .insert((l.framework_id.clone(), l.task_id.clone()), state as i32);
                     tokio::spawn(send_status(
+                        shared.transport.clone(),
                         masters.clone(),
                         update(&resp.agent_id, &l.framework_id, &l.task_id, state),
                     ));
@@ -454,6 +470,7 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
                         TaskState::TaskKilled as i32,
                     );
                     tokio::spawn(send_status(
+                        shared.transport.clone(),
                         masters.clone(),
                         update(
                             &resp.agent_id,
