@@ -323,6 +323,7 @@ mod tests {
                     default_refuse_ms: 5_000,
                     agent_reregister_timeout_ms: 600_000,
                     drain_grace_ms: 60_000,
+                    offers_per_framework_max: 0,
                 },
             }),
         );

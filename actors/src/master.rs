@@ -81,6 +81,8 @@ pub struct Settings {
     /// drain started (at once for a framework that accepted the inverse
     /// offer).
     pub drain_grace: Duration,
+    /// Outstanding offers one framework may hold (0: no cap).
+    pub offers_per_framework_max: u64,
     /// How often the actor checks leadership and its timers.
     pub tick: Duration,
 }
@@ -100,6 +102,7 @@ impl Settings {
             allocation_interval: Duration::from_secs(1),
             framework_heartbeat: Duration::from_secs(15),
             drain_grace: Duration::from_secs(60),
+            offers_per_framework_max: 10_000,
             tick: Duration::from_millis(100),
         }
     }
@@ -748,6 +751,7 @@ impl Master {
                 default_refuse_ms: s.default_refuse.as_millis() as u64,
                 agent_reregister_timeout_ms: s.agent_reregister_timeout.as_millis() as u64,
                 drain_grace_ms: s.drain_grace.as_millis() as u64,
+                offers_per_framework_max: s.offers_per_framework_max,
             },
         });
         self.submit_internal(

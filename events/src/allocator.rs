@@ -15,7 +15,8 @@
 //!
 //! Stages, cheapest first: agent offerable (state, term, host UP) → agent
 //! has free cpus or mem → per framework: wants offers, region allowed, no
-//! live decline filter.
+//! live decline filter, fewer outstanding offers than the leader's
+//! `offers_per_framework_max`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -164,6 +165,15 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
         .collect();
     shuffle(&mut agents, c.applied_index.wrapping_add(1));
 
+    // Outstanding offers per framework, against the cap.
+    let cap = leader.config.offers_per_framework_max;
+    let mut held: BTreeMap<&FrameworkId, u64> = BTreeMap::new();
+    if cap > 0 {
+        for o in c.offers.values() {
+            *held.entry(&o.framework_id).or_default() += 1;
+        }
+    }
+
     let mut made = Vec::new();
     let mut next_offer = c.seq.next_offer;
     for agent in agents {
@@ -172,7 +182,10 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
         'roles: for &(rkey, role) in &role_order {
             for &(fkey, fid) in &roles[role].frameworks {
                 let fw: &Framework = &c.frameworks[fid];
-                if live_filters.contains(&(fid, &agent.id)) || !domains::may_offer(c, fw, agent) {
+                if live_filters.contains(&(fid, &agent.id))
+                    || (cap > 0 && held.get(fid).copied().unwrap_or(0) >= cap)
+                    || !domains::may_offer(c, fw, agent)
+                {
                     continue;
                 }
                 chosen = Some((rkey, role, fkey, fid));
@@ -182,6 +195,9 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
         let Some((rkey, role, fkey, fid)) = chosen else {
             continue;
         };
+        if cap > 0 {
+            *held.entry(fid).or_default() += 1;
+        }
         next_offer += 1;
         made.push(pb::Offer {
             offer_id: format!("O{next_offer}"),

@@ -149,6 +149,7 @@ pub(crate) fn config_from(p: Option<&pb::MasterConfig>) -> MasterConfig {
         default_refuse_ms: c.default_refuse_ms,
         agent_reregister_timeout_ms: c.agent_reregister_timeout_ms,
         drain_grace_ms: c.drain_grace_ms,
+        offers_per_framework_max: c.offers_per_framework_max,
     })
 }
 

@@ -91,6 +91,7 @@ fn samples() -> Vec<Payload> {
                 agent_reregister_timeout_ms: 600_000,
                 // Added later: the golden file predates it.
                 drain_grace_ms: 0,
+                offers_per_framework_max: 0,
             }),
         }),
         Payload::RoleWeightsSet(pb::RoleWeightsSet {

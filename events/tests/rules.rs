@@ -705,6 +705,41 @@ fn offers_expire_after_the_offer_timeout() {
 }
 
 #[test]
+fn a_framework_holds_at_most_its_cap_of_outstanding_offers() {
+    let mut s = Scenario::new();
+    let mut config = default_config();
+    config.offers_per_framework_max = 2;
+    s.given(Command::ElectLeader(ElectLeader {
+        term: 1,
+        leader_id: 1,
+        leader_addr: "m".into(),
+        http_addr: String::new(),
+        domain: None,
+        config,
+    }));
+    for h in ["h1", "h2", "h3", "h4"] {
+        s.agent(h, "cpus:1;mem:100", None);
+    }
+    let hoarder = s.framework(Scenario::subscription("hoarder", "prod"));
+    // The hoarder alone: two offers, then none while it holds them.
+    assert_eq!(s.allocate().len(), 2);
+    assert!(s.allocate().is_empty(), "at its cap");
+    assert_eq!(
+        s.cluster
+            .offers
+            .values()
+            .filter(|o| o.framework_id == hoarder)
+            .count(),
+        2
+    );
+    // The other agents go to another framework meanwhile.
+    let other = s.framework(Scenario::subscription("other", "prod"));
+    let more = s.allocate();
+    assert_eq!(more.len(), 2);
+    assert!(more.iter().all(|o| o.framework_id == other.0));
+}
+
+#[test]
 fn offers_wait_for_agents_after_a_failover() {
     let mut s = Scenario::with_leader();
     let agents: Vec<AgentId> = (0..5)

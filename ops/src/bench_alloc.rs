@@ -58,6 +58,7 @@ pub fn bench_leader(term: u64) -> ElectLeader {
             default_refuse_ms: 0,
             agent_reregister_timeout_ms: 600_000,
             drain_grace_ms: 60_000,
+            offers_per_framework_max: 0,
         },
     }
 }

@@ -14,24 +14,43 @@ use orrery_storage::security::Tls;
 #[derive(Clone, Debug, Default, Args)]
 pub struct CredFlags {
     /// The CA certificate (PEM) that signed the masters' certificates.
-    #[arg(long, global = true, env = "ORRERY_CA", value_name = "FILE")]
+    // The ids are prefixed: a subcommand's own `key` (a job key) must not
+    // meet a global `key` (a path).
+    #[arg(
+        id = "tls_ca",
+        long = "ca",
+        global = true,
+        env = "ORRERY_CA",
+        value_name = "FILE"
+    )]
     pub ca: Option<PathBuf>,
     /// This process's certificate (PEM), issued by `orrery certs`.
-    #[arg(long, global = true, env = "ORRERY_CERT", value_name = "FILE")]
+    #[arg(
+        id = "tls_cert",
+        long = "cert",
+        global = true,
+        env = "ORRERY_CERT",
+        value_name = "FILE"
+    )]
     pub cert: Option<PathBuf>,
     /// The private key (PEM) of --cert.
-    #[arg(long, global = true, env = "ORRERY_KEY", value_name = "FILE")]
+    #[arg(
+        id = "tls_key",
+        long = "key",
+        global = true,
+        env = "ORRERY_KEY",
+        value_name = "FILE"
+    )]
     pub key: Option<PathBuf>,
     /// Plain TCP, no authentication: only for a throwaway test cluster whose
     /// masters run with --insecure too.
     #[arg(
-        long,
+        id = "tls_insecure",
+        long = "insecure",
         global = true,
         env = "ORRERY_INSECURE",
+        action = clap::ArgAction::SetTrue,
         value_parser = clap::builder::BoolishValueParser::new(),
-        default_value_t = false,
-        num_args = 0..=1,
-        default_missing_value = "true",
     )]
     pub insecure: bool,
 }

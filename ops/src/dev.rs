@@ -270,6 +270,7 @@ pub fn run(args: &DevArgs, json: bool) -> Result<()> {
             default_refuse_ms: 5_000,
             agent_reregister_timeout_ms: 600_000,
             drain_grace_ms: 60_000,
+            offers_per_framework_max: 0,
         },
     }))?;
     m.run(Command::RegisterAgent(AgentRegistration {

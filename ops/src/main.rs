@@ -150,3 +150,46 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// The global TLS flags do not meet a subcommand's own arguments of the
+    /// same name (`job status KEY` once panicked on `--key`'s id).
+    #[test]
+    fn global_tls_flags_and_subcommand_arguments_parse_together() {
+        let cli = Cli::try_parse_from([
+            "orrery",
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "c.pem",
+            "--key",
+            "c.key",
+            "job",
+            "status",
+            "www/prod/web",
+        ])
+        .expect("parses");
+        assert_eq!(
+            cli.creds.key.as_deref(),
+            Some(std::path::Path::new("c.key"))
+        );
+        assert!(matches!(cli.command, Cmd::Job(_)));
+        for args in [
+            &["orrery", "--insecure", "job", "kill", "a/b/c"][..],
+            &["orrery", "--insecure", "host", "query"][..],
+            &["orrery", "--insecure", "replay", "log"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(cli.creds.insecure, "{args:?}");
+        }
+    }
+}

@@ -102,6 +102,10 @@ pub struct MasterArgs {
     /// Log format on stderr.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// Outstanding offers one framework may hold; it gets no more until it
+    /// answers some (0: no cap).
+    #[arg(long, default_value_t = 10_000)]
+    max_offers_per_framework: u64,
     /// Who may do what (TOML; see README, Security). Required unless
     /// --insecure: anything it does not grant is denied.
     #[arg(long, value_name = "FILE")]
@@ -180,6 +184,7 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
     s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
     s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
     s.drain_grace = parse_duration("--drain-grace", &args.drain_grace)?;
+    s.offers_per_framework_max = args.max_offers_per_framework;
     if s.drain_grace.as_millis() > u128::from(orrery_events::decide::limits::DURATION_MS_MAX) {
         bail!("--drain-grace must be at most a year");
     }

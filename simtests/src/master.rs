@@ -162,6 +162,7 @@ impl Sim {
                 default_refuse_ms: 5_000,
                 agent_reregister_timeout_ms: REREGISTER_TIMEOUT_MS,
                 drain_grace_ms: DRAIN_GRACE_MS,
+                offers_per_framework_max: 0,
             },
         });
         self.submit(m, cmd, Origin::Internal);

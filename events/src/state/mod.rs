@@ -34,6 +34,8 @@ pub struct MasterConfig {
     pub default_refuse_ms: u64,
     pub agent_reregister_timeout_ms: u64,
     pub drain_grace_ms: u64,
+    /// Outstanding offers a framework may hold (0: no cap).
+    pub offers_per_framework_max: u64,
 }
 
 impl MasterConfig {
@@ -43,6 +45,7 @@ impl MasterConfig {
             default_refuse_ms: self.default_refuse_ms,
             agent_reregister_timeout_ms: self.agent_reregister_timeout_ms,
             drain_grace_ms: self.drain_grace_ms,
+            offers_per_framework_max: self.offers_per_framework_max,
         }
     }
 }
