@@ -106,6 +106,83 @@ async fn anonymous(m: &Masters, token: Option<&str>) -> Result<op::State, tonic:
         .map(|r| r.into_inner())
 }
 
+/// One HTTP/1.1 request over TLS to the master's admin port, trusting the
+/// CA and presenting no certificate; `token` goes in `Authorization`.
+async fn https(
+    m: &Masters,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let sec = m.secure.as_ref().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(sec.ca.pair.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let addr = m.running.values().next().unwrap().http_addr.unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the admin port speaks TLS");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: orrery\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn the_http_admin_is_tls_and_checks_who_asks() {
+    run(LIMIT, async {
+        let m = Masters::start_secure(1, test_settings(), secure()).await;
+        m.leader().await;
+        // Open: health checks and Prometheus.
+        let (code, _) = https(&m, "GET", "/health", None, "").await;
+        assert_eq!(code, 200);
+        let (code, text) = https(&m, "GET", "/metrics", None, "").await;
+        assert_eq!(code, 200, "{text}");
+        // The rest: 401 without credentials, 403 without the permission.
+        let before = denied("unauthenticated");
+        let (code, text) = https(&m, "GET", "/state", None, "").await;
+        assert_eq!(code, 401, "{text}");
+        assert!(denied("unauthenticated") > before, "logged");
+        let (code, text) = https(&m, "GET", "/state", Some("wrong"), "").await;
+        assert_eq!(code, 401, "{text}");
+        let (code, text) = https(&m, "GET", "/state", Some(TOKEN), "").await;
+        assert_eq!(code, 200, "the viewer reads: {text}");
+        let schedule = r#"{"windows":[{"machine_ids":[{"hostname":"h1","ip":"127.0.0.1"}],"unavailability":{"start":{"nanoseconds":1}}}]}"#;
+        let (code, text) = https(&m, "POST", "/maintenance/schedule", Some(TOKEN), schedule).await;
+        assert_eq!(code, 403, "a viewer may not post a schedule: {text}");
+        assert!(text.contains("operator"), "{text}");
+        let (code, text) = https(&m, "POST", "/machine/down", None, "[]").await;
+        assert_eq!(code, 401, "{text}");
+        let (_, text) = https(&m, "GET", "/maintenance/schedule", Some(TOKEN), "").await;
+        assert!(!text.contains("h1"), "nothing was scheduled: {text}");
+        m.shutdown().await;
+    });
+}
+
 fn handshake_refused(e: &tonic::Status) -> bool {
     matches!(
         e.code(),

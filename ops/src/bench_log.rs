@@ -29,6 +29,8 @@ use orrery_proto::etcd::kv_client::KvClient;
 use orrery_proto::raft as rpb;
 use orrery_proto::raft::log_client::LogClient;
 use orrery_storage::raft::{RaftConfig, RaftNode, RawAppends};
+use orrery_storage::security::pki::{Ca, Validity};
+use orrery_storage::security::{Principal, Tls};
 use orrery_storage::{EventLog, LoggedEvent, StateMachine};
 
 #[derive(Debug, Args)]
@@ -62,6 +64,16 @@ pub struct BenchLogArgs {
     /// TiKV figure).
     #[arg(long)]
     tikv_pd: Option<String>,
+    /// Also measure Orrery with mutual TLS between the replicas and from
+    /// the clients (rows `orrery+tls`, after the plain rows of the same
+    /// size, with a throwaway CA).
+    #[arg(long)]
+    tls: bool,
+}
+
+fn master_cert(ca: &Ca, name: &str) -> Result<Tls> {
+    ca.local(&Principal::Master(name.to_owned()))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The state machine for the benchmark: counts (the log is what is timed).
@@ -186,7 +198,11 @@ fn cell(
     }
 }
 
-async fn orrery_cluster(root: &Path, n: usize) -> Result<(Vec<RaftNode<Counter>>, String)> {
+async fn orrery_cluster(
+    root: &Path,
+    n: usize,
+    ca: Option<&Ca>,
+) -> Result<(Vec<RaftNode<Counter>>, String)> {
     let mut peers = BTreeMap::new();
     for id in 1..=n as u64 {
         peers.insert(id, format!("127.0.0.1:{}", free_port()?));
@@ -198,9 +214,15 @@ async fn orrery_cluster(root: &Path, n: usize) -> Result<(Vec<RaftNode<Counter>>
             *id,
             addr.parse()?,
             peers.clone(),
-            root.join(format!("orrery-{n}-{id}")),
+            root.join(format!(
+                "orrery-{n}-{id}{}",
+                if ca.is_some() { "-tls" } else { "" }
+            )),
         );
         c.raw_appends = RawAppends::Accepted;
+        if let Some(ca) = ca {
+            c.tls = Some(Arc::new(master_cert(ca, &format!("m{id}"))?));
+        }
         c.snapshot_every_entries = 100_000;
         starting.push(tokio::spawn(RaftNode::start(c, Counter::default())));
     }
@@ -404,16 +426,48 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
         if let Some(pd) = &tikv_pd {
             cells.extend(tikv_rows(pd, duration, &batches, &writers, &payload).await?);
         }
-        for &n in &replicas {
-            let (nodes, leader) = orrery_cluster(&root, n).await?;
+        let ca = match args.tls {
+            true => {
+                Some(Ca::generate("bench CA", Validity::days(1)).map_err(|e| anyhow::anyhow!(e))?)
+            }
+            false => None,
+        };
+        let runs: Vec<(usize, Option<&Ca>)> = replicas
+            .iter()
+            .flat_map(|&n| [(n, None), (n, ca.as_ref())])
+            .filter(|&(_, c)| c.is_none() || ca.is_some())
+            .collect();
+        for (n, tls_ca) in runs {
+            let (nodes, leader) = orrery_cluster(&root, n, tls_ca).await?;
+            let system = if tls_ca.is_some() {
+                "orrery+tls"
+            } else {
+                "orrery"
+            };
             for &b in &batches {
                 for &w in &writers {
                     let clients: Vec<LogClient<tonic::transport::Channel>> = {
                         let mut v = Vec::new();
                         for _ in 0..w.min(8) {
-                            v.push(
-                                LogClient::connect(format!("http://{leader}"))
+                            let channel = match tls_ca {
+                                // The log service answers masters only.
+                                Some(ca) => {
+                                    master_cert(ca, "bench-client")?
+                                        .endpoint(&leader)
+                                        .map_err(|e| anyhow::anyhow!(e))?
+                                        .connect()
+                                        .await?
+                                }
+                                None => {
+                                    tonic::transport::Endpoint::from_shared(format!(
+                                        "http://{leader}"
+                                    ))?
+                                    .connect()
                                     .await?
+                                }
+                            };
+                            v.push(
+                                LogClient::new(channel)
                                     .max_decoding_message_size(64 << 20)
                                     .max_encoding_message_size(64 << 20),
                             );
@@ -433,7 +487,7 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
                         }
                     })
                     .await;
-                    let c = cell("orrery", n, b, w, r);
+                    let c = cell(system, n, b, w, r);
                     eprintln!("{c:?}");
                     cells.push(c);
                 }
@@ -442,7 +496,10 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
             for node in &nodes {
                 node.shutdown().await;
             }
-            eprintln!("orrery {n} replica(s): {applied} events in the log");
+            eprintln!("{system} {n} replica(s): {applied} events in the log");
+            if tls_ca.is_some() {
+                continue;
+            }
             if let Some(bin) = &etcd_bin {
                 let etcd = etcd_cluster(bin, &root, n)?;
                 let mut client = None;
