@@ -37,10 +37,32 @@ pub async fn connect(transport: &Transport, addr: &str) -> Result<Channel, Statu
         .endpoint(addr)?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))
+    endpoint.connect().await.map_err(|e| {
+        let message = format!("cannot connect to {addr}: {}", chain(&e));
+        // A certificate the other side refuses (or that we refuse) will
+        // not be accepted on a retry: say so at once.
+        if orrery_storage::security::is_certificate_refusal(&e) {
+            Status::unauthenticated(message)
+        } else {
+            Status::unavailable(message)
+        }
+    })
+}
+
+/// An error and its sources, `a: b: c` (tonic's own says only "transport
+/// error"; the TLS reason, such as an unknown CA, is further down).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
 
 /// The leader named by an UNAVAILABLE answer, if any.

@@ -29,8 +29,6 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-
-pub use crate::telemetry::Origin;
 use orrery_events::command::{
     AgentRegistration, Command, ElectLeader, FrameworkSubscription, ReportedTask, TaskSpec,
 };
@@ -45,6 +43,8 @@ use orrery_events::{
 use orrery_proto::scheduler as sp;
 use orrery_storage::{AppendError, AppendedRange, EventLog, LeaderInfo, StateAccess};
 use tokio::sync::oneshot;
+
+pub use crate::telemetry::Origin;
 
 use crate::agent_session::{self, AgentSession};
 use crate::effects::{effects_of, Effect};

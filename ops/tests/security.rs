@@ -219,6 +219,41 @@ fn a_secured_cluster_from_the_command_line() {
         log.contains("refused") && log.contains("client:viewer"),
         "{log}"
     );
+    // Another cluster's CA and certificate: the handshake fails, and the
+    // master logs the refused connection.
+    let other = dir.join("other");
+    let o = other.to_str().unwrap();
+    ok(&orrery(dir, None, &["certs", "ca", "--dir", o]));
+    ok(&orrery(
+        dir,
+        None,
+        &["certs", "client", "--dir", o, "--name", "ops"],
+    ));
+    let foreign = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env_remove("ORRERY_INSECURE")
+        .env("ORRERY_CA", other.join("ca.pem"))
+        .env("ORRERY_CERT", other.join("client-ops.pem"))
+        .env("ORRERY_KEY", other.join("client-ops.key"))
+        .args(["--master", &addr, "host", "query"])
+        .output()
+        .unwrap();
+    assert_eq!(foreign.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&foreign.stderr);
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("certificate"),
+        "the reason is named: {err}"
+    );
+    // The client gives up at once (a certificate refusal is not retried);
+    // the master's line may follow a moment later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+        if log.contains("refused a TLS connection") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let query = ok(&orrery(
         dir,
         Some("client-ops"),

@@ -396,6 +396,36 @@ impl ServerCertVerifier for MastersOnly {
     }
 }
 
+/// Whether `e` (or an error it wraps) is a TLS refusal over certificates
+/// (an unknown CA, an expired or foreign certificate): retrying will not
+/// help, unlike a refused connection.
+pub fn is_certificate_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                r,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(_)
+                    | rustls::Error::General(_)
+            );
+        }
+        // An io::Error's `source()` skips the error it wraps (tokio-rustls
+        // wraps rustls' there): look inside.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if is_certificate_refusal(inner) {
+                return true;
+            }
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// A new bearer token: 256 random bits from the TLS stack's CSPRNG (ring),
 /// hex.
 pub fn random_token() -> Result<String, Fatal> {
