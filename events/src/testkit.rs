@@ -65,6 +65,11 @@ impl Scenario {
     }
 
     pub fn elect(&mut self, term: u64, domain: Option<(&str, &str)>) {
+        self.elect_with(term, domain, default_config());
+    }
+
+    /// As [`Scenario::elect`], with the leader deciding by `config`.
+    pub fn elect_with(&mut self, term: u64, domain: Option<(&str, &str)>, config: MasterConfig) {
         self.given(Command::ElectLeader(ElectLeader {
             term,
             leader_id: term,
@@ -74,7 +79,7 @@ impl Scenario {
                 region: r.into(),
                 zone: z.into(),
             }),
-            config: default_config(),
+            config,
         }));
     }
 

@@ -683,14 +683,7 @@ fn offers_expire_after_the_offer_timeout() {
     let mut s = Scenario::new();
     let mut config = default_config();
     config.offer_timeout_ms = 10_000;
-    s.given(Command::ElectLeader(ElectLeader {
-        term: 1,
-        leader_id: 1,
-        leader_addr: "m".into(),
-        http_addr: String::new(),
-        domain: None,
-        config,
-    }));
+    s.elect_with(1, None, config);
     s.agent("h1", "cpus:1;mem:100", None);
     s.framework(Scenario::subscription("web", "prod"));
     assert_eq!(s.allocate().len(), 1);
@@ -709,14 +702,7 @@ fn a_framework_holds_at_most_its_cap_of_outstanding_offers() {
     let mut s = Scenario::new();
     let mut config = default_config();
     config.offers_per_framework_max = 2;
-    s.given(Command::ElectLeader(ElectLeader {
-        term: 1,
-        leader_id: 1,
-        leader_addr: "m".into(),
-        http_addr: String::new(),
-        domain: None,
-        config,
-    }));
+    s.elect_with(1, None, config);
     for h in ["h1", "h2", "h3", "h4"] {
         s.agent(h, "cpus:1;mem:100", None);
     }

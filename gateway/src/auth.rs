@@ -72,6 +72,19 @@ impl Permission {
     }
 }
 
+/// Reads the `what` file at `path` and parses it; errors name the file.
+fn load_file<T>(
+    what: &str,
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, Fatal> {
+    let text = std::fs::read_to_string(path).map_err(|e| Fatal::Io {
+        what: format!("the {what} file {}", path.display()),
+        detail: e.to_string(),
+    })?;
+    parse(&text).map_err(|e| Fatal::Refused(format!("the {what} file {}: {e}", path.display())))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -117,12 +130,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn load(path: &Path) -> Result<Policy, Fatal> {
-        let text = std::fs::read_to_string(path).map_err(|e| Fatal::Io {
-            what: format!("the policy file {}", path.display()),
-            detail: e.to_string(),
-        })?;
-        Policy::parse(&text)
-            .map_err(|e| Fatal::Refused(format!("the policy file {}: {e}", path.display())))
+        load_file("policy", path, Policy::parse)
     }
 
     pub fn parse(text: &str) -> Result<Policy, String> {
@@ -213,12 +221,7 @@ pub fn token_hash(token: &str) -> String {
 
 impl Tokens {
     pub fn load(path: &Path) -> Result<Tokens, Fatal> {
-        let text = std::fs::read_to_string(path).map_err(|e| Fatal::Io {
-            what: format!("the tokens file {}", path.display()),
-            detail: e.to_string(),
-        })?;
-        Tokens::parse(&text)
-            .map_err(|e| Fatal::Refused(format!("the tokens file {}: {e}", path.display())))
+        load_file("tokens", path, Tokens::parse)
     }
 
     pub fn parse(text: &str) -> Result<Tokens, String> {
