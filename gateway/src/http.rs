@@ -1,5 +1,9 @@
 //! The HTTP admin endpoints of a master (`--http 127.0.0.1:PORT`).
 //!
+//! Served over TLS with the master's certificate (plain only with
+//! `--insecure`); `crate::auth::http_guard` decides who may call what
+//! (`/health`, `/metrics`, `/vars.json` are open).
+//!
 //! - `GET /health` → 200 `OK\n` while the replica's log runs and a leader
 //!   is known, and on the leader once it serves (Aurora's monit check:
 //!   `send "GET /health HTTP/1.0\r\n" expect "OK\n"`); 503 and the reason

@@ -22,9 +22,8 @@
 //!
 //! - [`maintenance`]: Mesos' maintenance endpoints (`/maintenance/schedule`,
 //!   `/maintenance/status`, `/machine/down`, `/machine/up`).
-//!
-//! **Not finished**: `/metrics` and `/vars.json` come with the operations
-//! issue.
+//! - [`metrics`]: `/metrics` (Prometheus) and `/vars.json`, and the API
+//!   latency layer.
 
 /// The leader-following client lives in orrery-actors (the agent uses it
 /// too); re-exported here for the CLI and framework clients.
