@@ -325,6 +325,43 @@ impl Security {
         }
     }
 
+    /// Authenticates the request, authorizes its principal with
+    /// `authorize` (Err: why not), and holds a client to its rate. A refusal
+    /// is logged and counted here, under `method`, with whoever asked.
+    fn admit(
+        &self,
+        req: &Request,
+        peer: Option<&Result<Principal, String>>,
+        method: &str,
+        authorize: impl FnOnce(&Principal) -> Result<(), String>,
+    ) -> Result<Principal, Refusal> {
+        let (refusal, who) = match self.authenticate(req.extensions(), req.headers(), peer) {
+            Err(r) => (r, "unauthenticated".to_owned()),
+            Ok(p) => match authorize(&p) {
+                Err(message) => (
+                    Refusal {
+                        denial: Denial::Forbidden,
+                        message,
+                    },
+                    p.to_string(),
+                ),
+                Ok(()) if !self.within_rate(&p) => (
+                    Refusal {
+                        denial: Denial::Rate,
+                        message: format!(
+                            "{p} is over its rate of {} requests/s; slow down",
+                            self.rate.per_sec
+                        ),
+                    },
+                    p.to_string(),
+                ),
+                Ok(()) => return Ok(p),
+            },
+        };
+        record_denied(&who, method, refusal.denial.reason(), &refusal.message);
+        Err(refusal)
+    }
+
     /// Who sent the request: its verified client certificate, else a known
     /// bearer token.
     fn authenticate(
@@ -434,24 +471,36 @@ impl Caller {
     }
 }
 
-/// A refusal before the handler: its gRPC code and HTTP status.
+/// Why a request was refused before its handler: each has its gRPC code,
+/// HTTP status and `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denial {
+    Unauthenticated,
+    Forbidden,
+    Rate,
+}
+
+impl Denial {
+    fn reason(self) -> &'static str {
+        match self {
+            Denial::Unauthenticated => "unauthenticated",
+            Denial::Forbidden => "forbidden",
+            Denial::Rate => "rate",
+        }
+    }
+}
+
+/// A refusal before the handler.
 #[derive(Debug)]
 struct Refusal {
-    authenticated: bool,
+    denial: Denial,
     message: String,
 }
 
 impl Refusal {
     fn unauthenticated(message: String) -> Refusal {
         Refusal {
-            authenticated: false,
-            message,
-        }
-    }
-
-    fn forbidden(message: String) -> Refusal {
-        Refusal {
-            authenticated: true,
+            denial: Denial::Unauthenticated,
             message,
         }
     }
@@ -489,7 +538,7 @@ fn operator_permission(method: &str) -> Permission {
     }
 }
 
-fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), Refusal> {
+fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), String> {
     let (service, method) = grpc_method(path);
     let ok = match service {
         // Guarded again in storage; here so the gateway's table is whole.
@@ -513,9 +562,9 @@ fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), Refus
             ),
             _ => "a service Orrery serves".to_owned(),
         };
-        Err(Refusal::forbidden(format!(
+        Err(format!(
             "{p} may not call {service}/{method}: it needs {need}"
-        )))
+        ))
     }
 }
 
@@ -551,50 +600,15 @@ pub async fn grpc_guard(
     };
     let path = req.uri().path().to_owned();
     let (_, method) = grpc_method(&path);
-    let outcome = sec
-        .authenticate(req.extensions(), req.headers(), None)
-        .and_then(|p| {
-            authorize_grpc(&sec, &p, &path)?;
-            if !sec.within_rate(&p) {
-                return Err(Refusal {
-                    authenticated: true,
-                    message: format!(
-                        "{p} is over its rate of {} requests/s; slow down",
-                        sec.rate.per_sec
-                    ),
-                });
-            }
-            Ok(p)
-        });
-    match outcome {
+    match sec.admit(&req, None, method, |p| authorize_grpc(&sec, p, &path)) {
         Ok(p) => admitted(req, next, Some(p), Some(sec)).await,
-        Err(r) => {
-            let over_rate = r.message.contains("over its rate");
-            let reason = if !r.authenticated {
-                "unauthenticated"
-            } else if over_rate {
-                "rate"
-            } else {
-                "forbidden"
-            };
-            let who = who_of(&sec, &req);
-            record_denied(&who, method, reason, &r.message);
-            let status = if !r.authenticated {
-                tonic::Status::unauthenticated(r.message)
-            } else if over_rate {
-                tonic::Status::resource_exhausted(r.message)
-            } else {
-                tonic::Status::permission_denied(r.message)
-            };
-            status.into_http()
+        Err(r) => match r.denial {
+            Denial::Unauthenticated => tonic::Status::unauthenticated(r.message),
+            Denial::Forbidden => tonic::Status::permission_denied(r.message),
+            Denial::Rate => tonic::Status::resource_exhausted(r.message),
         }
+        .into_http(),
     }
-}
-
-fn who_of(sec: &Security, req: &Request) -> String {
-    sec.authenticate(req.extensions(), req.headers(), None)
-        .map(|p| p.to_string())
-        .unwrap_or_else(|_| "unauthenticated".to_owned())
 }
 
 /// The HTTP guard: `/health`, `/metrics` and `/vars.json` are open; reads
@@ -620,41 +634,25 @@ pub async fn http_guard(
     } else {
         Permission::Operator
     };
-    let outcome = sec
-        .authenticate(req.extensions(), req.headers(), peer.as_ref())
-        .and_then(|p| {
-            if !sec.policy.allows(&p, need) {
-                return Err(Refusal::forbidden(format!(
-                    "{p} may not {} {path}: it needs the {:?} permission in the policy",
-                    req.method(),
-                    need.as_str()
-                )));
-            }
-            if !sec.within_rate(&p) {
-                return Err(Refusal::forbidden(format!(
-                    "{p} is over its rate of {} requests/s; slow down",
-                    sec.rate.per_sec
-                )));
-            }
-            Ok(p)
-        });
-    match outcome {
+    let authorize = |p: &Principal| {
+        if sec.policy.allows(p, need) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{p} may not {} {path}: it needs the {:?} permission in the policy",
+                req.method(),
+                need.as_str()
+            ))
+        }
+    };
+    match sec.admit(&req, peer.as_ref(), &path, authorize) {
         Ok(p) => admitted(req, next, Some(p), Some(sec)).await,
         Err(r) => {
-            let (code, reason) = if r.authenticated {
-                if r.message.contains("over its rate") {
-                    (StatusCode::TOO_MANY_REQUESTS, "rate")
-                } else {
-                    (StatusCode::FORBIDDEN, "forbidden")
-                }
-            } else {
-                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            let code = match r.denial {
+                Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
+                Denial::Forbidden => StatusCode::FORBIDDEN,
+                Denial::Rate => StatusCode::TOO_MANY_REQUESTS,
             };
-            let who = peer
-                .and_then(Result::ok)
-                .map(|p| p.to_string())
-                .unwrap_or_else(|| "unauthenticated".to_owned());
-            record_denied(&who, &path, reason, &r.message);
             (code, format!("{}\n", r.message)).into_response()
         }
     }

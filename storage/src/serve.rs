@@ -20,31 +20,20 @@ pub fn spawn_routes(
     what: &'static str,
     tls: Option<&Tls>,
 ) -> Result<tokio::task::JoinHandle<()>, crate::Fatal> {
-    let shutdown = async {
-        let _ = stop.await;
-    };
     let Some(tls) = tls else {
-        return Ok(tokio::spawn(async move {
-            // TCP_NODELAY on every accepted connection: with Nagle on, a
-            // response written in two parts waits for the client's delayed
-            // ACK (~40 ms).
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
-            );
-            let result = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "the {what} server stopped");
-            }
-        }));
+        // TCP_NODELAY on every accepted connection: with Nagle on, a
+        // response written in two parts waits for the client's delayed ACK
+        // (~40 ms). (The TLS listener sets it too.)
+        let incoming = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |s| {
+                if let Ok(s) = &s {
+                    let _ = s.set_nodelay(true);
+                }
+                s
+            },
+        );
+        return Ok(tokio::spawn(serve(routes, incoming, stop, what)));
     };
     let config = tls.server_config(&[b"h2"])?;
     let routes = tonic::service::Routes::from(
@@ -52,20 +41,40 @@ pub fn spawn_routes(
             .into_axum_router()
             .layer(axum::middleware::from_fn(masters_only_on_raft)),
     );
-    let incoming = crate::security::tls_incoming(listener, config, what);
-    Ok(tokio::spawn(async move {
-        let incoming = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(incoming),
-            Ok::<_, std::io::Error>,
-        );
-        let result = tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the {what} server stopped");
-        }
-    }))
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(crate::security::tls_incoming(
+            listener, config, what,
+        )),
+        Ok::<_, std::io::Error>,
+    );
+    Ok(tokio::spawn(serve(routes, incoming, stop, what)))
+}
+
+/// Serves `routes` on the `incoming` connections (plain or TLS) until
+/// `stop` fires; a server that fails is logged, naming `what`.
+async fn serve<IO>(
+    routes: tonic::service::Routes,
+    incoming: impl tokio_stream::Stream<Item = Result<IO, std::io::Error>> + Send + 'static,
+    stop: oneshot::Receiver<()>,
+    what: &'static str,
+) where
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let result = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "the {what} server stopped");
+    }
 }
 
 /// The raft and log services answer only a peer holding a master
