@@ -432,10 +432,10 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
             }
             false => None,
         };
+        // Each size plain, then (with --tls) the same size over TLS.
         let runs: Vec<(usize, Option<&Ca>)> = replicas
             .iter()
-            .flat_map(|&n| [(n, None), (n, ca.as_ref())])
-            .filter(|&(_, c)| c.is_none() || ca.is_some())
+            .flat_map(|&n| std::iter::once((n, None)).chain(ca.as_ref().map(|c| (n, Some(c)))))
             .collect();
         for (n, tls_ca) in runs {
             let (nodes, leader) = orrery_cluster(&root, n, tls_ca).await?;
