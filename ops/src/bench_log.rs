@@ -13,6 +13,17 @@
 //! Every cell runs for `--duration` with `--writers` concurrent clients, each
 //! appending batches of `--batch` events of `--event-bytes` bytes and waiting
 //! for the acknowledgement. Latency is per acknowledged append (a batch).
+//!
+//! Rows `ceiling` put a bound on every cell from two floors measured in the
+//! same run, on the same disk and gRPC stack: an empty gRPC round trip to the
+//! leader (`Raft/Status`, no log work) and an fdatasync of an event-sized
+//! append with as many files syncing at once as there are replicas (here
+//! they share one disk). One writer's append cannot be acknowledged sooner
+//! than a round trip plus an fsync (plus a round trip between replicas when
+//! there are several), so its rate is at most `batch ÷ that`; many writers
+//! cannot append faster than empty round trips go at that concurrency
+//! (`batch × round trips/s`). A target above the ceiling is out of reach on
+//! this machine whatever the log does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +80,11 @@ pub struct BenchLogArgs {
     /// size, with a throwaway CA).
     #[arg(long)]
     tls: bool,
+    /// Skip the `ceiling` rows (the floors of an fsync and of an empty gRPC
+    /// round trip, measured before each replica count's rows: what no
+    /// append could beat on this machine and stack).
+    #[arg(long = "no-ceiling", action = clap::ArgAction::SetFalse)]
+    ceiling: bool,
 }
 
 fn master_cert(ca: &Ca, name: &str) -> Result<Tls> {
@@ -129,6 +145,120 @@ struct Cell {
     p99_ms: f64,
     errors: u64,
 }
+
+/// The floors measured for one replica count (see the module doc).
+#[derive(Debug, Clone)]
+struct Floors {
+    /// fdatasync p50 with `replicas` files syncing at once.
+    fsync_p50_ms: f64,
+    /// Empty round trips: writers → (round trips/s, p50 ms).
+    rpc: BTreeMap<usize, (f64, f64)>,
+}
+
+/// fdatasync latency of appending `bytes` to a file, with `files` files
+/// doing it at once (each in its own thread), in `dir`: the p50 over all.
+fn fsync_floor(dir: &Path, files: usize, bytes: usize, duration: Duration) -> Result<f64> {
+    use std::io::Write;
+    let threads: Vec<_> = (0..files)
+        .map(|i| {
+            let path = dir.join(format!("fsync-floor-{files}-{i}"));
+            std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
+                let mut f = std::fs::File::create(&path)?;
+                let record = vec![0x5au8; bytes];
+                let mut lat = Vec::new();
+                let end = Instant::now() + duration;
+                while Instant::now() < end && lat.len() < 20_000 {
+                    let t = Instant::now();
+                    f.write_all(&record)?;
+                    f.sync_data()?;
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                drop(f);
+                std::fs::remove_file(&path)?;
+                Ok(lat)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        let lat = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("an fsync probe thread panicked"))?
+            .with_context(|| format!("probing fsync in {}", dir.display()))?;
+        all.extend(lat);
+    }
+    all.sort_unstable();
+    let p50 = all
+        .get(all.len() / 2)
+        .context("the fsync probe recorded nothing")?;
+    Ok(*p50 as f64 / 1e6)
+}
+
+/// Empty gRPC round trips (`Raft/Status`) to `leader` with each writer
+/// count, over as many connections as the appends use.
+async fn rpc_floor(
+    leader: &str,
+    writers: &[usize],
+    duration: Duration,
+) -> Result<BTreeMap<usize, (f64, f64)>> {
+    use orrery_proto::raft::raft_client::RaftClient;
+    let mut out = BTreeMap::new();
+    for &w in writers {
+        let mut clients = Vec::new();
+        for _ in 0..w.min(CONNECTIONS_MAX) {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))?
+                .connect()
+                .await?;
+            clients.push(RaftClient::new(channel));
+        }
+        let clients = Arc::new(clients);
+        let (rate, hist, errors) = drive(duration, w, 1, move |wi, _| {
+            let mut c = clients[wi % clients.len()].clone();
+            async move {
+                c.status(rpb::StatusRequest {})
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        if errors > 0 {
+            bail!("{errors} empty round trips to {leader} failed");
+        }
+        out.insert(w, (rate, hist.value_at_quantile(0.50) as f64 / 1000.0));
+    }
+    Ok(out)
+}
+
+/// The `ceiling` rows for one replica count (see the module doc).
+fn ceiling_rows(replicas: usize, batches: &[usize], floors: &Floors) -> Vec<Cell> {
+    let mut rows = Vec::new();
+    for &b in batches {
+        for (&w, &(rate, rpc_p50)) in &floors.rpc {
+            let (events_per_s, p50_ms) = if w == 1 {
+                let trips = if replicas > 1 { 2.0 } else { 1.0 };
+                let floor = trips * rpc_p50 + floors.fsync_p50_ms;
+                (b as f64 * 1000.0 / floor, floor)
+            } else {
+                (b as f64 * rate, rpc_p50)
+            };
+            rows.push(Cell {
+                system: "ceiling",
+                replicas,
+                batch: b,
+                writers: w,
+                events_per_s,
+                p50_ms,
+                p99_ms: f64::NAN,
+                errors: 0,
+            });
+        }
+    }
+    rows
+}
+
+/// Connections the appending clients share (at most).
+const CONNECTIONS_MAX: usize = 8;
 
 /// Runs `writers` loops of `append` for `duration`; returns the cell.
 async fn drive<F, Fut>(
@@ -372,9 +502,21 @@ fn print_table(cells: &[Cell]) {
         "system", "replicas", "batch", "writers", "events/s", "p50 ms", "p99 ms", "errors"
     );
     for c in cells {
+        let p99 = match c.p99_ms.is_nan() {
+            true => "-".to_string(),
+            false => format!("{:.2}", c.p99_ms),
+        };
         println!(
-            "{:<11} {:>8} {:>6} {:>8} {:>14.0} {:>10.2} {:>10.2} {:>7}",
-            c.system, c.replicas, c.batch, c.writers, c.events_per_s, c.p50_ms, c.p99_ms, c.errors
+            "{:<11} {:>8} {:>6} {:>8} {:>14.0} {:>10.2} {:>10} {:>7}",
+            c.system, c.replicas, c.batch, c.writers, c.events_per_s, c.p50_ms, p99, c.errors
+        );
+    }
+    if cells.iter().any(|c| c.system == "ceiling") {
+        println!(
+            "ceiling: the most appends could do on this machine and stack. One writer: \
+             batch / (empty gRPC round trip, twice with replicas, + fsync with a file per \
+             replica syncing at once), p50 = that floor. More writers: batch x empty round \
+             trips/s at that concurrency, p50 = theirs."
         );
     }
 }
@@ -444,11 +586,23 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
             } else {
                 "orrery"
             };
+            if tls_ca.is_none() && args.ceiling {
+                let probe = duration.min(Duration::from_secs(2));
+                let dir = root.clone();
+                let bytes = payload.len() + 16;
+                let fsync_p50_ms =
+                    tokio::task::spawn_blocking(move || fsync_floor(&dir, n, bytes, probe))
+                        .await??;
+                let rpc = rpc_floor(&leader, &writers, probe).await?;
+                let floors = Floors { fsync_p50_ms, rpc };
+                eprintln!("{n} replica(s): {floors:?}");
+                cells.extend(ceiling_rows(n, &batches, &floors));
+            }
             for &b in &batches {
                 for &w in &writers {
                     let clients: Vec<LogClient<tonic::transport::Channel>> = {
                         let mut v = Vec::new();
-                        for _ in 0..w.min(8) {
+                        for _ in 0..w.min(CONNECTIONS_MAX) {
                             let channel = match tls_ca {
                                 // The log service answers masters only.
                                 Some(ca) => {
@@ -586,4 +740,58 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
         print_table(&cells);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn floors() -> Floors {
+        Floors {
+            fsync_p50_ms: 0.3,
+            rpc: BTreeMap::from([(1, (5_000.0, 0.2)), (64, (20_000.0, 3.0))]),
+        }
+    }
+
+    fn row(rows: &[Cell], batch: usize, writers: usize) -> (f64, f64) {
+        let c = rows
+            .iter()
+            .find(|c| c.batch == batch && c.writers == writers)
+            .expect("a row for every batch and writer count");
+        assert_eq!(c.system, "ceiling");
+        assert!(c.p99_ms.is_nan(), "a ceiling has no p99");
+        (c.events_per_s, c.p50_ms)
+    }
+
+    #[test]
+    fn one_writer_is_bound_by_a_round_trip_and_an_fsync() {
+        let one = ceiling_rows(1, &[1, 64], &floors());
+        assert_eq!(one.len(), 4);
+        let (rate, p50) = row(&one, 1, 1);
+        assert!((p50 - 0.5).abs() < 1e-9, "{p50}");
+        assert!((rate - 2_000.0).abs() < 1e-6, "{rate}");
+        let (rate, _) = row(&one, 64, 1);
+        assert!((rate - 128_000.0).abs() < 1e-6, "{rate}");
+        // With replicas, a round trip between them comes on top.
+        let three = ceiling_rows(3, &[1], &floors());
+        let (rate, p50) = row(&three, 1, 1);
+        assert!((p50 - 0.7).abs() < 1e-9, "{p50}");
+        assert!((rate - 1_000.0 / 0.7).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn many_writers_are_bound_by_empty_round_trips() {
+        let rows = ceiling_rows(3, &[1, 64], &floors());
+        assert_eq!(row(&rows, 1, 64), (20_000.0, 3.0));
+        assert_eq!(row(&rows, 64, 64), (1_280_000.0, 3.0));
+    }
+
+    #[test]
+    fn the_fsync_probe_measures_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p50 = fsync_floor(dir.path(), 2, 272, Duration::from_millis(50)).expect("probe");
+        assert!(p50 > 0.0 && p50 < 1_000.0, "{p50} ms");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
+        assert!(left.is_empty(), "the probe left files behind: {left:?}");
+    }
 }

@@ -184,10 +184,14 @@ async fn an_isolated_or_paused_leader_commits_nothing() {
             }
         }
     };
+    let mut acked = BTreeMap::new();
     for n in 200..210 {
-        m.append(new_leader, vec![event(n)])
+        let r = m
+            .append(new_leader, vec![event(n)])
             .await
             .expect("append to the new leader");
+        assert_eq!(r.first_index, r.last_index, "one event, one index");
+        acked.insert(r.first_index, (n, r.term));
     }
     m.signal(leader, "-CONT");
     // The resumed replica no longer acknowledges appends as leader.
@@ -208,13 +212,29 @@ async fn an_isolated_or_paused_leader_commits_nothing() {
     m.converged(&all, Duration::from_secs(20))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
-    let logged = payload_ids(&m.read_all(new_leader).await);
+    let events = m.read_all(new_leader).await;
+    let logged = payload_ids(&events);
     for n in 200..210 {
         assert!(
             logged.contains(&n),
             "event {n}, acknowledged by the new leader, is in the log"
         );
     }
+    // Each acknowledgement named the index and the term its event holds.
+    let mut checked = 0;
+    for e in &events {
+        if let Some(&(n, term)) = acked.get(&e.index) {
+            let id = orrery_events::codec::decode(&e.payload).map(|env| env.proposed_at_ms);
+            assert_eq!(id.ok(), Some(n), "index {} holds event {n}", e.index);
+            assert_eq!(e.term, term, "event {n} was acknowledged with its own term");
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        acked.len(),
+        "every acknowledged index is in the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -348,7 +348,15 @@ struct Handles {
 /// One caller's append waiting for the committer.
 struct Pending {
     events: Vec<Vec<u8>>,
-    reply: oneshot::Sender<Result<AppendedRange, AppendError>>,
+    reply: oneshot::Sender<Result<Committed, AppendError>>,
+}
+
+/// A caller's share of a committed raft entry: its events' indexes and the
+/// term they were committed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub range: AppendedRange,
+    pub term: u64,
 }
 
 /// Appends queued for the committer at most (the mailbox bound): callers
@@ -384,7 +392,7 @@ async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
             replies.push(p.reply);
         }
         let result = match raft.client_write(EventBatch(events)).await {
-            Ok(resp) => Ok(resp.data.first),
+            Ok(resp) => Ok((resp.data.first, resp.data.term)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(AppendError::NotLeader {
                     leader_id: f.leader_id,
@@ -396,10 +404,13 @@ async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
                 "raft stopped: {e}"
             )))),
         };
-        let mut next = result.as_ref().map_or(0, |f| *f);
+        let mut next = result.as_ref().map_or(0, |(first, _)| *first);
         for (reply, n) in replies.into_iter().zip(sizes) {
             let r = match &result {
-                Ok(_) => Ok(next..=next + n - 1),
+                Ok((_, term)) => Ok(Committed {
+                    range: next..=next + n - 1,
+                    term: *term,
+                }),
                 Err(e) => Err(e.clone()),
             };
             next += n;
@@ -592,6 +603,19 @@ fn member_of(st: &pb::StatusResponse, node_id: u64) -> bool {
 }
 
 impl<S: StateMachine> RaftNode<S> {
+    /// Appends through the committer (group commit) and answers with the
+    /// events' indexes and the term of the raft entry that holds them.
+    pub async fn commit(&self, events: Vec<Vec<u8>>) -> Result<Committed, AppendError> {
+        check_batch(&events)?;
+        let (reply, rx) = oneshot::channel();
+        self.commits
+            .send(Pending { events, reply })
+            .await
+            .map_err(|_| AppendError::Unavailable("the committer stopped".into()))?;
+        rx.await
+            .map_err(|_| AppendError::Unavailable("the committer stopped".into()))?
+    }
+
     /// Opens the data dir, checks it against the peers, and starts serving.
     pub async fn start(config: RaftConfig, app: S) -> Result<Self, Fatal> {
         Self::start_with_services(config, app, |_, routes| routes).await
@@ -1036,14 +1060,7 @@ impl<S: StateMachine> crate::api::StateAccess<S> for RaftNode<S> {
 
 impl<S: StateMachine> EventLog for RaftNode<S> {
     async fn append(&self, events: Vec<Vec<u8>>) -> Result<AppendedRange, AppendError> {
-        check_batch(&events)?;
-        let (reply, rx) = oneshot::channel();
-        self.commits
-            .send(Pending { events, reply })
-            .await
-            .map_err(|_| AppendError::Unavailable("the committer stopped".into()))?;
-        rx.await
-            .map_err(|_| AppendError::Unavailable("the committer stopped".into()))?
+        self.commit(events).await.map(|c| c.range)
     }
 
     async fn read(&self, from: u64, to: u64, max: usize) -> Result<Vec<LoggedEvent>, ReadError> {

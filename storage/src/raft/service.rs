@@ -168,11 +168,13 @@ impl<S: StateMachine> pb::log_server::Log for LogService<S> {
                 }
             }
         }
-        match self.node.append(req.events).await {
-            Ok(range) => Ok(Response::new(pb::AppendResponse {
-                first_index: *range.start(),
-                last_index: *range.end(),
-                term: self.node.leader().term,
+        // The term is the committed entry's own (the current term could
+        // already be a later one).
+        match self.node.commit(req.events).await {
+            Ok(c) => Ok(Response::new(pb::AppendResponse {
+                first_index: *c.range.start(),
+                last_index: *c.range.end(),
+                term: c.term,
             })),
             Err(AppendError::NotLeader { leader_addr, .. }) => {
                 Err(not_leader(leader_addr, "append"))
