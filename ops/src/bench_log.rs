@@ -163,18 +163,24 @@ fn fsync_floor(dir: &Path, files: usize, bytes: usize, duration: Duration) -> Re
         .map(|i| {
             let path = dir.join(format!("fsync-floor-{files}-{i}"));
             std::thread::spawn(move || -> std::io::Result<Vec<u64>> {
-                let mut f = std::fs::File::create(&path)?;
-                let record = vec![0x5au8; bytes];
-                let mut lat = Vec::new();
-                let end = Instant::now() + duration;
-                while Instant::now() < end && lat.len() < 20_000 {
-                    let t = Instant::now();
-                    f.write_all(&record)?;
-                    f.sync_data()?;
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                drop(f);
-                std::fs::remove_file(&path)?;
+                let probe = || -> std::io::Result<Vec<u64>> {
+                    let mut f = std::fs::File::create(&path)?;
+                    let record = vec![0x5au8; bytes];
+                    let mut lat = Vec::new();
+                    let end = Instant::now() + duration;
+                    while Instant::now() < end && lat.len() < 20_000 {
+                        let t = Instant::now();
+                        f.write_all(&record)?;
+                        f.sync_data()?;
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    Ok(lat)
+                };
+                // The probe file goes whether the probe worked or not.
+                let lat = probe();
+                let removed = std::fs::remove_file(&path);
+                let lat = lat?;
+                removed?;
                 Ok(lat)
             })
         })
