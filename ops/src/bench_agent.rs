@@ -105,7 +105,7 @@ pub fn run(args: &BenchAgentArgs, json: bool) -> Result<()> {
         .tempdir()
         .context("creating a temp dir")?;
     let work = dir.path().join("agent");
-    let grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], orrery_storage::ports::free_port()?));
     let config = RaftConfig::new(
         1,
         grpc,

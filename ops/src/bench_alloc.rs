@@ -108,9 +108,7 @@ async fn cell(
     batch: usize,
 ) -> Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = orrery_storage::ports::free_port()?;
     let addr = format!("127.0.0.1:{port}");
     let mut config = RaftConfig::new(
         1,

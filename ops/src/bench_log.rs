@@ -129,9 +129,7 @@ fn list(flag: &str, text: &str) -> Result<Vec<usize>> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(orrery_storage::ports::free_port()?)
 }
 
 #[derive(Debug, Clone)]

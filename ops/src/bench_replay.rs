@@ -135,9 +135,7 @@ pub fn run(args: &BenchReplayArgs, json: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let raft = rt.block_on(async {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = orrery_storage::ports::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut config = RaftConfig::new(
             1,

@@ -42,8 +42,8 @@ pub struct DevArgs {
 }
 
 fn free_addr() -> Result<std::net::SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    l.local_addr().context("finding a free port")
+    let port = orrery_storage::ports::free_port().context("finding a free port")?;
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// One master and one agent in this process.

@@ -14,6 +14,8 @@
 //!   names (`orrery://ROLE/NAME`), and certificates (`security::pki`).
 //! - [`serve`]: tonic routes served on a bound listener until stopped.
 //! - [`memory`]: a single-replica in-memory backend for tests.
+//! - [`ports`]: free loopback ports for addresses named before they are
+//!   bound (a raft group's peers), outside the kernel's ephemeral range.
 //! - [`raft`]: the default backend — openraft 0.9 (storage-v2) over the
 //!   `raft-log` crate on local disk, snapshots as protobuf files, raft RPCs
 //!   over tonic, and the start-up rules that refuse a wiped or foreign data
@@ -28,6 +30,7 @@ pub mod api;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+pub mod ports;
 pub mod raft;
 pub mod security;
 pub mod serve;

@@ -1,7 +1,6 @@
 //! The conformance suite against every backend in this crate.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -131,11 +130,7 @@ struct RaftHarness {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    orrery_storage::ports::free_port().expect("a free port")
 }
 
 impl RaftHarness {

@@ -4,7 +4,6 @@
 //! error naming the log and how to rebuild it — never a silent skip.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,11 +12,7 @@ use orrery_storage::raft::{RaftConfig, RaftNode};
 use orrery_storage::{EventLog, Fatal};
 
 fn config(dir: &Path) -> RaftConfig {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = orrery_storage::ports::free_port().expect("a free port");
     let addr = format!("127.0.0.1:{port}");
     let mut c = RaftConfig::new(
         1,

@@ -2,7 +2,6 @@
 //! raft service refuses every peer that is not a master.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +14,7 @@ use orrery_storage::security::{Principal, Tls};
 use orrery_storage::EventLog;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    orrery_storage::ports::free_port().expect("a free port")
 }
 
 fn master(ca: &Ca, name: &str) -> Arc<Tls> {

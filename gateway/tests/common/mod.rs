@@ -13,7 +13,6 @@ pub use jobs::*;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,14 +52,10 @@ pub fn run<T, F: Future<Output = T>>(limit: Duration, body: F) -> T {
     })
 }
 
-/// `n` distinct free ports, held open together while picked.
+/// `n` distinct free ports (outside the kernel's ephemeral range: see
+/// `orrery_storage::ports`).
 fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    orrery_storage::ports::free_ports(n).expect("free ports")
 }
 
 pub fn test_settings() -> Settings {

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -27,15 +26,10 @@ pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
-/// `n` distinct free ports: all held open together while they are picked,
-/// so that the kernel cannot hand out one of them twice.
+/// `n` distinct free ports (outside the kernel's ephemeral range: see
+/// `orrery_storage::ports`).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    orrery_storage::ports::free_ports(n).expect("free ports")
 }
 
 /// A group of master processes in one temp dir; every child is killed on drop.
