@@ -89,8 +89,13 @@ pub fn free_port() -> io::Result<u16> {
 mod tests {
     use super::*;
 
+    /// These tests bind ports next to each other's (the cursor is shared):
+    /// run alongside, one could see the other's ports as taken.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..50 {
             for p in free_ports(4).expect("ports") {
@@ -105,9 +110,10 @@ mod tests {
 
     #[test]
     fn a_port_in_use_is_passed_over() {
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let taken = TcpListener::bind(("127.0.0.1", free_port().expect("a port"))).expect("bind");
         let p = taken.local_addr().expect("addr").port();
-        // A cursor pointing at the taken port hands out the next one.
+        // A cursor pointing at the taken port hands out others.
         let cursor = AtomicU32::new(0);
         let got = pick(&cursor, p, p + 3, 2).expect("two of the three");
         assert!(
