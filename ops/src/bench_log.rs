@@ -128,10 +128,6 @@ fn list(flag: &str, text: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(orrery_storage::ports::free_port()?)
-}
-
 #[derive(Debug, Clone)]
 struct Cell {
     system: &'static str,
@@ -208,13 +204,11 @@ async fn rpc_floor(
     use orrery_proto::raft::raft_client::RaftClient;
     let mut out = BTreeMap::new();
     for &w in writers {
-        let mut clients = Vec::new();
-        for _ in 0..w.min(CONNECTIONS_MAX) {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))?
-                .connect()
-                .await?;
-            clients.push(RaftClient::new(channel));
-        }
+        let clients: Vec<_> = connections(leader, None, w.min(CONNECTIONS_MAX))
+            .await?
+            .into_iter()
+            .map(RaftClient::new)
+            .collect();
         let clients = Arc::new(clients);
         let (rate, hist, errors) = drive(duration, w, 1, move |wi, _| {
             let mut c = clients[wi % clients.len()].clone();
@@ -230,6 +224,34 @@ async fn rpc_floor(
             bail!("{errors} empty round trips to {leader} failed");
         }
         out.insert(w, (rate, hist.value_at_quantile(0.50) as f64 / 1000.0));
+    }
+    Ok(out)
+}
+
+/// `n` connections to `leader`, as the benchmark's clients make them: with
+/// `ca`, over mutual TLS holding a master certificate (the log service
+/// answers masters only).
+async fn connections(
+    leader: &str,
+    ca: Option<&Ca>,
+    n: usize,
+) -> Result<Vec<tonic::transport::Channel>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(match ca {
+            Some(ca) => {
+                master_cert(ca, "bench-client")?
+                    .endpoint(leader)
+                    .map_err(|e| anyhow::anyhow!(e))?
+                    .connect()
+                    .await?
+            }
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://{leader}"))?
+                    .connect()
+                    .await?
+            }
+        });
     }
     Ok(out)
 }
@@ -339,7 +361,10 @@ async fn orrery_cluster(
 ) -> Result<(Vec<RaftNode<Counter>>, String)> {
     let mut peers = BTreeMap::new();
     for id in 1..=n as u64 {
-        peers.insert(id, format!("127.0.0.1:{}", free_port()?));
+        peers.insert(
+            id,
+            format!("127.0.0.1:{}", orrery_storage::ports::free_port()?),
+        );
     }
     let mut nodes = Vec::new();
     let mut starting = Vec::new();
@@ -387,7 +412,11 @@ impl Drop for Etcd {
 fn etcd_cluster(bin: &str, root: &Path, n: usize) -> Result<Etcd> {
     let mut members = Vec::new();
     for i in 0..n {
-        members.push((format!("e{i}"), free_port()?, free_port()?));
+        members.push((
+            format!("e{i}"),
+            orrery_storage::ports::free_port()?,
+            orrery_storage::ports::free_port()?,
+        ));
     }
     let initial = members
         .iter()
@@ -604,34 +633,16 @@ pub fn run(args: &BenchLogArgs, json: bool) -> Result<()> {
             }
             for &b in &batches {
                 for &w in &writers {
-                    let clients: Vec<LogClient<tonic::transport::Channel>> = {
-                        let mut v = Vec::new();
-                        for _ in 0..w.min(CONNECTIONS_MAX) {
-                            let channel = match tls_ca {
-                                // The log service answers masters only.
-                                Some(ca) => {
-                                    master_cert(ca, "bench-client")?
-                                        .endpoint(&leader)
-                                        .map_err(|e| anyhow::anyhow!(e))?
-                                        .connect()
-                                        .await?
-                                }
-                                None => {
-                                    tonic::transport::Endpoint::from_shared(format!(
-                                        "http://{leader}"
-                                    ))?
-                                    .connect()
-                                    .await?
-                                }
-                            };
-                            v.push(
+                    let clients: Vec<LogClient<tonic::transport::Channel>> =
+                        connections(&leader, tls_ca, w.min(CONNECTIONS_MAX))
+                            .await?
+                            .into_iter()
+                            .map(|channel| {
                                 LogClient::new(channel)
                                     .max_decoding_message_size(64 << 20)
-                                    .max_encoding_message_size(64 << 20),
-                            );
-                        }
-                        v
-                    };
+                                    .max_encoding_message_size(64 << 20)
+                            })
+                            .collect();
                     let clients = Arc::new(clients);
                     let payload = payload.clone();
                     let r = drive(duration, w, b, move |wi, _seq| {
