@@ -40,8 +40,15 @@ fn ephemeral_start() -> u16 {
 /// `n` distinct free loopback ports, outside the kernel's ephemeral range
 /// when it leaves room (else from it, through port 0).
 pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let high = ephemeral_start();
-    if high <= LOW + 1_000 {
+    // The range and the cursor, read and drawn once per process.
+    static CURSOR: OnceLock<(u16, AtomicU32)> = OnceLock::new();
+    let (high, cursor) = CURSOR.get_or_init(|| {
+        let high = ephemeral_start();
+        let span = u64::from(high.saturating_sub(LOW).max(1));
+        let random = RandomState::new().hash_one(std::process::id());
+        (high, AtomicU32::new((random % span) as u32))
+    });
+    if *high <= LOW + 1_000 {
         // No room below the ephemeral range: let the kernel pick, holding
         // every socket open until all are picked so it cannot repeat one.
         let held = (0..n)
@@ -49,13 +56,7 @@ pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
             .collect::<io::Result<Vec<_>>>()?;
         return held.iter().map(|l| Ok(l.local_addr()?.port())).collect();
     }
-    static CURSOR: OnceLock<AtomicU32> = OnceLock::new();
-    let span = u32::from(high - LOW);
-    let cursor = CURSOR.get_or_init(|| {
-        let random = RandomState::new().hash_one(std::process::id());
-        AtomicU32::new((random % u64::from(span)) as u32)
-    });
-    pick(cursor, LOW, high, n)
+    pick(cursor, LOW, *high, n)
 }
 
 /// `n` ports of `low..high` that bind, going round from `cursor`; all are

@@ -386,9 +386,12 @@ async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
         let mut count = first.events.len();
         let mut bytes: usize = first.events.iter().map(Vec::len).sum();
         let mut batch = vec![first];
+        let room = |count: usize, bytes: usize| {
+            count < crate::api::APPEND_EVENTS_MAX && bytes < crate::api::APPEND_BYTES_MAX
+        };
         let mut yields = 0;
         loop {
-            while count < crate::api::APPEND_EVENTS_MAX && bytes < crate::api::APPEND_BYTES_MAX {
+            while room(count, bytes) {
                 match rx.try_recv() {
                     Ok(p) => {
                         count += p.events.len();
@@ -398,9 +401,7 @@ async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
                     Err(_) => break,
                 }
             }
-            let full =
-                count >= crate::api::APPEND_EVENTS_MAX || bytes >= crate::api::APPEND_BYTES_MAX;
-            if full || last_round < 2 || yields == GATHER_YIELDS {
+            if !room(count, bytes) || last_round < 2 || yields == GATHER_YIELDS {
                 break;
             }
             yields += 1;
