@@ -39,9 +39,14 @@ fn dominant_share(alloc: &Resources, total: &Resources) -> ShareKey {
             u128::from(a) * 1_000_000_000 / u128::from(t)
         }
     };
+    // Every scalar counts, named ones (`gpus`) too, as in Mesos' DRF.
+    let named = alloc.named_scalars.iter().map(|(k, a)| {
+        part(*a, total.named_scalars.get(k).copied().unwrap_or(0))
+    });
     part(alloc.cpus_milli, total.cpus_milli)
         .max(part(alloc.mem_mb, total.mem_mb))
         .max(part(alloc.disk_mb, total.disk_mb))
+        .max(named.max().unwrap_or(0))
 }
 
 /// splitmix64: a tiny, fixed PRNG (see the module doc for why by hand).
@@ -269,5 +274,10 @@ mod tests {
             500_000_000
         );
         assert_eq!(dominant_share(&Resources::default(), &total), 0);
+        // A framework holding half the cluster's gpus has a dominant share
+        // of one half, whatever its cpus.
+        let total = Resources::parse("cpus:10;mem:1000;gpus:4").unwrap();
+        let alloc = Resources::parse("cpus:1;gpus:2").unwrap();
+        assert_eq!(dominant_share(&alloc, &total), 500_000_000);
     }
 }

@@ -1,11 +1,14 @@
 //! Resources: what an agent has, a task uses and an offer carries.
 //!
 //! Owns the fixed-point `Resources` value (cpus in thousandths, memory and
-//! disk in MB, port ranges), its arithmetic, its validation and Mesos' text
-//! form (`cpus:4;mem:8192;disk:20000;ports:[31000-32000]`). Fixed point keeps
+//! disk in MB, port ranges, and any other named scalar, ranges or set
+//! resource an agent declares, as Mesos allows: `gpus:2`, `vlans:[100-200]`,
+//! `disks:{ssd0,ssd1}`), its arithmetic, its validation and Mesos' text
+//! form (`cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:2`). Fixed point keeps
 //! sums exact, so `used + offered <= total` never fails by rounding and replay
 //! is bit-identical. It must not know about agents or offers.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use orrery_proto::events as pb;
@@ -15,6 +18,17 @@ use crate::rejection::Rejection;
 /// The largest amount of any scalar resource one agent may declare. Bounds
 /// every sum over a cluster of a million agents well inside u64.
 pub const SCALAR_MAX: u64 = 1 << 40;
+
+/// The most named resources (scalars, ranges and sets together) one value
+/// may carry, and the most items one set may hold: a hostile agent or
+/// framework cannot make every offer and sum expensive.
+pub const NAMED_MAX: usize = 64;
+pub const SET_ITEMS_MAX: usize = 1_024;
+/// The longest resource name or set item.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// The names with fields of their own.
+const RESERVED: [&str; 4] = ["cpus", "mem", "disk", "ports"];
 
 /// A set of ports as sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -31,12 +45,18 @@ impl PortSet {
     /// overlapping or out-of-range ranges (a client that overlaps ranges has
     /// a bug we should tell it about, not paper over).
     pub fn from_ranges(ranges: &[(u32, u32)]) -> Result<Self, Rejection> {
+        Self::bounded("port", ranges, u32::from(u16::MAX))
+    }
+
+    /// As [`PortSet::from_ranges`] for ranges of another resource (`what`
+    /// names it in refusals), whose values go up to `max`.
+    pub fn bounded(what: &str, ranges: &[(u32, u32)], max: u32) -> Result<Self, Rejection> {
         let mut sorted: Vec<(u32, u32)> = ranges.to_vec();
         sorted.sort_unstable();
         for &(b, e) in &sorted {
-            if b > e || e > u32::from(u16::MAX) {
+            if b > e || e > max {
                 return Err(Rejection::InvalidResources {
-                    problem: format!("port range [{b}-{e}] is inverted or beyond 65535"),
+                    problem: format!("{what} range [{b}-{e}] is inverted or beyond {max}"),
                 });
             }
         }
@@ -44,7 +64,7 @@ impl PortSet {
             if w[1].0 <= w[0].1 {
                 return Err(Rejection::InvalidResources {
                     problem: format!(
-                        "port ranges [{}-{}] and [{}-{}] overlap",
+                        "{what} ranges [{}-{}] and [{}-{}] overlap",
                         w[0].0, w[0].1, w[1].0, w[1].1
                     ),
                 });
@@ -194,12 +214,21 @@ impl fmt::Display for PortSet {
 }
 
 /// Resources in fixed point. `Default` is "nothing".
+///
+/// The named maps never hold an empty entry (a zero scalar, an empty range
+/// set or item set), so equal amounts compare equal.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Resources {
     pub cpus_milli: u64,
     pub mem_mb: u64,
     pub disk_mb: u64,
     pub ports: PortSet,
+    /// Other scalars (`gpus`), in thousandths.
+    pub named_scalars: BTreeMap<String, u64>,
+    /// Other ranges (`vlans:[100-200]`).
+    pub named_ranges: BTreeMap<String, PortSet>,
+    /// Sets (`disks:{ssd0,ssd1}`).
+    pub named_sets: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Resources {
@@ -208,7 +237,7 @@ impl Resources {
             cpus_milli,
             mem_mb,
             disk_mb,
-            ports: PortSet::new(),
+            ..Self::default()
         }
     }
 
@@ -218,7 +247,13 @@ impl Resources {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.cpus_milli == 0 && self.mem_mb == 0 && self.disk_mb == 0 && self.ports.is_empty()
+        self.cpus_milli == 0
+            && self.mem_mb == 0
+            && self.disk_mb == 0
+            && self.ports.is_empty()
+            && self.named_scalars.is_empty()
+            && self.named_ranges.is_empty()
+            && self.named_sets.is_empty()
     }
 
     /// Whether every part of `other` fits in `self`.
@@ -227,6 +262,18 @@ impl Resources {
             && self.mem_mb >= other.mem_mb
             && self.disk_mb >= other.disk_mb
             && self.ports.contains(&other.ports)
+            && other
+                .named_scalars
+                .iter()
+                .all(|(k, v)| self.named_scalars.get(k).is_some_and(|have| have >= v))
+            && other
+                .named_ranges
+                .iter()
+                .all(|(k, v)| self.named_ranges.get(k).is_some_and(|have| have.contains(v)))
+            && other
+                .named_sets
+                .iter()
+                .all(|(k, v)| self.named_sets.get(k).is_some_and(|have| have.is_superset(v)))
     }
 
     /// Adds `other`. Scalars saturate: every input was bounded by
@@ -238,6 +285,20 @@ impl Resources {
         if !other.ports.is_empty() {
             self.ports = self.ports.union(&other.ports);
         }
+        for (k, v) in &other.named_scalars {
+            let have = self.named_scalars.entry(k.clone()).or_insert(0);
+            *have = have.saturating_add(*v);
+        }
+        for (k, v) in &other.named_ranges {
+            let have = self.named_ranges.entry(k.clone()).or_default();
+            *have = have.union(v);
+        }
+        for (k, v) in &other.named_sets {
+            self.named_sets
+                .entry(k.clone())
+                .or_default()
+                .extend(v.iter().cloned());
+        }
     }
 
     /// Subtracts `other`, flooring at zero. Callers that need exactness check
@@ -248,6 +309,30 @@ impl Resources {
         self.disk_mb = self.disk_mb.saturating_sub(other.disk_mb);
         if !other.ports.is_empty() {
             self.ports = self.ports.difference(&other.ports);
+        }
+        for (k, v) in &other.named_scalars {
+            if let Some(have) = self.named_scalars.get_mut(k) {
+                *have = have.saturating_sub(*v);
+                if *have == 0 {
+                    self.named_scalars.remove(k);
+                }
+            }
+        }
+        for (k, v) in &other.named_ranges {
+            if let Some(have) = self.named_ranges.get_mut(k) {
+                *have = have.difference(v);
+                if have.is_empty() {
+                    self.named_ranges.remove(k);
+                }
+            }
+        }
+        for (k, v) in &other.named_sets {
+            if let Some(have) = self.named_sets.get_mut(k) {
+                have.retain(|item| !v.contains(item));
+                if have.is_empty() {
+                    self.named_sets.remove(k);
+                }
+            }
         }
     }
 
@@ -263,30 +348,72 @@ impl Resources {
         r
     }
 
-    /// The scalar part only (DRF shares ignore ports, as Mesos does for
-    /// non-scalar resources).
+    /// The scalar part only, named scalars included (DRF shares ignore
+    /// ranges and sets, as Mesos does for non-scalar resources).
     pub fn scalars(&self) -> Resources {
-        Resources::new(self.cpus_milli, self.mem_mb, self.disk_mb)
+        Resources {
+            named_scalars: self.named_scalars.clone(),
+            ..Resources::new(self.cpus_milli, self.mem_mb, self.disk_mb)
+        }
+    }
+
+    /// Every scalar as (name, amount in the unit DRF compares: thousandths
+    /// for cpus and named scalars, MB for mem and disk).
+    pub fn scalar_amounts(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        [
+            ("cpus", self.cpus_milli),
+            ("mem", self.mem_mb),
+            ("disk", self.disk_mb),
+        ]
+        .into_iter()
+        .chain(self.named_scalars.iter().map(|(k, v)| (k.as_str(), *v)))
     }
 
     /// Checks the bounds every declared resource obeys.
     pub fn validate(&self) -> Result<(), Rejection> {
-        for (name, v) in [
-            ("cpus", self.cpus_milli),
-            ("mem", self.mem_mb),
-            ("disk", self.disk_mb),
-        ] {
+        let bad = |problem: String| Err(Rejection::InvalidResources { problem });
+        for (name, v) in self.scalar_amounts() {
             if v > SCALAR_MAX {
-                return Err(Rejection::InvalidResources {
-                    problem: format!("{name} is larger than the limit {SCALAR_MAX}"),
-                });
+                return bad(format!("{name} is larger than the limit {SCALAR_MAX}"));
+            }
+        }
+        let named = self.named_scalars.len() + self.named_ranges.len() + self.named_sets.len();
+        if named > NAMED_MAX {
+            return bad(format!(
+                "{named} named resources, more than the limit {NAMED_MAX}"
+            ));
+        }
+        let names = self
+            .named_scalars
+            .keys()
+            .chain(self.named_ranges.keys())
+            .chain(self.named_sets.keys());
+        let mut seen = BTreeSet::new();
+        for name in names {
+            check_resource_name(name)?;
+            if !seen.insert(name) {
+                return bad(format!("`{name}` is given as two kinds of resource"));
+            }
+        }
+        for (name, items) in &self.named_sets {
+            if items.len() > SET_ITEMS_MAX {
+                return bad(format!(
+                    "set `{name}` has {} items, more than the limit {SET_ITEMS_MAX}",
+                    items.len()
+                ));
+            }
+            for item in items {
+                check_set_item(name, item)?;
             }
         }
         Ok(())
     }
 
-    /// Parses Mesos' text form: `cpus:4;mem:8192;disk:20000;ports:[31000-32000]`.
-    /// Cpus may be fractional (`cpus:0.5`); mem and disk are MB.
+    /// Parses Mesos' text form:
+    /// `cpus:4;mem:8192;disk:20000;ports:[31000-32000];gpus:2;disks:{a,b}`.
+    /// Cpus and other scalars may be fractional (`cpus:0.5`, kept to three
+    /// decimals as Mesos does); mem and disk are MB. A name may carry the
+    /// default role, `cpus(*):4`; reservations for other roles are refused.
     pub fn parse(text: &str) -> Result<Resources, Rejection> {
         let bad = |problem: String| Rejection::InvalidResources { problem };
         let mut r = Resources::default();
@@ -296,6 +423,16 @@ impl Resources {
                 .split_once(':')
                 .ok_or_else(|| bad(format!("`{part}` is not NAME:VALUE")))?;
             let name = name.trim();
+            let name = match name.split_once('(') {
+                None => name,
+                Some((n, "*)")) => n.trim(),
+                Some((n, role)) => {
+                    return Err(bad(format!(
+                        "`{n}` is reserved for role `{}`: only unreserved resources (`*`) are supported",
+                        role.trim_end_matches(')')
+                    )))
+                }
+            };
             let value = value.trim();
             if !seen.insert(name.to_owned()) {
                 return Err(bad(format!("`{name}` is given twice")));
@@ -306,9 +443,30 @@ impl Resources {
                 "disk" => r.disk_mb = scalar_from_f64(name, parse_number(name, value)?)?,
                 "ports" => r.ports = parse_port_ranges(value)?,
                 other => {
-                    return Err(bad(format!(
-                        "unknown resource `{other}` (known: cpus, mem, disk, ports)"
-                    )))
+                    check_resource_name(other)?;
+                    if value.starts_with('[') {
+                        let ranges = parse_ranges(other, value, u32::MAX)?;
+                        if !ranges.is_empty() {
+                            r.named_ranges.insert(other.to_owned(), ranges);
+                        }
+                    } else if let Some(inner) =
+                        value.strip_prefix('{').and_then(|v| v.strip_suffix('}'))
+                    {
+                        let mut items = BTreeSet::new();
+                        for item in inner.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                            if !items.insert(item.to_owned()) {
+                                return Err(bad(format!("set `{other}` lists `{item}` twice")));
+                            }
+                        }
+                        if !items.is_empty() {
+                            r.named_sets.insert(other.to_owned(), items);
+                        }
+                    } else {
+                        let milli = named_milli_from_f64(other, parse_number(other, value)?)?;
+                        if milli > 0 {
+                            r.named_scalars.insert(other.to_owned(), milli);
+                        }
+                    }
                 }
             }
         }
@@ -321,19 +479,87 @@ impl Resources {
             cpus_milli: self.cpus_milli,
             mem_mb: self.mem_mb,
             disk_mb: self.disk_mb,
-            ports: self
-                .ports
-                .ranges()
+            ports: ranges_to_proto(&self.ports),
+            scalars: self
+                .named_scalars
                 .iter()
-                .map(|&(begin, end)| pb::PortRange { begin, end })
+                .map(|(name, v)| pb::ScalarResource {
+                    name: name.clone(),
+                    value_milli: *v,
+                })
+                .collect(),
+            ranges: self
+                .named_ranges
+                .iter()
+                .map(|(name, v)| pb::RangesResource {
+                    name: name.clone(),
+                    ranges: ranges_to_proto(v),
+                })
+                .collect(),
+            sets: self
+                .named_sets
+                .iter()
+                .map(|(name, v)| pb::SetResource {
+                    name: name.clone(),
+                    items: v.iter().cloned().collect(),
+                })
                 .collect(),
         }
     }
 
     /// Converts from the wire, validating (a client's message may be hostile).
     pub fn from_proto(p: &pb::Resources) -> Result<Resources, Rejection> {
+        let bad = |problem: String| Rejection::InvalidResources { problem };
+        let named = p.scalars.len() + p.ranges.len() + p.sets.len();
+        if named > NAMED_MAX {
+            return Err(bad(format!(
+                "{named} named resources, more than the limit {NAMED_MAX}"
+            )));
+        }
         let ranges: Vec<(u32, u32)> = p.ports.iter().map(|r| (r.begin, r.end)).collect();
-        let r = Resources::new(p.cpus_milli, p.mem_mb, p.disk_mb).with_ports(&ranges)?;
+        let mut r = Resources::new(p.cpus_milli, p.mem_mb, p.disk_mb).with_ports(&ranges)?;
+        let mut names = BTreeSet::new();
+        let mut fresh = |name: &str| {
+            check_resource_name(name)?;
+            if names.insert(name.to_owned()) {
+                Ok(())
+            } else {
+                Err(bad(format!("`{name}` is given twice")))
+            }
+        };
+        for s in &p.scalars {
+            fresh(&s.name)?;
+            if s.value_milli > 0 {
+                r.named_scalars.insert(s.name.clone(), s.value_milli);
+            }
+        }
+        for g in &p.ranges {
+            fresh(&g.name)?;
+            let pairs: Vec<(u32, u32)> = g.ranges.iter().map(|x| (x.begin, x.end)).collect();
+            let set = PortSet::bounded(&g.name, &pairs, u32::MAX)?;
+            if !set.is_empty() {
+                r.named_ranges.insert(g.name.clone(), set);
+            }
+        }
+        for s in &p.sets {
+            fresh(&s.name)?;
+            if s.items.len() > SET_ITEMS_MAX {
+                return Err(bad(format!(
+                    "set `{}` has {} items, more than the limit {SET_ITEMS_MAX}",
+                    s.name,
+                    s.items.len()
+                )));
+            }
+            let mut items = BTreeSet::new();
+            for item in &s.items {
+                if !items.insert(item.clone()) {
+                    return Err(bad(format!("set `{}` lists `{item}` twice", s.name)));
+                }
+            }
+            if !items.is_empty() {
+                r.named_sets.insert(s.name.clone(), items);
+            }
+        }
         r.validate()?;
         Ok(r)
     }
@@ -345,19 +571,107 @@ impl Resources {
         let Some(p) = p else {
             return Resources::default();
         };
-        let mut ports = PortSet::new();
-        for r in &p.ports {
-            ports.insert_range(r.begin.min(r.end), r.end.max(r.begin));
-        }
-        Resources {
+        let merged = |ranges: &[pb::PortRange]| {
+            let mut set = PortSet::new();
+            for r in ranges {
+                set.insert_range(r.begin.min(r.end), r.end.max(r.begin));
+            }
+            set
+        };
+        let mut r = Resources {
             cpus_milli: p.cpus_milli,
             mem_mb: p.mem_mb,
             disk_mb: p.disk_mb,
-            ports,
+            ports: merged(&p.ports),
+            ..Resources::default()
+        };
+        for s in p.scalars.iter().filter(|s| s.value_milli > 0) {
+            let have = r.named_scalars.entry(s.name.clone()).or_insert(0);
+            *have = have.saturating_add(s.value_milli);
         }
+        for g in &p.ranges {
+            let set = merged(&g.ranges);
+            if !set.is_empty() {
+                let have = r.named_ranges.entry(g.name.clone()).or_default();
+                *have = have.union(&set);
+            }
+        }
+        for s in p.sets.iter().filter(|s| !s.items.is_empty()) {
+            r.named_sets
+                .entry(s.name.clone())
+                .or_default()
+                .extend(s.items.iter().cloned());
+        }
+        r
     }
 }
 
+fn ranges_to_proto(set: &PortSet) -> Vec<pb::PortRange> {
+    set.ranges()
+        .iter()
+        .map(|&(begin, end)| pb::PortRange { begin, end })
+        .collect()
+}
+
+/// A resource name: 1 to 64 of `A-Z a-z 0-9 _ - .`, not one of the four
+/// with fields of their own (those are parsed, never named).
+pub fn check_resource_name(name: &str) -> Result<(), Rejection> {
+    let bad = |problem: String| Err(Rejection::InvalidResources { problem });
+    if name.is_empty() {
+        return bad("a resource has an empty name".to_owned());
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return bad(format!(
+            "resource name `{}…` is longer than {NAME_BYTES_MAX} bytes",
+            name.chars().take(16).collect::<String>()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return bad(format!(
+            "resource name `{name}` has {c:?} (allowed: letters, digits, _ - .)"
+        ));
+    }
+    if RESERVED.contains(&name) {
+        return bad(format!("`{name}` cannot be a named resource"));
+    }
+    Ok(())
+}
+
+fn check_set_item(set: &str, item: &str) -> Result<(), Rejection> {
+    let bad = |problem: String| Err(Rejection::InvalidResources { problem });
+    if item.is_empty() || item.len() > NAME_BYTES_MAX {
+        return bad(format!(
+            "set `{set}` has an item of {} bytes (1 to {NAME_BYTES_MAX} allowed)",
+            item.len()
+        ));
+    }
+    if let Some(c) = item
+        .chars()
+        .find(|c| c.is_control() || matches!(c, ',' | '{' | '}' | ';'))
+    {
+        return bad(format!("set `{set}` item `{item}` has {c:?}"));
+    }
+    Ok(())
+}
+
+/// A named scalar to thousandths, as [`cpus_milli_from_f64`].
+pub fn named_milli_from_f64(name: &str, v: f64) -> Result<u64, Rejection> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(Rejection::InvalidResources {
+            problem: format!("{name} {v} is negative or not finite"),
+        });
+    }
+    let milli = (v * 1000.0).round();
+    if milli > SCALAR_MAX as f64 {
+        return Err(Rejection::InvalidResources {
+            problem: format!("{name} {v} is larger than the limit"),
+        });
+    }
+    Ok(milli as u64)
+}
 fn parse_number(name: &str, value: &str) -> Result<f64, Rejection> {
     value
         .parse::<f64>()
@@ -369,18 +683,7 @@ fn parse_number(name: &str, value: &str) -> Result<f64, Rejection> {
 /// Converts Mesos' floating-point cpus to thousandths, refusing negative,
 /// NaN, infinite and absurdly large values.
 pub fn cpus_milli_from_f64(cpus: f64) -> Result<u64, Rejection> {
-    if !cpus.is_finite() || cpus < 0.0 {
-        return Err(Rejection::InvalidResources {
-            problem: format!("cpus {cpus} is negative or not finite"),
-        });
-    }
-    let milli = (cpus * 1000.0).round();
-    if milli > SCALAR_MAX as f64 {
-        return Err(Rejection::InvalidResources {
-            problem: format!("cpus {cpus} is larger than the limit"),
-        });
-    }
-    Ok(milli as u64)
+    named_milli_from_f64("cpus", cpus)
 }
 
 fn scalar_from_f64(name: &str, v: f64) -> Result<u64, Rejection> {
@@ -398,22 +701,36 @@ fn scalar_from_f64(name: &str, v: f64) -> Result<u64, Rejection> {
 }
 
 fn parse_port_ranges(value: &str) -> Result<PortSet, Rejection> {
+    parse_ranges("ports", value, u32::from(u16::MAX))
+}
+
+/// `[a-b,c-d]` (a lone `a` is `a-a`) for the resource `what`.
+fn parse_ranges(what: &str, value: &str, max: u32) -> Result<PortSet, Rejection> {
     let bad = |problem: String| Rejection::InvalidResources { problem };
     let inner = value
         .strip_prefix('[')
         .and_then(|v| v.strip_suffix(']'))
-        .ok_or_else(|| bad(format!("ports `{value}` must look like [31000-32000]")))?;
+        .ok_or_else(|| bad(format!("{what} `{value}` must look like [31000-32000]")))?;
     let mut ranges = Vec::new();
     for r in inner.split(',').map(str::trim).filter(|r| !r.is_empty()) {
         let (b, e) = r.split_once('-').unwrap_or((r, r));
         let parse = |s: &str| {
             s.trim()
                 .parse::<u32>()
-                .map_err(|_| bad(format!("port `{}` in `{r}` is not a number", s.trim())))
+                .map_err(|_| bad(format!("{what} value `{}` in `{r}` is not a number", s.trim())))
         };
         ranges.push((parse(b)?, parse(e)?));
+        if ranges.len() > SET_ITEMS_MAX {
+            return Err(bad(format!(
+                "{what} has more than {SET_ITEMS_MAX} ranges"
+            )));
+        }
     }
-    PortSet::from_ranges(&ranges)
+    if what == "ports" {
+        PortSet::from_ranges(&ranges)
+    } else {
+        PortSet::bounded(what, &ranges, max)
+    }
 }
 
 impl fmt::Debug for Resources {
@@ -428,6 +745,16 @@ impl fmt::Display for Resources {
         write!(f, "cpus:{cpus};mem:{};disk:{}", self.mem_mb, self.disk_mb)?;
         if !self.ports.is_empty() {
             write!(f, ";ports:{}", self.ports)?;
+        }
+        for (name, v) in &self.named_scalars {
+            write!(f, ";{name}:{}", *v as f64 / 1000.0)?;
+        }
+        for (name, v) in &self.named_ranges {
+            write!(f, ";{name}:{v}")?;
+        }
+        for (name, v) in &self.named_sets {
+            let items: Vec<&str> = v.iter().map(String::as_str).collect();
+            write!(f, ";{name}:{{{}}}", items.join(","))?;
         }
         Ok(())
     }
@@ -460,7 +787,12 @@ mod tests {
             "cpus:NaN",
             "cpus:inf",
             "mem:lots",
-            "gpus:1",
+            "gpus:-1",
+            "gpus(ml):1",
+            "bad name:1",
+            "disks:{a,a}",
+            "vlans:[5-1]",
+            "ports:1",
             "cpus",
             "cpus:1;cpus:2",
             "ports:[10-5]",
@@ -475,6 +807,44 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn named_resources_parse_add_and_subtract() {
+        let agent =
+            Resources::parse("cpus(*):4;mem:8192;gpus:2;vlans:[100-200];disks:{ssd0,ssd1}")
+                .unwrap();
+        assert_eq!(agent.named_scalars.get("gpus"), Some(&2000));
+        assert_eq!(agent.named_ranges["vlans"].ranges(), &[(100, 200)]);
+        assert_eq!(agent.named_sets["disks"].len(), 2);
+        assert_eq!(
+            agent.to_string(),
+            "cpus:4;mem:8192;disk:0;gpus:2;vlans:[100-200];disks:{ssd0,ssd1}"
+        );
+        assert_eq!(Resources::parse(&agent.to_string()).unwrap(), agent);
+        let task = Resources::parse("cpus:1;gpus:0.5;vlans:[150-150];disks:{ssd1}").unwrap();
+        assert!(agent.contains(&task));
+        let rest = agent.minus(&task);
+        assert_eq!(rest.named_scalars["gpus"], 1500);
+        assert_eq!(rest.named_ranges["vlans"].ranges(), &[(100, 149), (151, 200)]);
+        assert_eq!(rest.named_sets["disks"].iter().collect::<Vec<_>>(), ["ssd0"]);
+        assert_eq!(rest.plus(&task), agent);
+        // Emptied entries disappear, so equal amounts compare equal.
+        let none = task.minus(&task);
+        assert!(none.is_empty(), "{none:?}");
+        assert!(!Resources::parse("cpus:1").unwrap().contains(&task));
+        // The proto form round-trips and is validated.
+        assert_eq!(Resources::from_proto(&agent.to_proto()).unwrap(), agent);
+        assert_eq!(Resources::from_logged(Some(&agent.to_proto())), agent);
+        let mut p = agent.to_proto();
+        p.scalars.push(pb::ScalarResource {
+            name: "cpus".into(),
+            value_milli: 1,
+        });
+        assert!(Resources::from_proto(&p).is_err());
+        let mut p = agent.to_proto();
+        p.sets[0].name = "gpus".into();
+        assert!(Resources::from_proto(&p).is_err(), "a name given twice");
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn samples() -> Vec<Payload> {
             begin: 31000,
             end: 31009,
         }],
+        ..Default::default()
     });
     let domain = Some(pb::Domain {
         region: "r1".into(),

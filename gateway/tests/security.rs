@@ -279,6 +279,7 @@ fn every_negative_is_refused_changes_nothing_and_is_logged() {
                             mem_mb: 1024,
                             disk_mb: 0,
                             ports: vec![],
+                            ..Default::default()
                         }),
                         attributes: vec![],
                         domain: None,

@@ -208,6 +208,7 @@ async fn measure(
                 mem_mb: 1,
                 disk_mb: 0,
                 ports: vec![],
+                ..Default::default()
             }),
             command: Some(pb::CommandInfo {
                 shell: String::new(),

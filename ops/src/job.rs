@@ -255,6 +255,7 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
             mem_mb: f.resources.mem,
             disk_mb: f.resources.disk,
             ports: vec![],
+            ..Default::default()
         }),
         constraints,
         region_aware: f.region_aware,

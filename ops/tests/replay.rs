@@ -65,6 +65,7 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
                             mem_mb: 4096,
                             disk_mb: 0,
                             ports: vec![],
+                            ..Default::default()
                         }),
                         attributes: vec![],
                         domain: None,

@@ -283,6 +283,7 @@ pub fn launch(
                 mem_mb: 16,
                 disk_mb: 0,
                 ports: vec![],
+                ..Default::default()
             }),
             command: Some(pb::CommandInfo {
                 shell: "sleep 1000".into(),

@@ -24,6 +24,7 @@ pub fn spec(name: &str, instances: u32, constraints: &[[&str; 3]]) -> pb::JobSpe
             mem_mb: 16,
             disk_mb: 0,
             ports: vec![],
+            ..Default::default()
         }),
         constraints: constraints
             .iter()

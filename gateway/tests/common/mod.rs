@@ -337,6 +337,7 @@ impl SimAgent {
                 mem_mb: cpus * 1024,
                 disk_mb: 0,
                 ports: vec![],
+                ..Default::default()
             }),
             attributes: vec![],
             domain: domain.map(|(region, zone)| pb::Domain {
