@@ -17,7 +17,8 @@ use orrery_proto::scheduler as sp;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     ToFramework(FrameworkId, sp::event::Event),
-    ToAgent(AgentId, ap::master_message::Message),
+    /// Boxed: a launch is far larger than the other effects.
+    ToAgent(AgentId, Box<ap::master_message::Message>),
     /// The framework was removed: end its stream with this message.
     CloseFramework(FrameworkId, String),
     /// A job was created or changed, or one of its tasks ended: the job
@@ -160,7 +161,7 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                 .is_some_and(|f| f.checkpoint);
             out.push(Effect::ToAgent(
                 AgentId::new(e.agent_id.clone()),
-                ap::master_message::Message::Launch(ap::LaunchTask {
+                Box::new(ap::master_message::Message::Launch(ap::LaunchTask {
                     framework_id: e.framework_id.clone(),
                     task_id: e.task_id.clone(),
                     name: e.name.clone(),
@@ -168,7 +169,7 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
                     command: e.command.clone(),
                     checkpoint,
                     health_check: health_check_of(before, e.job.as_ref()),
-                }),
+                })),
             ));
         }
         Payload::TaskKillRequested(e) => {
@@ -176,10 +177,10 @@ pub fn effects_of(before: &Cluster, payload: &Payload) -> Vec<Effect> {
             if let Some(t) = before.task(&key) {
                 out.push(Effect::ToAgent(
                     t.agent_id.clone(),
-                    ap::master_message::Message::Kill(ap::KillTask {
+                    Box::new(ap::master_message::Message::Kill(ap::KillTask {
                         framework_id: e.framework_id.clone(),
                         task_id: e.task_id.clone(),
-                    }),
+                    })),
                 ));
             }
         }

@@ -496,7 +496,11 @@ impl Master {
                 }
                 Effect::ToAgent(aid, message) => {
                     if let Some(link) = self.agents.get(&aid) {
-                        if link.addr.try_send(agent_session::Deliver(message)).is_err() {
+                        if link
+                            .addr
+                            .try_send(agent_session::Deliver(*message))
+                            .is_err()
+                        {
                             tracing::warn!(agent_id = %aid, "an agent session's mailbox is full; the message waits for reconciliation");
                         }
                     }

@@ -40,9 +40,10 @@ fn dominant_share(alloc: &Resources, total: &Resources) -> ShareKey {
         }
     };
     // Every scalar counts, named ones (`gpus`) too, as in Mesos' DRF.
-    let named = alloc.named_scalars.iter().map(|(k, a)| {
-        part(*a, total.named_scalars.get(k).copied().unwrap_or(0))
-    });
+    let named = alloc
+        .named_scalars
+        .iter()
+        .map(|(k, a)| part(*a, total.named_scalars.get(k).copied().unwrap_or(0)));
     part(alloc.cpus_milli, total.cpus_milli)
         .max(part(alloc.mem_mb, total.mem_mb))
         .max(part(alloc.disk_mb, total.disk_mb))

@@ -266,14 +266,16 @@ impl Resources {
                 .named_scalars
                 .iter()
                 .all(|(k, v)| self.named_scalars.get(k).is_some_and(|have| have >= v))
-            && other
-                .named_ranges
-                .iter()
-                .all(|(k, v)| self.named_ranges.get(k).is_some_and(|have| have.contains(v)))
-            && other
-                .named_sets
-                .iter()
-                .all(|(k, v)| self.named_sets.get(k).is_some_and(|have| have.is_superset(v)))
+            && other.named_ranges.iter().all(|(k, v)| {
+                self.named_ranges
+                    .get(k)
+                    .is_some_and(|have| have.contains(v))
+            })
+            && other.named_sets.iter().all(|(k, v)| {
+                self.named_sets
+                    .get(k)
+                    .is_some_and(|have| have.is_superset(v))
+            })
     }
 
     /// Adds `other`. Scalars saturate: every input was bounded by
@@ -715,15 +717,16 @@ fn parse_ranges(what: &str, value: &str, max: u32) -> Result<PortSet, Rejection>
     for r in inner.split(',').map(str::trim).filter(|r| !r.is_empty()) {
         let (b, e) = r.split_once('-').unwrap_or((r, r));
         let parse = |s: &str| {
-            s.trim()
-                .parse::<u32>()
-                .map_err(|_| bad(format!("{what} value `{}` in `{r}` is not a number", s.trim())))
+            s.trim().parse::<u32>().map_err(|_| {
+                bad(format!(
+                    "{what} value `{}` in `{r}` is not a number",
+                    s.trim()
+                ))
+            })
         };
         ranges.push((parse(b)?, parse(e)?));
         if ranges.len() > SET_ITEMS_MAX {
-            return Err(bad(format!(
-                "{what} has more than {SET_ITEMS_MAX} ranges"
-            )));
+            return Err(bad(format!("{what} has more than {SET_ITEMS_MAX} ranges")));
         }
     }
     if what == "ports" {
@@ -811,9 +814,8 @@ mod tests {
 
     #[test]
     fn named_resources_parse_add_and_subtract() {
-        let agent =
-            Resources::parse("cpus(*):4;mem:8192;gpus:2;vlans:[100-200];disks:{ssd0,ssd1}")
-                .unwrap();
+        let agent = Resources::parse("cpus(*):4;mem:8192;gpus:2;vlans:[100-200];disks:{ssd0,ssd1}")
+            .unwrap();
         assert_eq!(agent.named_scalars.get("gpus"), Some(&2000));
         assert_eq!(agent.named_ranges["vlans"].ranges(), &[(100, 200)]);
         assert_eq!(agent.named_sets["disks"].len(), 2);
@@ -826,8 +828,14 @@ mod tests {
         assert!(agent.contains(&task));
         let rest = agent.minus(&task);
         assert_eq!(rest.named_scalars["gpus"], 1500);
-        assert_eq!(rest.named_ranges["vlans"].ranges(), &[(100, 149), (151, 200)]);
-        assert_eq!(rest.named_sets["disks"].iter().collect::<Vec<_>>(), ["ssd0"]);
+        assert_eq!(
+            rest.named_ranges["vlans"].ranges(),
+            &[(100, 149), (151, 200)]
+        );
+        assert_eq!(
+            rest.named_sets["disks"].iter().collect::<Vec<_>>(),
+            ["ssd0"]
+        );
         assert_eq!(rest.plus(&task), agent);
         // Emptied entries disappear, so equal amounts compare equal.
         let none = task.minus(&task);

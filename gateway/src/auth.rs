@@ -456,6 +456,22 @@ impl Caller {
         Ok(p.name().to_owned())
     }
 
+    /// Whether the caller holds `need` (any caller on an insecure master).
+    pub fn may(&self, need: Permission, what: &str) -> Result<(), String> {
+        let (Some(p), Some(sec)) = (&self.principal, &self.security) else {
+            return Ok(());
+        };
+        if sec.policy.allows(p, need) {
+            return Ok(());
+        }
+        let message = format!(
+            "{p} may not {what}: it needs the {:?} permission in the policy",
+            need.as_str()
+        );
+        record_denied(&p.to_string(), what, "forbidden", &message);
+        Err(message)
+    }
+
     /// Whether the caller is the framework whose bound principal is
     /// `bound` (frameworks act only on their own offers and tasks).
     pub fn framework_owner(&self, framework_id: &str, bound: &str) -> Result<(), tonic::Status> {
@@ -629,12 +645,24 @@ pub async fn http_guard(
         .extensions()
         .get::<axum::extract::ConnectInfo<Peer>>()
         .and_then(|c| c.0.principal.clone());
-    let need = if req.method() == axum::http::Method::GET {
-        Permission::View
-    } else {
-        Permission::Operator
+    // Mesos' v1 APIs carry their verb in the body: the scheduler API is
+    // authorized per framework by its handler (roles, ownership), and the
+    // operator API's mutating calls ask for `operator` in theirs.
+    let need = match (req.method() == axum::http::Method::GET, path.as_str()) {
+        (_, "/api/v1/scheduler") => None,
+        (_, "/api/v1") | (true, _) => Some(Permission::View),
+        (false, _) => Some(Permission::Operator),
     };
     let authorize = |p: &Principal| {
+        let Some(need) = need else {
+            return if sec.policy.runs_frameworks(p) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{p} may not call {path}: the policy grants it no framework_roles"
+                ))
+            };
+        };
         if sec.policy.allows(p, need) {
             Ok(())
         } else {

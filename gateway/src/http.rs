@@ -33,6 +33,8 @@ use serde_json::{json, Value};
 pub struct Admin {
     pub master: Addr<Master>,
     pub log: Log,
+    /// The Mesos HTTP frameworks' streams (`crate::mesos::scheduler`).
+    pub mesos: crate::mesos::scheduler::Streams,
 }
 
 pub fn router(admin: Admin, security: Option<std::sync::Arc<crate::auth::Security>>) -> Router {
@@ -54,6 +56,21 @@ pub fn router(admin: Admin, security: Option<std::sync::Arc<crate::auth::Securit
             "/machine/up",
             axum::routing::post(crate::maintenance::post_up),
         )
+        .route(
+            "/api/v1/scheduler",
+            axum::routing::post(crate::mesos::scheduler::scheduler),
+        )
+        .route(
+            "/api/v1",
+            axum::routing::post(crate::mesos::operator::operator),
+        )
+        .route("/master/state", get(crate::mesos::operator::master_state))
+        .route("/state.json", get(crate::mesos::operator::master_state))
+        .route(
+            "/master/state.json",
+            get(crate::mesos::operator::master_state),
+        )
+        .route("/version", get(crate::mesos::operator::version))
         .layer(axum::middleware::from_fn_with_state(
             security,
             crate::auth::http_guard,

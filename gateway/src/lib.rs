@@ -24,6 +24,9 @@
 //!   `/maintenance/status`, `/machine/down`, `/machine/up`).
 //! - [`metrics`]: `/metrics` (Prometheus) and `/vars.json`, and the API
 //!   latency layer.
+//! - [`mesos`]: Mesos' v1 HTTP scheduler and operator APIs
+//!   (`/api/v1/scheduler`, `/api/v1`) and `/master/state`, translated onto
+//!   the same master actor as the gRPC services.
 
 /// The leader-following client lives in orrery-actors (the agent uses it
 /// too); re-exported here for the CLI and framework clients.
@@ -32,5 +35,6 @@ pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod maintenance;
+pub mod mesos;
 pub mod metrics;
 pub mod server;

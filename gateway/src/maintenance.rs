@@ -122,7 +122,7 @@ pub fn schedule_json(windows: &[Window]) -> Value {
     })
 }
 
-fn parse_machines(body: &[u8]) -> Result<Vec<MachineId>, String> {
+pub fn parse_machines(body: &[u8]) -> Result<Vec<MachineId>, String> {
     let v: Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let list = v
@@ -157,7 +157,7 @@ async fn lead(a: &Admin, path: &str) -> Result<(), Response> {
     }
 }
 
-async fn submit(a: &Admin, command: Command) -> Response {
+pub async fn submit(a: &Admin, command: Command) -> Response {
     match a
         .master
         .send(Submit {
@@ -203,37 +203,40 @@ pub async fn get_status(State(a): State<Admin>, uri: Uri) -> Response {
     if let Err(r) = lead(&a, uri.path()).await {
         return r;
     }
-    let v = a.log.with_state(|m| {
-        let hosts = m.cluster.hosts.values();
-        let draining: Vec<Value> = hosts
-            .clone()
-            .filter(|h| matches!(h.state, HostState::Draining | HostState::Drained))
-            .map(|h| {
-                // Mesos: each framework's answer to the inverse offers.
-                let statuses: Vec<Value> = m
-                    .cluster
-                    .inverse_offers
-                    .values()
-                    .filter(|o| o.hostname == h.machine.hostname)
-                    .map(|o| {
-                        json!({
-                            "framework_id": {"value": o.framework_id.0},
-                            "agent_id": {"value": o.agent_id.0},
-                            "status": o.answer.as_str(),
-                            "timestamp": {"nanoseconds": o.answered_at_ms.saturating_mul(1_000_000)},
-                        })
-                    })
-                    .collect();
-                json!({"id": {"hostname": h.machine.hostname, "ip": h.machine.ip}, "statuses": statuses})
-            })
-            .collect();
-        let down: Vec<Value> = hosts
-            .filter(|h| h.state == HostState::Down)
-            .map(|h| json!({"hostname": h.machine.hostname, "ip": h.machine.ip}))
-            .collect();
-        json!({"draining_machines": draining, "down_machines": down})
-    });
+    let v = a.log.with_state(|m| status_json(&m.cluster));
     axum::Json(v).into_response()
+}
+
+/// Mesos' maintenance status: each draining machine with the frameworks'
+/// answers to its inverse offers, and the machines that are down.
+pub fn status_json(c: &orrery_events::Cluster) -> Value {
+    let hosts = c.hosts.values();
+    let draining: Vec<Value> = hosts
+        .clone()
+        .filter(|h| matches!(h.state, HostState::Draining | HostState::Drained))
+        .map(|h| {
+            // Mesos: each framework's answer to the inverse offers.
+            let statuses: Vec<Value> = c
+                .inverse_offers
+                .values()
+                .filter(|o| o.hostname == h.machine.hostname)
+                .map(|o| {
+                    json!({
+                        "framework_id": {"value": o.framework_id.0},
+                        "agent_id": {"value": o.agent_id.0},
+                        "status": o.answer.as_str(),
+                        "timestamp": {"nanoseconds": o.answered_at_ms.saturating_mul(1_000_000)},
+                    })
+                })
+                .collect();
+            json!({"id": {"hostname": h.machine.hostname, "ip": h.machine.ip}, "statuses": statuses})
+        })
+        .collect();
+    let down: Vec<Value> = hosts
+        .filter(|h| h.state == HostState::Down)
+        .map(|h| json!({"hostname": h.machine.hostname, "ip": h.machine.ip}))
+        .collect();
+    json!({"draining_machines": draining, "down_machines": down})
 }
 
 pub async fn post_down(State(a): State<Admin>, uri: Uri, body: Bytes) -> Response {

@@ -180,6 +180,7 @@ fn serve_http(
         crate::http::Admin {
             master: master.clone(),
             log: log.clone(),
+            mesos: Default::default(),
         },
         security.clone(),
     );

@@ -176,7 +176,7 @@ impl Sim {
             Msg::Timer(Timer::AgentTick) => self.agent_tick(a),
             Msg::Reply { id, outcome } => self.agent_reply(a, id, outcome),
             Msg::ToAgent { session, msg } if session == self.agents[a].session && session != 0 => {
-                self.agent_message(a, msg);
+                self.agent_message(a, *msg);
             }
             _ => {}
         }

@@ -492,6 +492,7 @@ impl Sim {
                 }
             }
             Effect::ToAgent(agent_id, msg) => {
+                let msg = *msg;
                 if self.sabotage == Some(Sabotage::DuplicateLaunch) {
                     if let ap::master_message::Message::Launch(_) = &msg {
                         self.duplicate_launch(m, &agent_id, &msg);
@@ -610,7 +611,10 @@ impl Sim {
         let ok = self.send_stream(
             Node::Master(m),
             Node::Agent(node),
-            Msg::ToAgent { session, msg },
+            Msg::ToAgent {
+                session,
+                msg: Box::new(msg),
+            },
         );
         if !ok {
             let Some(shell) = self.shell(m) else {

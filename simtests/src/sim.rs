@@ -110,7 +110,8 @@ pub enum Msg {
     },
     ToAgent {
         session: u64,
-        msg: ap::master_message::Message,
+        /// Boxed: a launch is far larger than the other messages.
+        msg: Box<ap::master_message::Message>,
     },
     ToFramework {
         session: u64,
