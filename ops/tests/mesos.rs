@@ -391,4 +391,164 @@ async fn the_operator_api_and_refusals_speak_mesos_json() {
     let (code, _) = call(&addr, "/api/v1", &json!({"type": "GET_HEALTH"}));
     assert_eq!(code, 200, "the master still answers");
     assert_eq!(master_state(&addr)["frameworks"], json!([]));
+
+    // A subscription by hand: the stream id, RecordIO, and calls checked
+    // against the stream, as Mesos does.
+    let (mut stream, head, first) = subscribe(
+        &addr,
+        &json!({
+            "type": "SUBSCRIBE",
+            "subscribe": {"framework_info": {"user": "u", "name": "by-hand", "capabilities": [{"type": "PARTITION_AWARE"}, {"type": "GPU_RESOURCES"}]}},
+        }),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let stream_id = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mesos-stream-id:")
+                .then(|| l[16..].trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no Mesos-Stream-Id in {head}"));
+    assert_eq!(first["type"], json!("SUBSCRIBED"), "{first}");
+    let fw_id = first["subscribed"]["framework_id"]["value"]
+        .as_str()
+        .expect("framework id")
+        .to_owned();
+    assert!(first["subscribed"]["heartbeat_interval_seconds"]
+        .as_f64()
+        .is_some_and(|s| s > 0.0));
+    let revive = json!({"type": "REVIVE", "framework_id": {"value": fw_id}});
+    let (code, text) = call(&addr, "/api/v1/scheduler", &revive);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("Mesos-Stream-Id"), "{text}");
+    let with_stream = |id: &str| {
+        let r = raw(&addr, &format!(
+            "POST /api/v1/scheduler HTTP/1.0\r\nContent-Type: application/json\r\nMesos-Stream-Id: {id}\r\nContent-Length: {}\r\n\r\n{revive}",
+            revive.to_string().len()
+        ));
+        (status_of(&r), body_of(&r).to_owned())
+    };
+    let (code, text) = with_stream("a-stale-stream");
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("didn't match the stream ID"), "{text}");
+    assert_eq!(with_stream(&stream_id).0, 202);
+    let r = raw(&addr, "POST /api/v1/scheduler HTTP/1.0\r\nContent-Type: application/x-protobuf\r\nContent-Length: 2\r\n\r\n{}");
+    assert_eq!(status_of(&r), 415, "{r}");
+    // Offers arrive on the stream in Mesos' shape.
+    let offers = next_record(&mut stream, |e| e["type"] == json!("OFFERS"));
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["framework_id"]["value"], json!(fw_id));
+    assert_eq!(offer["hostname"], json!("host-1"));
+    assert!(
+        offer["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["name"] == json!("gpus"))),
+        "{offer}"
+    );
+    // A launch the core refuses comes back as an update, as in Mesos.
+    let accept = json!({"type": "ACCEPT", "framework_id": {"value": fw_id}, "accept": {
+        "offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [{
+            "name": "too big", "task_id": {"value": "big"}, "agent_id": offer["agent_id"],
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 64}}],
+            "command": {"value": "true"},
+        }]}}],
+    }});
+    let r = raw(&addr, &format!(
+        "POST /api/v1/scheduler HTTP/1.0\r\nContent-Type: application/json\r\nMesos-Stream-Id: {stream_id}\r\nContent-Length: {}\r\n\r\n{accept}",
+        accept.to_string().len()
+    ));
+    assert_eq!(status_of(&r), 202, "{r}");
+    let update = next_record(&mut stream, |e| e["type"] == json!("UPDATE"));
+    let st = &update["update"]["status"];
+    assert_eq!(st["task_id"]["value"], json!("big"));
+    assert_eq!(st["state"], json!("TASK_ERROR"), "{st}");
+    assert_eq!(st["reason"], json!("REASON_TASK_INVALID"), "{st}");
+    assert!(st.get("uuid").is_none(), "nothing to acknowledge: {st}");
+    // The stream closes: the framework is no longer subscribed.
+    drop(stream);
+    eventually("the closed stream disconnects the framework", WAIT, || {
+        let addr = addr.clone();
+        let revive = revive.clone();
+        async move {
+            let (code, text) = call(&addr, "/api/v1/scheduler", &revive);
+            (code == 403 && text.contains("not subscribed")).then_some(())
+        }
+    })
+    .await;
+}
+
+/// A raw HTTP/1.0 request (its text as given); the whole response.
+fn raw(addr: &str, request: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A subscription's response head and first record, and its stream.
+fn subscribe(addr: &str, body: &Value) -> (BufReader<std::net::TcpStream>, String, Value) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let body = body.to_string();
+    write!(
+        s,
+        "POST /api/v1/scheduler HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("read the head");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let first = next_record(&mut r, |_| true);
+    (r, head, first)
+}
+
+/// Reads chunked RecordIO records until one matches `want`.
+fn next_record(r: &mut BufReader<std::net::TcpStream>, want: impl Fn(&Value) -> bool) -> Value {
+    use std::io::Read;
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        // One chunk: its size in hex, CRLF, the bytes, CRLF.
+        let mut size = String::new();
+        r.read_line(&mut size).expect("a chunk size");
+        let n = usize::from_str_radix(size.trim(), 16)
+            .unwrap_or_else(|_| panic!("chunk size {size:?}"));
+        assert!(n > 0, "the stream ended");
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk).expect("a chunk");
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+            let len: usize = std::str::from_utf8(&pending[..nl])
+                .expect("utf-8")
+                .parse()
+                .expect("a record length");
+            if pending.len() < nl + 1 + len {
+                break;
+            }
+            let record: Value =
+                serde_json::from_slice(&pending[nl + 1..nl + 1 + len]).expect("a JSON record");
+            pending.drain(..nl + 1 + len);
+            if want(&record) {
+                return record;
+            }
+        }
+    }
 }
