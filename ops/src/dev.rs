@@ -41,7 +41,7 @@ pub struct DevArgs {
     exit_after: Option<String>,
 }
 
-fn free_addr() -> Result<std::net::SocketAddr> {
+pub(crate) fn free_addr() -> Result<std::net::SocketAddr> {
     let port = orrery_storage::ports::free_port().context("finding a free port")?;
     Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
 }

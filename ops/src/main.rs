@@ -17,6 +17,7 @@ mod agent;
 mod bench_agent;
 mod bench_alloc;
 mod bench_log;
+mod bench_mesos;
 mod bench_replay;
 mod certs;
 mod creds;
@@ -115,6 +116,9 @@ enum BenchCmd {
     /// 1,000 real tasks on one agent: launch time, and recovery after kill -9.
     Agent(bench_agent::BenchAgentArgs),
     Replay(bench_replay::BenchReplayArgs),
+    /// Offers accepted/s through Mesos' HTTP scheduler API and through
+    /// gRPC, side by side against one master.
+    Mesos(bench_mesos::BenchMesosArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Agent(args)) => bench_agent::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Replay(args)) => bench_replay::run(&args, cli.json),
+        Cmd::Bench(BenchCmd::Mesos(args)) => bench_mesos::run(&args, cli.json),
         Cmd::Certs(cmd) => certs::run(&cmd),
         Cmd::Replay(args) => replay::run(cli.master.as_deref(), &args, cli.json),
     };

@@ -508,7 +508,14 @@ fn bad_agent_flags_are_refused_with_the_flag_named() {
     };
     for (args, says) in [
         (vec!["--resources", "cpus:lots"], "--resources"),
-        (vec!["--resources", "gpus:1"], "unknown resource"),
+        (
+            vec!["--resources", "cpus(web):4"],
+            "reserved for role `web`",
+        ),
+        (
+            vec!["--resources", "gpus:1;gpus:2"],
+            "`gpus` is given twice",
+        ),
         (vec!["--attributes", "rack"], "--attributes"),
         (vec!["--domain", "{"], "--domain is not JSON"),
         (
