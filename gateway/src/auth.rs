@@ -169,6 +169,16 @@ impl Policy {
         self
     }
 
+    /// `view` only, for `name`: `orrery dev`'s web UI token.
+    pub fn allow_view(mut self, name: &str) -> Policy {
+        self.grants
+            .entry(name.to_owned())
+            .or_default()
+            .allow
+            .insert(Permission::View);
+        self
+    }
+
     pub fn allows(&self, principal: &Principal, p: Permission) -> bool {
         matches!(principal, Principal::Client(n) if self.grants.get(n).is_some_and(|g| g.allow.contains(&p)))
     }
@@ -362,8 +372,13 @@ impl Security {
         Err(refusal)
     }
 
+    /// The principal a bearer token names (`/ui/login`).
+    pub fn token_principal(&self, token: &str) -> Option<Principal> {
+        self.tokens.principal(token.trim())
+    }
+
     /// Who sent the request: its verified client certificate, else a known
-    /// bearer token.
+    /// bearer token (on `/ui/` paths also the UI's cookie).
     fn authenticate(
         &self,
         extensions: &axum::http::Extensions,
@@ -631,15 +646,34 @@ pub async fn grpc_guard(
 /// need `view`, writes `operator`.
 pub async fn http_guard(
     axum::extract::State(sec): axum::extract::State<Option<Arc<Security>>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let Some(sec) = sec else {
         return admitted(req, next, None, None).await;
     };
     let path = req.uri().path().to_owned();
-    if matches!(path.as_str(), "/health" | "/metrics" | "/vars.json") {
+    if matches!(
+        path.as_str(),
+        "/health" | "/metrics" | "/vars.json" | "/ui/login"
+    ) || path.starts_with("/ui/assets/")
+    {
         return next.run(req).await;
+    }
+    // A browser on the web UI: its `/ui/login` cookie is its bearer token
+    // (on `/ui/` paths only; the UI changes nothing).
+    let ui = path == "/ui" || path.starts_with("/ui/");
+    if ui
+        && !req
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        if let Some(v) = ui_cookie(req.headers())
+            .and_then(|t| axum::http::HeaderValue::from_str(&format!("Bearer {t}")).ok())
+        {
+            req.headers_mut()
+                .insert(axum::http::header::AUTHORIZATION, v);
+        }
     }
     let peer = req
         .extensions()
@@ -675,6 +709,12 @@ pub async fn http_guard(
     };
     match sec.admit(&req, peer.as_ref(), &path, authorize) {
         Ok(p) => admitted(req, next, Some(p), Some(sec)).await,
+        Err(r) if ui && r.denial == Denial::Unauthenticated => (
+            StatusCode::SEE_OTHER,
+            [(axum::http::header::LOCATION, "/ui/login")],
+            format!("{}\n", r.message),
+        )
+            .into_response(),
         Err(r) => {
             let code = match r.denial {
                 Denial::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -684,6 +724,17 @@ pub async fn http_guard(
             (code, format!("{}\n", r.message)).into_response()
         }
     }
+}
+
+/// The web UI's token cookie (`crate::ui::COOKIE`), if the request has one.
+fn ui_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(crate::ui::COOKIE)?.strip_prefix('='))
+        .map(str::to_owned)
 }
 
 /// An HTTP peer: its address and the principal its certificate names.

@@ -35,6 +35,15 @@ pub struct Admin {
     pub log: Log,
     /// The Mesos HTTP frameworks' streams (`crate::mesos::scheduler`).
     pub mesos: crate::mesos::scheduler::Streams,
+    /// The web UI's time travel (`crate::ui`).
+    pub ui: crate::ui::Travel,
+    /// This replica's id.
+    pub node_id: u64,
+    /// Served over TLS (links to the leader say https).
+    pub tls: bool,
+    /// Tokens and policy (`/ui/login` checks a token itself); None when
+    /// `--insecure`.
+    pub security: Option<std::sync::Arc<crate::auth::Security>>,
 }
 
 pub fn router(admin: Admin, security: Option<std::sync::Arc<crate::auth::Security>>) -> Router {
@@ -71,6 +80,7 @@ pub fn router(admin: Admin, security: Option<std::sync::Arc<crate::auth::Securit
             get(crate::mesos::operator::master_state),
         )
         .route("/version", get(crate::mesos::operator::version))
+        .merge(crate::ui::routes())
         .layer(axum::middleware::from_fn_with_state(
             security,
             crate::auth::http_guard,

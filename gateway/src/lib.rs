@@ -38,3 +38,4 @@ pub mod maintenance;
 pub mod mesos;
 pub mod metrics;
 pub mod server;
+pub mod ui;

@@ -50,6 +50,7 @@ pub async fn start(
         .cloned()
         .unwrap_or_else(|| config.listen.to_string());
     let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
+    let node_id = settings.node_id;
     let mut started: Option<Addr<Master>> = None;
     let node = RaftNode::start_with_services(config, ClusterMachine::default(), |node, routes| {
         let log = Log::from(node.clone());
@@ -70,7 +71,7 @@ pub async fn start(
     let master = started.ok_or_else(|| Fatal::Refused("the master actor did not start".into()))?;
     let addr = node.local_addr();
     let node = Log::from(node);
-    let http_stop = serve_http(http_listener, &master, &node, &security)?;
+    let http_stop = serve_http(http_listener, &master, &node, &security, node_id)?;
     Ok(RunningMaster {
         addr,
         node,
@@ -98,6 +99,7 @@ pub async fn start_tikv(
     settings.addr = addr.to_string();
     config.addr = addr.to_string();
     let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
+    let node_id = settings.node_id;
     let node = Log::from(TikvLog::open(config, ClusterMachine::default()).await?);
     let master = actix::Actor::start(Master::new(settings, node.clone()));
     let routes = crate::grpc::routes(
@@ -115,7 +117,7 @@ pub async fn start_tikv(
         "gRPC",
         security.as_ref().map(|s| &*s.tls),
     )?;
-    let http_stop = serve_http(http_listener, &master, &node, &security)?;
+    let http_stop = serve_http(http_listener, &master, &node, &security, node_id)?;
     Ok(RunningMaster {
         addr,
         node,
@@ -171,6 +173,7 @@ fn serve_http(
     master: &Addr<Master>,
     log: &Log,
     security: &Option<Arc<Security>>,
+    node_id: u64,
 ) -> Result<Option<oneshot::Sender<()>>, Fatal> {
     let Some(listener) = listener else {
         return Ok(None);
@@ -181,6 +184,10 @@ fn serve_http(
             master: master.clone(),
             log: log.clone(),
             mesos: Default::default(),
+            ui: Default::default(),
+            node_id,
+            tls: security.is_some(),
+            security: security.clone(),
         },
         security.clone(),
     );

@@ -118,6 +118,12 @@ pub fn run_cluster(args: &DevArgs) -> Result<()> {
         println!("  master (gRPC: scheduler, agent, operator APIs)  {grpc}");
         println!("  master HTTP                                     https://{http}/state");
         println!("  agent HTTP                                      http://{agent_http}/health");
+        println!("  web UI                                          https://{http}/ui/login");
+        println!(
+            "    sign in with the token {} (the certificate is the throwaway CA's: {}/ca.pem)",
+            tls.ui_token,
+            tls.dir.display()
+        );
         println!(
             "TLS is on, with a throwaway CA in {0}; the CLI is the operator with:\n  export ORRERY_MASTER={grpc} ORRERY_CA={0}/ca.pem ORRERY_CERT={0}/operator.pem ORRERY_KEY={0}/operator.key",
             tls.dir.display()
@@ -149,6 +155,8 @@ struct DevTls {
     dir: std::path::PathBuf,
     agent: std::sync::Arc<orrery_storage::security::Tls>,
     security: std::sync::Arc<orrery_gateway::auth::Security>,
+    /// The web UI's sign-in token (principal `ui`, view only).
+    ui_token: String,
 }
 
 /// A CA made for this run, and from it: the master's certificate, the
@@ -174,14 +182,23 @@ fn dev_certs(dir: &std::path::Path, hostname: &str) -> Result<DevTls> {
     write("operator.pem", &operator.cert_pem, false)?;
     write("operator.key", &operator.key_pem, true)?;
     let tls = |pair| ca.tls(pair).map_err(|e| anyhow::anyhow!("{e}"));
+    // A bearer token for the web UI (view only): a browser signs in with it
+    // at /ui/login.
+    let ui_token = orrery_storage::security::random_token().map_err(|e| fail(e.to_string()))?;
+    let tokens = Tokens::parse(&format!(
+        "[[token]]\nprincipal = \"ui\"\nsha256 = {:?}\n",
+        orrery_gateway::auth::token_hash(&ui_token)
+    ))
+    .map_err(fail)?;
     let security = Security::new(
         std::sync::Arc::new(tls(&master)?),
-        Policy::default().allow_all("operator"),
-        Tokens::default(),
+        Policy::default().allow_all("operator").allow_view("ui"),
+        tokens,
         RateLimit::default(),
     );
     Ok(DevTls {
         dir: dir.to_owned(),
+        ui_token,
         agent: std::sync::Arc::new(tls(&agent)?),
         security,
     })

@@ -24,39 +24,6 @@ use orrery_proto::scheduler as sp;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Runs the CLI against the masters: (exit code, stdout, stderr).
-fn cli(m: &Masters) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
-    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
-    move |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .env("ORRERY_INSECURE", "1")
-            .args(["--master", &masters])
-            .args(args)
-            .output()
-            .expect("run the cli");
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    }
-}
-
-fn master_flags() -> Vec<&'static str> {
-    vec![
-        "--allocation-interval",
-        "100ms",
-        // A 10 s ping budget: agents here are down for a few seconds and
-        // must not be marked unreachable meanwhile.
-        "--agent-ping-timeout",
-        "1s",
-        "--max-agent-ping-timeouts",
-        "10",
-        "--default-refuse",
-        "0s",
-    ]
-}
-
 async fn one_master(extra: &[&str]) -> Masters {
     let m = Masters::new(1, extra);
     m.start_all();

@@ -24,19 +24,6 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn master_flags() -> Vec<&'static str> {
-    vec![
-        "--allocation-interval",
-        "100ms",
-        "--agent-ping-timeout",
-        "1s",
-        "--max-agent-ping-timeouts",
-        "10",
-        "--default-refuse",
-        "0s",
-    ]
-}
-
 /// The test's own copy of pymesos (installed once per target dir).
 fn pymesos_dir() -> PathBuf {
     let dest = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pymesos-0.3.15");
