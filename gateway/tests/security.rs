@@ -115,6 +115,20 @@ async fn https(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    https_with(m, method, path, &auth, body).await
+}
+
+/// As [`https`], with `headers` (each line ending in CRLF) as given.
+async fn https_with(
+    m: &Masters,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -133,11 +147,8 @@ async fn https(
         .connect(name, tcp)
         .await
         .expect("the admin port speaks TLS");
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: orrery\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: orrery\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tls.write_all(req.as_bytes()).await.unwrap();
@@ -179,6 +190,53 @@ fn the_http_admin_is_tls_and_checks_who_asks() {
         assert_eq!(code, 401, "{text}");
         let (_, text) = https(&m, "GET", "/maintenance/schedule", Some(TOKEN), "").await;
         assert!(!text.contains("h1"), "nothing was scheduled: {text}");
+        m.shutdown().await;
+    });
+}
+
+#[test]
+fn the_web_ui_signs_a_browser_in_with_a_token_cookie_for_ui_pages_only() {
+    run(LIMIT, async {
+        let m = Masters::start_secure(1, test_settings(), secure()).await;
+        m.leader().await;
+        // No credentials: a browser is sent to the sign-in form (open, as
+        // are the UI's assets).
+        let (code, text) = https(&m, "GET", "/ui/overview", None, "").await;
+        assert_eq!(code, 303, "{text}");
+        assert!(text.contains("location: /ui/login"), "{text}");
+        let (code, text) = https(&m, "GET", "/ui/login", None, "").await;
+        assert_eq!(code, 200, "{text}");
+        let (code, _) = https(&m, "GET", "/ui/assets/htmx.min.js", None, "").await;
+        assert_eq!(code, 200);
+        // A wrong token, a missing one: refused, no cookie.
+        let form = "Content-Type: application/x-www-form-urlencoded\r\n";
+        let (code, text) = https_with(&m, "POST", "/ui/login", form, "token=wrong").await;
+        assert_eq!(code, 401, "{text}");
+        assert!(!text.to_ascii_lowercase().contains("set-cookie"), "{text}");
+        let (code, text) = https_with(&m, "POST", "/ui/login", form, "nothing=here").await;
+        assert_eq!(code, 400, "{text}");
+        assert!(text.contains("the form has no token"), "{text}");
+        // The viewer's token: a cookie for /ui, HttpOnly, Secure.
+        let (code, text) =
+            https_with(&m, "POST", "/ui/login", form, &format!("token={TOKEN}")).await;
+        assert_eq!(code, 303, "{text}");
+        let cookie = text
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("a cookie: {text}"));
+        for part in ["Path=/ui", "HttpOnly", "SameSite=Strict", "Secure"] {
+            assert!(cookie.contains(part), "{cookie}");
+        }
+        let jar = format!("Cookie: {}\r\n", cookie.split(';').next().unwrap());
+        let (code, text) = https_with(&m, "GET", "/ui/overview", &jar, "").await;
+        assert_eq!(code, 200, "{text}");
+        assert!(text.contains("Masters"), "{text}");
+        // The cookie is the UI's only: not a credential for the rest.
+        let (code, text) = https_with(&m, "GET", "/state", &jar, "").await;
+        assert_eq!(code, 401, "{text}");
+        let bad = "Cookie: orrery_token=wrong\r\n";
+        let (code, _) = https_with(&m, "GET", "/ui/overview", bad, "").await;
+        assert_eq!(code, 303, "an unknown cookie is sent to sign in again");
         m.shutdown().await;
     });
 }
