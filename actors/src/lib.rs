@@ -40,6 +40,7 @@ pub mod effects;
 pub mod framework_session;
 pub mod log;
 pub mod master;
+pub mod removals;
 pub mod telemetry;
 pub mod views;
 

@@ -73,6 +73,11 @@ pub struct Settings {
     pub offer_timeout: Duration,
     pub default_refuse: Duration,
     pub agent_reregister_timeout: Duration,
+    /// Hold removals after a leader change when more than this percent of
+    /// the known agents did not reregister (`crate::removals`).
+    pub recovery_agent_removal_limit_pct: f64,
+    /// At most this many agents marked unreachable per window.
+    pub agent_removal_rate_limit: Option<crate::removals::RateLimit>,
     pub agent_ping_timeout: Duration,
     pub max_agent_ping_timeouts: u32,
     pub allocation_interval: Duration,
@@ -97,6 +102,8 @@ impl Settings {
             offer_timeout: Duration::ZERO,
             default_refuse: Duration::from_secs(5),
             agent_reregister_timeout: Duration::from_secs(600),
+            recovery_agent_removal_limit_pct: 100.0,
+            agent_removal_rate_limit: None,
             agent_ping_timeout: Duration::from_secs(15),
             max_agent_ping_timeouts: 5,
             allocation_interval: Duration::from_secs(1),
@@ -226,6 +233,10 @@ pub struct Master {
     jobs_fw: Option<FrameworkId>,
     /// Why each job instance that is not running waits (from the last plan).
     job_pending: BTreeMap<(JobKey, u32), String>,
+    /// The removal limit and rate (`crate::removals`).
+    removals: crate::removals::Gate,
+    /// Silent agents waiting for a turn under the removal rate limit.
+    deferred_silent: VecDeque<agent_session::Silent>,
 }
 
 impl std::fmt::Debug for Master {
@@ -249,7 +260,13 @@ fn now_ms() -> u64 {
 
 impl Master {
     pub fn new(settings: Settings, log: Log) -> Self {
+        let removals = crate::removals::Gate::new(
+            settings.recovery_agent_removal_limit_pct,
+            settings.agent_removal_rate_limit,
+        );
         Self {
+            removals,
+            deferred_silent: VecDeque::new(),
             settings,
             log,
             cluster: Cluster::new(),
@@ -740,6 +757,7 @@ impl Master {
 
     fn become_leader(&mut self, term: u64, ctx: &mut Context<Self>) {
         self.resync();
+        self.removals.reset();
         self.leading = Some(term);
         self.elected = false;
         self.timers = TimerState::default();
@@ -810,6 +828,13 @@ impl Master {
 
     fn timers(&mut self, ctx: &mut Context<Self>) {
         let now = now_ms();
+        // Silent agents whose removal waited for a turn (oldest first).
+        for _ in 0..self.deferred_silent.len() {
+            let Some(msg) = self.deferred_silent.pop_front() else {
+                break;
+            };
+            <Self as Handler<agent_session::Silent>>::handle(self, msg, ctx);
+        }
         let t = &mut self.timers;
         if !t.allocating
             && t.last_allocation
@@ -953,7 +978,33 @@ impl Master {
             })
             .map(|a| a.id.clone())
             .collect();
+        let known = self
+            .cluster
+            .agents
+            .values()
+            .filter(|a| matches!(a.state, AgentState::Registered | AgentState::Disconnected))
+            .count();
+        match self
+            .removals
+            .recovery(late.len(), known, "--recovery-agent-removal-limit")
+        {
+            (crate::removals::Verdict::Hold(reason), new) => {
+                if new {
+                    tracing::error!(term, "{reason}");
+                }
+                metrics::gauge!(crate::telemetry::AGENT_REMOVALS_HELD).set(late.len() as f64);
+                return;
+            }
+            (crate::removals::Verdict::Proceed, _) => {
+                metrics::gauge!(crate::telemetry::AGENT_REMOVALS_HELD).set(0.0);
+            }
+        }
         for agent_id in late {
+            if !self.removals.take(Instant::now()) {
+                metrics::counter!(crate::telemetry::AGENT_REMOVALS_DEFERRED).increment(1);
+                tracing::info!(%agent_id, "agent removal deferred by --agent-removal-rate-limit");
+                break;
+            }
             self.timers.marking.insert(agent_id.clone());
             let id = agent_id.clone();
             self.submit_internal(
@@ -1516,6 +1567,12 @@ impl Handler<agent_session::Silent> for Master {
         if !self.is_current_agent_session(&msg.agent_id, msg.session) {
             return;
         }
+        if !self.removals.take(Instant::now()) {
+            metrics::counter!(crate::telemetry::AGENT_REMOVALS_DEFERRED).increment(1);
+            tracing::info!(agent_id = %msg.agent_id, "agent removal deferred by --agent-removal-rate-limit");
+            self.deferred_silent.push_back(msg);
+            return;
+        }
         tracing::warn!(agent_id = %msg.agent_id, missed = msg.missed, "agent missed its ping budget; marking it unreachable");
         let id = msg.agent_id.clone();
         let session = msg.session;
@@ -1582,6 +1639,43 @@ impl Handler<Serving> for Master {
     type Result = Result<u64, MasterError>;
     fn handle(&mut self, _: Serving, _: &mut Context<Self>) -> Self::Result {
         self.serving()
+    }
+}
+
+/// Why agent removals are held now (`crate::removals`), for `/health`.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<String>")]
+pub struct RemovalsHeld;
+
+impl Handler<RemovalsHeld> for Master {
+    type Result = Option<String>;
+    fn handle(&mut self, _: RemovalsHeld, _: &mut Context<Self>) -> Self::Result {
+        self.elected
+            .then(|| self.removals.held().map(str::to_owned))
+            .flatten()
+    }
+}
+
+/// The agents whose removal is held now (empty when none is).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<AgentId>")]
+pub struct HeldAgents;
+
+impl Handler<HeldAgents> for Master {
+    type Result = Vec<AgentId>;
+    fn handle(&mut self, _: HeldAgents, _: &mut Context<Self>) -> Self::Result {
+        let (Some(term), true, Some(_)) = (self.leading, self.elected, self.removals.held()) else {
+            return Vec::new();
+        };
+        self.cluster
+            .agents
+            .values()
+            .filter(|a| {
+                a.reregistered_term < term
+                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
+            })
+            .map(|a| a.id.clone())
+            .collect()
     }
 }
 

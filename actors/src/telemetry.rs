@@ -23,6 +23,8 @@ pub const REJECTIONS: &str = "orrery_rejections_total";
 pub const AGENT_REGISTRATIONS: &str = "orrery_agent_registrations_total";
 pub const INVERSE_OFFERS_SENT: &str = "orrery_inverse_offers_sent_total";
 pub const REQUESTS_DENIED: &str = "orrery_requests_denied_total";
+pub const AGENT_REMOVALS_DEFERRED: &str = "orrery_agent_removals_deferred_total";
+pub const AGENT_REMOVALS_HELD: &str = "orrery_agent_removals_held";
 
 pub const AGENTS: &str = "orrery_agents";
 pub const TASKS: &str = "orrery_tasks";
@@ -172,6 +174,14 @@ pub fn describe() {
         INVERSE_OFFERS_SENT,
         "Inverse offers (maintenance) made to frameworks."
     );
+    describe_counter!(
+        AGENT_REMOVALS_DEFERRED,
+        "Agent removals (marked unreachable) deferred by --agent-removal-rate-limit."
+    );
+    describe_gauge!(
+        AGENT_REMOVALS_HELD,
+        "Agents not marked unreachable after a leader change because more than --recovery-agent-removal-limit of them did not reregister."
+    );
     describe_gauge!(AGENTS, "Agents by state, in the committed state.");
     describe_gauge!(TASKS, "Tasks by state, in the committed state.");
     describe_gauge!(HOSTS, "Hosts by maintenance state.");
@@ -216,10 +226,12 @@ pub fn describe() {
         LAUNCHES,
         AGENT_REGISTRATIONS,
         INVERSE_OFFERS_SENT,
+        AGENT_REMOVALS_DEFERRED,
     ] {
         metrics::counter!(c).increment(0);
     }
     metrics::gauge!(JOBS_PENDING_INSTANCES).set(0.0);
+    metrics::gauge!(AGENT_REMOVALS_HELD).set(0.0);
 }
 
 /// What one committed batch adds to the counters, tallied while deciding

@@ -517,6 +517,57 @@ impl op::operator_server::Operator for OperatorService {
         Ok(Response::new(out))
     }
 
+    async fn mark_agents_gone(
+        &self,
+        r: Request<op::MarkAgentsGoneRequest>,
+    ) -> Result<Response<op::MarkAgentsGoneResponse>, Status> {
+        let r = r.into_inner();
+        // A follower answers NotLeader (the client follows it), never "none held".
+        self.master
+            .send(Serving)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        let mut ids: Vec<String> = r.agent_ids;
+        if r.held {
+            let held = self
+                .master
+                .send(orrery_actors::master::HeldAgents)
+                .await
+                .map_err(mailbox)?;
+            ids.extend(held.into_iter().map(|a| a.0));
+        }
+        let mut seen = std::collections::HashSet::new();
+        ids.retain(|i| seen.insert(i.clone()));
+        if ids.is_empty() {
+            return Err(Status::invalid_argument(
+                "name the agents to retire, or ask for the held ones (--held): no agent's removal is held now",
+            ));
+        }
+        let mut out = op::MarkAgentsGoneResponse::default();
+        for id in ids {
+            let committed = self
+                .master
+                .send(Submit {
+                    command: Command::MarkAgentGone {
+                        agent_id: orrery_events::AgentId::new(&id),
+                        reason: "retired by the operator (orrery agents mark-gone)".into(),
+                    },
+                    want_events: false,
+                    origin: orrery_actors::telemetry::origin(),
+                })
+                .await
+                .map_err(mailbox)?
+                .map_err(|e| {
+                    let s = status_of(e);
+                    Status::new(s.code(), format!("agent {id}: {}", s.message()))
+                })?;
+            out.committed_index = committed.last_index;
+            out.agent_ids.push(id);
+        }
+        Ok(Response::new(out))
+    }
+
     async fn query_hosts(
         &self,
         r: Request<op::QueryHostsRequest>,

@@ -119,7 +119,11 @@ async fn health(State(a): State<Admin>) -> Response {
         // The leader is healthy once it serves: its LeaderElected is
         // committed and its copy of the state is complete.
         match a.master.send(Serving).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                if let Ok(Some(why)) = a.master.send(orrery_actors::master::RemovalsHeld).await {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+                }
+            }
             Ok(Err(e)) => {
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -194,6 +194,49 @@ pub fn run(masters: Option<&str>, what: What, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `orrery agents mark-gone [AGENT_ID...] [--held]`: retires agents for
+/// good (their tasks end GONE); `--held` takes every agent whose removal
+/// the master holds after a leader change (`--recovery-agent-removal-limit`).
+pub fn mark_gone(masters: Option<&str>, ids: &[String], held: bool, json: bool) -> Result<()> {
+    let masters = parse_masters(masters)?;
+    if ids.is_empty() && !held {
+        bail!("name the agents to retire (AGENT_ID...), or --held for those the master holds");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let transport = crate::creds::transport()?;
+    let req = op::MarkAgentsGoneRequest {
+        agent_ids: ids.to_vec(),
+        held,
+    };
+    let done = rt.block_on(async {
+        with_leader(&transport, &masters, Duration::from_secs(10), |ch| {
+            let req = req.clone();
+            async move {
+                OperatorClient::new(ch)
+                    .mark_agents_gone(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+        .map(|(s, _)| s)
+        .map_err(|e| anyhow!("retiring agents: {}", e.message()))
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"agent_ids": done.agent_ids, "committed_index": done.committed_index})
+        );
+    } else {
+        for id in &done.agent_ids {
+            println!("agent {id} is GONE");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

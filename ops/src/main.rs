@@ -59,9 +59,10 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Run one replica of the master group (1, 3 or 5 replicas share one
     /// replicated log).
-    Master(master::MasterArgs),
+    Master(Box<master::MasterArgs>),
     /// Run the agent on this machine: it offers the machine's resources to
     /// the masters (--master) and runs tasks under `orrery executor`.
+    #[command(alias = "agents")]
     Agent(AgentCmd),
     /// Runs one task for the agent (started by the agent, not by hand).
     #[command(hide = true)]
@@ -95,9 +96,25 @@ enum Cmd {
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct AgentCmd {
     #[command(subcommand)]
-    sub: Option<ListCmd>,
+    sub: Option<AgentSub>,
     #[command(flatten)]
     run: agent::AgentArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentSub {
+    /// A table (or --json) of what the active master knows.
+    List,
+    /// Retire agents for good (Mesos' MARK_AGENT_GONE; their tasks end
+    /// GONE): the override when the master holds removals after a leader
+    /// change (`--recovery-agent-removal-limit`).
+    MarkGone {
+        /// Agent ids (as `orrery agents list` shows them).
+        agent_ids: Vec<String>,
+        /// Every agent whose removal the master holds now.
+        #[arg(long)]
+        held: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,9 +146,13 @@ fn main() -> ExitCode {
         Cmd::Master(args) => master::run(&args),
         Cmd::Agent(AgentCmd { sub: None, run }) => agent::run(&run, cli.master.as_deref()),
         Cmd::Agent(AgentCmd {
-            sub: Some(ListCmd::List),
+            sub: Some(AgentSub::List),
             ..
         }) => list::run(cli.master.as_deref(), list::What::Agents, cli.json),
+        Cmd::Agent(AgentCmd {
+            sub: Some(AgentSub::MarkGone { agent_ids, held }),
+            ..
+        }) => list::mark_gone(cli.master.as_deref(), &agent_ids, held, cli.json),
         Cmd::Executor(flags) => agent::run_executor(&flags),
         Cmd::Task(ListCmd::List) => list::run(cli.master.as_deref(), list::What::Tasks, cli.json),
         Cmd::Framework(ListCmd::List) => {

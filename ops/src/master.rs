@@ -88,6 +88,16 @@ pub struct MasterArgs {
     /// After a leader change, how long agents have to reregister.
     #[arg(long, default_value = "10mins")]
     agent_reregister_timeout: String,
+    /// After a leader change, if more than this share of the known agents
+    /// did not reregister in time, none is marked unreachable (a partition,
+    /// not a mass failure) until they return or the operator runs
+    /// `orrery agents mark-gone` (Mesos' --recovery_agent_removal_limit).
+    #[arg(long, default_value = "100%")]
+    recovery_agent_removal_limit: String,
+    /// At most N agents marked unreachable per DURATION, like `1/10s`
+    /// (Mesos' --agent_removal_rate_limit; default: no limit).
+    #[arg(long)]
+    agent_removal_rate_limit: Option<String>,
     /// The time between allocation cycles.
     #[arg(long, default_value = "1s")]
     allocation_interval: String,
@@ -181,6 +191,15 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
     s.max_agent_ping_timeouts = args.max_agent_ping_timeouts;
     s.agent_reregister_timeout =
         positive("--agent-reregister-timeout", &args.agent_reregister_timeout)?;
+    s.recovery_agent_removal_limit_pct =
+        orrery_actors::removals::parse_percent(&args.recovery_agent_removal_limit)
+            .map_err(|e| anyhow::anyhow!("--recovery-agent-removal-limit: {e}"))?;
+    s.agent_removal_rate_limit = args
+        .agent_removal_rate_limit
+        .as_deref()
+        .map(orrery_actors::removals::RateLimit::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--agent-removal-rate-limit: {e}"))?;
     s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
     s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
     s.drain_grace = parse_duration("--drain-grace", &args.drain_grace)?;

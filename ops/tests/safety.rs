@@ -1,0 +1,191 @@
+//! Safety valves with real processes: five agents running a job, four of
+//! them gone across a leader failover. Past `--recovery-agent-removal-limit`
+//! the new leader marks none of them unreachable and replaces no task; it
+//! says why in its log, in `orrery_agent_removals_held` and on `/health`;
+//! `orrery agents mark-gone --held` is the operator's way through.
+
+mod common;
+
+#[path = "../../gateway/tests/common/framework.rs"]
+mod framework;
+
+use std::time::Duration;
+
+use common::agent::AgentProc;
+use common::*;
+use framework::eventually;
+use serde_json::Value;
+
+/// The CLI runner `common::cli` returns.
+type Cli = dyn Fn(&[&str]) -> (Option<i32>, String, String);
+
+const WAIT: Duration = Duration::from_secs(40);
+
+fn agents(orrery: &Cli) -> Vec<Value> {
+    let (_, out, _) = orrery(&["--json", "agents", "list"]);
+    serde_json::from_str::<Value>(&out)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn states(agents: &[Value]) -> Vec<String> {
+    let mut s: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            format!(
+                "{}={}",
+                a["hostname"].as_str().unwrap_or("?"),
+                a["state"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    s.sort();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_of_five_agents_gone_across_a_failover_are_held_until_the_operator_retires_them() {
+    let _serial = SERIAL.lock().await;
+    let mut flags = master_flags();
+    flags.extend([
+        "--agent-reregister-timeout",
+        "3s",
+        "--recovery-agent-removal-limit",
+        "50%",
+    ]);
+    let m = Masters::new(3, &flags);
+    let web: Vec<String> = free_ports(3)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    for id in 1..=3u64 {
+        m.start(id, &["--http", &web[id as usize - 1]]);
+    }
+    let (first, _) = m
+        .leader_among(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let mut procs: Vec<AgentProc> = (1..=5)
+        .map(|i| AgentProc::on_host(&m, &format!("host-{i}")))
+        .collect();
+    for a in &mut procs {
+        a.start(&[], &[]);
+    }
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 5\nargv = [\"sleep\", \"1000\"]\n\
+         constraints = [[\"hostname\", \"UNIQUE\"]]\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let running = |orrery: &Cli| {
+        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/web"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        v["instances"].as_array().map_or(0, |a| {
+            a.iter().filter(|i| i["state"] == "TASK_RUNNING").count()
+        })
+    };
+    eventually("five instances RUNNING, one per host", WAIT, || {
+        let n = running(&orrery);
+        async move { (n == 5).then_some(()) }
+    })
+    .await;
+
+    // Four machines vanish (a rack's switch), then the leader dies.
+    for a in procs.iter_mut().skip(1) {
+        a.kill9();
+    }
+    m.kill9(first);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+    let (leader, _) = m
+        .leader_among(&others, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no new leader\n{}", m.logs()));
+    let leader_http = web[leader as usize - 1].clone();
+
+    // Past the reregistration deadline, 4 of 5 (80%) are missing: over
+    // the 50% limit, the removals are held — /health says why.
+    let health = eventually("/health names the held removals", WAIT, || {
+        let r = try_http(&leader_http, "GET", "/health", "").unwrap_or_default();
+        async move { r.contains("holding 4 agent removals").then_some(r) }
+    })
+    .await;
+    assert!(
+        health.lines().next().is_some_and(|l| l.contains(" 503 ")),
+        "{health}"
+    );
+    assert!(health.contains("4 of 5 known agents (80%)"), "{health}");
+    assert!(health.contains("mark-gone"), "{health}");
+    let metrics = http(&leader_http, "GET", "/metrics", "");
+    assert!(
+        metrics.lines().any(|l| l == "orrery_agent_removals_held 4"),
+        "{metrics}"
+    );
+    assert!(
+        file_contains(&m.log_path(leader), "holding 4 agent removals"),
+        "the log line"
+    );
+    // A while later: still nobody marked unreachable, no task replaced.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = states(&agents(&orrery));
+    assert_eq!(now.len(), 5, "{now:?}");
+    assert!(
+        now.iter()
+            .all(|s| !s.ends_with("UNREACHABLE") && !s.ends_with("GONE")),
+        "held: {now:?}"
+    );
+    assert!(now.contains(&"host-1=REGISTERED".to_owned()), "{now:?}");
+    assert_eq!(running(&orrery), 5, "the tasks are left as they are");
+
+    // The operator retires the missing four.
+    let (code, out, err) = orrery(&["agents", "mark-gone", "--held"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches(" is GONE").count(), 4, "{out}");
+    let now = states(&agents(&orrery));
+    assert_eq!(
+        now.iter().filter(|s| s.ends_with("=GONE")).count(),
+        4,
+        "{now:?}"
+    );
+    eventually("/health is OK again", WAIT, || {
+        let r = try_http(&leader_http, "GET", "/health", "").unwrap_or_default();
+        async move {
+            r.lines()
+                .next()
+                .is_some_and(|l| l.contains(" 200 "))
+                .then_some(())
+        }
+    })
+    .await;
+    let (code, _, err) = orrery(&["agents", "mark-gone", "--held"]);
+    assert_eq!(code, Some(1), "nothing is held now");
+    assert!(err.contains("no agent's removal is held"), "{err}");
+    let (code, _, err) = orrery(&["agents", "mark-gone"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--held"), "{err}");
+}
+
+#[test]
+fn bad_removal_flags_are_refused_with_the_flag_named() {
+    for (flag, value) in [
+        ("--recovery-agent-removal-limit", "150%"),
+        ("--recovery-agent-removal-limit", "most"),
+        ("--agent-removal-rate-limit", "1/soon"),
+        ("--agent-removal-rate-limit", "0/10s"),
+    ] {
+        let m = Masters::new(1, &[flag, value]);
+        let mut cmd = m.command(1, &[]);
+        let (status, err) = run_to_exit(&mut cmd, Duration::from_secs(20));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(1),
+            "{flag} {value}: {err}"
+        );
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
