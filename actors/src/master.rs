@@ -55,6 +55,9 @@ pub use crate::log::Log;
 
 /// Commands waiting for the next batch, at most.
 pub const QUEUE_MAX: usize = 100_000;
+/// What an `Overloaded` refusal asks the client to wait: about the time
+/// a few group commits take to drain a full queue on a slow disk.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// One batch: at most this many commands or events.
 pub const BATCH_COMMANDS_MAX: usize = 2_000;
 pub const BATCH_EVENTS_MAX: usize = 20_000;
@@ -78,6 +81,9 @@ pub struct Settings {
     pub recovery_agent_removal_limit_pct: f64,
     /// At most this many agents marked unreachable per window.
     pub agent_removal_rate_limit: Option<crate::removals::RateLimit>,
+    /// Client commands refused (Overloaded) once this many wait for the
+    /// log; the master's own timers may queue up to `QUEUE_MAX`.
+    pub max_pending_commands: usize,
     pub agent_ping_timeout: Duration,
     pub max_agent_ping_timeouts: u32,
     pub allocation_interval: Duration,
@@ -104,6 +110,7 @@ impl Settings {
             agent_reregister_timeout: Duration::from_secs(600),
             recovery_agent_removal_limit_pct: 100.0,
             agent_removal_rate_limit: None,
+            max_pending_commands: 10_000,
             agent_ping_timeout: Duration::from_secs(15),
             max_agent_ping_timeouts: 5,
             allocation_interval: Duration::from_secs(1),
@@ -133,11 +140,28 @@ pub enum MasterError {
     NotRegistered(AgentId),
     /// The log did not acknowledge; the outcome is unknown (retry).
     Unavailable(String),
+    /// Refused before it was queued: `queued` commands already wait for
+    /// the log (`--max-pending-commands`). Nothing happened; retry after
+    /// `retry_after`.
+    Overloaded {
+        queued: usize,
+        max: usize,
+        retry_after: Duration,
+    },
 }
 
 impl std::fmt::Display for MasterError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            MasterError::Overloaded {
+                queued,
+                max,
+                retry_after,
+            } => write!(
+                f,
+                "the master is overloaded: {queued} commands wait for the log (--max-pending-commands {max}); nothing was done, retry after {} ms",
+                retry_after.as_millis()
+            ),
             MasterError::NotLeader { leader_addr } => write!(
                 f,
                 "this master is not the leader; the leader is {}",
@@ -307,13 +331,37 @@ impl Master {
         origin: Origin,
         ctx: &mut Context<Self>,
     ) {
-        if self.queue.len() >= QUEUE_MAX {
+        self.enqueue_as(cmd, want_events, done, origin, false, ctx);
+    }
+
+    /// Queues a command for the next batch, or refuses it at once when the
+    /// queue is at its bound: a client's at `max_pending_commands`, the
+    /// master's own (`internal`: timers, which try again) at `QUEUE_MAX`.
+    /// A refused command is answered `Overloaded`, never dropped unanswered.
+    fn enqueue_as(
+        &mut self,
+        cmd: Command,
+        want_events: bool,
+        done: Done,
+        origin: Origin,
+        internal: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let max = if internal {
+            QUEUE_MAX
+        } else {
+            self.settings.max_pending_commands.min(QUEUE_MAX)
+        };
+        if self.queue.len() >= max {
+            metrics::counter!(crate::telemetry::COMMANDS_SHED).increment(1);
             done(
                 self,
                 ctx,
-                Err(MasterError::Unavailable(format!(
-                    "{QUEUE_MAX} commands are waiting for the log; retry later"
-                ))),
+                Err(MasterError::Overloaded {
+                    queued: self.queue.len(),
+                    max,
+                    retry_after: RETRY_AFTER,
+                }),
             );
             return;
         }
@@ -328,7 +376,7 @@ impl Master {
 
     /// A command from a timer or a session: the outcome is only logged.
     fn submit_internal(&mut self, cmd: Command, ctx: &mut Context<Self>, then: Done) {
-        self.enqueue(cmd, false, then, Origin::default(), ctx);
+        self.enqueue_as(cmd, false, then, Origin::default(), true, ctx);
     }
 
     /// Decides every queued command against the copy, applies the events to

@@ -25,6 +25,7 @@ pub const INVERSE_OFFERS_SENT: &str = "orrery_inverse_offers_sent_total";
 pub const REQUESTS_DENIED: &str = "orrery_requests_denied_total";
 pub const AGENT_REMOVALS_DEFERRED: &str = "orrery_agent_removals_deferred_total";
 pub const AGENT_REMOVALS_HELD: &str = "orrery_agent_removals_held";
+pub const COMMANDS_SHED: &str = "orrery_commands_shed_total";
 
 pub const AGENTS: &str = "orrery_agents";
 pub const TASKS: &str = "orrery_tasks";
@@ -178,6 +179,10 @@ pub fn describe() {
         AGENT_REMOVALS_DEFERRED,
         "Agent removals (marked unreachable) deferred by --agent-removal-rate-limit."
     );
+    describe_counter!(
+        COMMANDS_SHED,
+        "Client commands refused because --max-pending-commands already waited for the log (RESOURCE_EXHAUSTED / HTTP 429)."
+    );
     describe_gauge!(
         AGENT_REMOVALS_HELD,
         "Agents not marked unreachable after a leader change because more than --recovery-agent-removal-limit of them did not reregister."
@@ -227,6 +232,7 @@ pub fn describe() {
         AGENT_REGISTRATIONS,
         INVERSE_OFFERS_SENT,
         AGENT_REMOVALS_DEFERRED,
+        COMMANDS_SHED,
     ] {
         metrics::counter!(c).increment(0);
     }

@@ -58,6 +58,17 @@ pub fn status_of(e: MasterError) -> Status {
         e @ (MasterError::Recovering | MasterError::Unavailable(_)) => {
             Status::unavailable(e.to_string())
         }
+        e @ MasterError::Overloaded { retry_after, .. } => {
+            let mut status = Status::resource_exhausted(e.to_string());
+            // gRPC's own pushback (A6 retry design) and the HTTP form.
+            let ms = retry_after.as_millis().to_string();
+            let secs = retry_after.as_secs().max(1).to_string();
+            if let (Ok(ms), Ok(secs)) = (ms.parse(), secs.parse()) {
+                status.metadata_mut().insert("grpc-retry-pushback-ms", ms);
+                status.metadata_mut().insert("retry-after", secs);
+            }
+            status
+        }
     }
 }
 

@@ -176,6 +176,12 @@ pub async fn submit(a: &Admin, command: Command) -> Response {
             };
             (code, format!("{r}\n")).into_response()
         }
+        Ok(Err(e @ MasterError::Overloaded { .. })) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, crate::mesos::RETRY_AFTER_SECS)],
+            format!("{e}\n"),
+        )
+            .into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }

@@ -98,6 +98,11 @@ pub struct MasterArgs {
     /// (Mesos' --agent_removal_rate_limit; default: no limit).
     #[arg(long)]
     agent_removal_rate_limit: Option<String>,
+    /// Client commands waiting for the log beyond which new ones are
+    /// refused at once (gRPC RESOURCE_EXHAUSTED, HTTP 429, with a retry
+    /// hint) instead of queueing without bound.
+    #[arg(long, default_value_t = 10_000)]
+    max_pending_commands: usize,
     /// The time between allocation cycles.
     #[arg(long, default_value = "1s")]
     allocation_interval: String,
@@ -200,6 +205,15 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
         .map(orrery_actors::removals::RateLimit::parse)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--agent-removal-rate-limit: {e}"))?;
+    if args.max_pending_commands == 0
+        || args.max_pending_commands > orrery_actors::master::QUEUE_MAX
+    {
+        bail!(
+            "--max-pending-commands must be between 1 and {}",
+            orrery_actors::master::QUEUE_MAX
+        );
+    }
+    s.max_pending_commands = args.max_pending_commands;
     s.allocation_interval = positive("--allocation-interval", &args.allocation_interval)?;
     s.framework_heartbeat = positive("--framework-heartbeat", &args.framework_heartbeat)?;
     s.drain_grace = parse_duration("--drain-grace", &args.drain_grace)?;

@@ -49,11 +49,20 @@ impl Failure {
     }
 }
 
+/// `Retry-After` on a 429 (`orrery_actors::master::RETRY_AFTER`).
+pub const RETRY_AFTER_SECS: &str = "1";
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let mut r = (self.code, self.message).into_response();
         if let Some(l) = self.location.and_then(|l| l.parse().ok()) {
             r.headers_mut().insert(header::LOCATION, l);
+        }
+        if self.code == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         r
     }
@@ -91,6 +100,9 @@ pub fn status(e: MasterError, a: &Admin, path: &str) -> Failure {
             None => Failure::unavailable("No leader elected"),
         },
         MasterError::Rejected(r) => Failure::bad(r.to_string()),
+        e @ MasterError::Overloaded { .. } => {
+            Failure::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+        }
         other => Failure::unavailable(other.to_string()),
     }
 }
