@@ -78,6 +78,7 @@ mod tests {
             proposed_at_ms: n,
             request_id: String::new(),
             principal: String::new(),
+            idempotency_key: String::new(),
             payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
                 weights: vec![pb::RoleWeight {
                     role: format!("r{n}"),

@@ -420,6 +420,36 @@ impl Master {
         let mut decided: Vec<(Done, u64, Vec<Event>)> = Vec::new();
         let mut tally = crate::telemetry::Tally::default();
         while let Some(p) = self.queue.pop_front() {
+            let key = p.origin.scoped_key();
+            if let Some(index) = key
+                .as_ref()
+                .and_then(|k| self.cluster.idempotency.get(k))
+                .copied()
+            {
+                // A retry: the first call's answer, no second effect.
+                if index <= self.log.last_applied() {
+                    metrics::counter!(crate::telemetry::IDEMPOTENT_REPLAYS).increment(1);
+                    tracing::info!(request_id = %p.origin.request_id, key = %p.origin.idempotency_key, index, "a retried call answered from its idempotency key");
+                    (p.done)(
+                        self,
+                        ctx,
+                        Ok(Committed {
+                            last_index: index,
+                            events: Vec::new(),
+                        }),
+                    );
+                } else {
+                    (p.done)(
+                        self,
+                        ctx,
+                        Err(MasterError::Unavailable(format!(
+                            "the first call with idempotency key {:?} is still being committed; retry",
+                            p.origin.idempotency_key
+                        ))),
+                    );
+                }
+                continue;
+            }
             let allocating = matches!(p.cmd, Command::Allocate);
             if !p.origin.request_id.is_empty() {
                 tracing::debug!(request_id = %p.origin.request_id, principal = %p.origin.principal, command = ?std::mem::discriminant(&p.cmd), "deciding a request's command");
@@ -444,6 +474,9 @@ impl Master {
             for mut env in envelopes(&self.cluster, term, now, events) {
                 env.request_id.clone_from(&p.origin.request_id);
                 env.principal.clone_from(&p.origin.principal);
+                if let Some(k) = &key {
+                    env.idempotency_key.clone_from(k);
+                }
                 let Some(payload) = env.payload.as_ref() else {
                     continue;
                 };

@@ -26,6 +26,7 @@ pub const REQUESTS_DENIED: &str = "orrery_requests_denied_total";
 pub const AGENT_REMOVALS_DEFERRED: &str = "orrery_agent_removals_deferred_total";
 pub const AGENT_REMOVALS_HELD: &str = "orrery_agent_removals_held";
 pub const COMMANDS_SHED: &str = "orrery_commands_shed_total";
+pub const IDEMPOTENT_REPLAYS: &str = "orrery_idempotent_replays_total";
 
 pub const AGENTS: &str = "orrery_agents";
 pub const TASKS: &str = "orrery_tasks";
@@ -58,6 +59,12 @@ tokio::task_local! {
     pub static PRINCIPAL: String;
 }
 
+tokio::task_local! {
+    /// The caller's idempotency key for the request being served ("" for
+    /// none; set by the gateway from the `idempotency-key` header).
+    pub static IDEMPOTENCY_KEY: String;
+}
+
 /// The request id of the request being served, "" outside one.
 pub fn request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
@@ -70,6 +77,17 @@ pub fn request_id() -> String {
 pub struct Origin {
     pub request_id: String,
     pub principal: String,
+    /// The caller's idempotency key ("" for none).
+    pub idempotency_key: String,
+}
+
+impl Origin {
+    /// The key as the log records it: scoped by the principal, so one
+    /// client's key never answers another's call.
+    pub fn scoped_key(&self) -> Option<String> {
+        (!self.idempotency_key.is_empty())
+            .then(|| format!("{}|{}", self.principal, self.idempotency_key))
+    }
 }
 
 /// The origin of the request being served.
@@ -77,6 +95,7 @@ pub fn origin() -> Origin {
     Origin {
         request_id: request_id(),
         principal: PRINCIPAL.try_with(Clone::clone).unwrap_or_default(),
+        idempotency_key: IDEMPOTENCY_KEY.try_with(Clone::clone).unwrap_or_default(),
     }
 }
 
@@ -108,6 +127,10 @@ pub const NAMES: &[&str] = &[
     AGENT_TASKS,
     AGENT_UNACKED,
     AGENT_ATTACHED,
+    AGENT_REMOVALS_DEFERRED,
+    AGENT_REMOVALS_HELD,
+    COMMANDS_SHED,
+    IDEMPOTENT_REPLAYS,
 ];
 
 /// The process's Prometheus recorder, installed on first use (`None` when
@@ -183,6 +206,10 @@ pub fn describe() {
         COMMANDS_SHED,
         "Client commands refused because --max-pending-commands already waited for the log (RESOURCE_EXHAUSTED / HTTP 429)."
     );
+    describe_counter!(
+        IDEMPOTENT_REPLAYS,
+        "Retried calls answered from their idempotency key, with no second effect."
+    );
     describe_gauge!(
         AGENT_REMOVALS_HELD,
         "Agents not marked unreachable after a leader change because more than --recovery-agent-removal-limit of them did not reregister."
@@ -233,6 +260,7 @@ pub fn describe() {
         INVERSE_OFFERS_SENT,
         AGENT_REMOVALS_DEFERRED,
         COMMANDS_SHED,
+        IDEMPOTENT_REPLAYS,
     ] {
         metrics::counter!(c).increment(0);
     }

@@ -72,6 +72,9 @@ pub fn try_apply(cluster: &mut Cluster, envelope: &pb::Envelope) -> Result<(), A
         event: crate::codec::event_name(payload),
     };
     cx.payload(payload)?;
+    if !envelope.idempotency_key.is_empty() {
+        cluster.remember_key(&envelope.idempotency_key, envelope.index);
+    }
     cluster.applied_index = envelope.index;
     cluster.applied_term = envelope.term;
     cluster.last_proposed_at_ms = envelope.proposed_at_ms;

@@ -183,6 +183,7 @@ mod tests {
             proposed_at_ms: 0,
             request_id: String::new(),
             principal: String::new(),
+            idempotency_key: String::new(),
             payload: Some(Payload::TaskStatusUpdated(pb::TaskStatusUpdated {
                 state: 999,
                 ..Default::default()

@@ -77,6 +77,7 @@ pub fn envelopes(
             proposed_at_ms,
             request_id: String::new(),
             principal: String::new(),
+            idempotency_key: String::new(),
             payload: Some(payload),
         })
         .collect()

@@ -204,6 +204,14 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
         next_framework_seq: c.seq.next_framework,
         next_offer_seq: c.seq.next_offer,
         last_proposed_at_ms: c.last_proposed_at_ms,
+        idempotency_keys: c
+            .idempotency_by_index
+            .iter()
+            .map(|(&index, key)| pb::IdempotencyKey {
+                key: key.clone(),
+                index,
+            })
+            .collect(),
     }
 }
 
@@ -248,6 +256,19 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
         next_framework: p.next_framework_seq,
         next_offer: p.next_offer_seq,
     };
+    for k in &p.idempotency_keys {
+        if k.key.is_empty() || k.index > p.applied_index {
+            return Err(SnapshotError::Invalid {
+                what: "idempotency key",
+                id: k.key.clone(),
+                problem: format!(
+                    "at event {}, empty or past the snapshot's end (event {})",
+                    k.index, p.applied_index
+                ),
+            });
+        }
+        c.remember_key(&k.key, k.index);
+    }
     for a in p.agents {
         let state = match pb::AgentStateCode::try_from(a.state) {
             Ok(pb::AgentStateCode::AgentRegistered) => AgentState::Registered,

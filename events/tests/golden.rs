@@ -297,6 +297,7 @@ fn every_event_has_a_golden_encoding_that_still_decodes() {
             proposed_at_ms: 1_700_000_000_000,
             request_id: String::new(),
             principal: String::new(),
+            idempotency_key: String::new(),
             payload: Some(payload),
         };
         let path = dir.join(format!("{:03}-{name}.bin", i + 1));

@@ -110,6 +110,7 @@ fn apply_refuses_gaps_and_dangling_references() {
         proposed_at_ms: 0,
         request_id: String::new(),
         principal: String::new(),
+        idempotency_key: String::new(),
         payload: Some(Payload::AgentDisconnected(pb::AgentDisconnected {
             agent_id: "S1".into(),
         })),

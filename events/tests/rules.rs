@@ -59,6 +59,26 @@ fn an_older_term_cannot_take_over() {
 }
 
 #[test]
+fn the_same_leader_restarted_in_its_term_takes_office_again() {
+    let s = Scenario::with_leader();
+    let l = s.cluster.leader.clone().expect("a leader");
+    let events = decide(
+        &s.cluster,
+        Command::ElectLeader(ElectLeader {
+            term: l.term,
+            leader_id: l.leader_id,
+            leader_addr: l.addr.clone(),
+            http_addr: String::new(),
+            domain: None,
+            config: default_config(),
+        }),
+        s.now_ms,
+    )
+    .expect("the restarted leader takes office again");
+    assert!(matches!(events[0], Event::LeaderElected(_)), "{events:?}");
+}
+
+#[test]
 fn a_new_leader_rescinds_offers_and_waits_for_frameworks() {
     let (mut s, agent, fw, _offer) = Scenario::one_offer();
     s.elect(2, Some(("r1", "z1")));

@@ -136,6 +136,25 @@ fn request_id(req: &Request) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
+/// The header (gRPC metadata) that makes a call idempotent.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The caller's idempotency key: none, or 1 to 128 printable ASCII
+/// characters (anything else is refused, naming the header).
+fn idempotency_key(req: &Request) -> Result<String, String> {
+    let Some(v) = req.headers().get(IDEMPOTENCY_KEY_HEADER) else {
+        return Ok(String::new());
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(k.to_owned())
+        }
+        _ => Err(format!(
+            "the {IDEMPOTENCY_KEY_HEADER} header must be 1 to 128 printable ASCII characters"
+        )),
+    }
+}
+
 /// Around every gRPC call and HTTP admin request: a request id (the
 /// caller's `x-request-id`, or a new one; returned in the response's
 /// `x-request-id`) carried into the commands the handler submits (and so
@@ -144,6 +163,21 @@ fn request_id(req: &Request) -> String {
 pub async fn api_latency(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&req);
+    let key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(message) => {
+            let grpc = req
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            return if grpc {
+                tonic::Status::invalid_argument(message).into_http()
+            } else {
+                (axum::http::StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+            };
+        }
+    };
     let method = req
         .uri()
         .path()
@@ -159,7 +193,7 @@ pub async fn api_latency(req: Request, next: Next) -> Response {
     let mut response = t::REQUEST_ID
         .scope(
             id.clone(),
-            tracing::Instrument::instrument(next.run(req), span),
+            t::IDEMPOTENCY_KEY.scope(key, tracing::Instrument::instrument(next.run(req), span)),
         )
         .await;
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {

@@ -302,8 +302,20 @@ where
     .map_err(|e| anyhow!("{}", e.message()))
 }
 
+/// `msg` with this invocation's idempotency key: the CLI's retries (a
+/// leader change, a timeout) of one create, update or kill take effect once.
+fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = key.parse() {
+        r.metadata_mut().insert("idempotency-key", v);
+    }
+    r
+}
+
 pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {
     let masters = crate::list::parse_masters(masters)?;
+    let idem = orrery_storage::security::random_token().map_err(|e| anyhow!("{e}"))?;
+    let idem = idem.as_str();
     let spec_of = |file: &std::path::Path| -> Result<pb::JobSpec> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading the job file {}", file.display()))?;
@@ -318,7 +330,7 @@ pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {
                 let spec = spec_of(file)?;
                 let create = matches!(cmd, JobCmd::Create { .. });
                 let r = ask(&masters, |ch| {
-                    let s = spec.clone();
+                    let s = keyed(spec.clone(), idem);
                     async move {
                         let mut c = OperatorClient::new(ch);
                         if create {
@@ -340,7 +352,7 @@ pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {
             JobCmd::Kill { key } => {
                 let k = parse_key(key)?;
                 ask(&masters, |ch| {
-                    let k = k.clone();
+                    let k = keyed(k.clone(), idem);
                     async move { OperatorClient::new(ch).kill_job(k).await }
                 })
                 .await?;

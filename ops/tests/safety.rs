@@ -330,3 +330,203 @@ async fn a_flood_of_calls_is_shed_with_a_retry_hint_and_nothing_accepted_is_lost
     });
     assert!(got_429, "an HTTP call shed with 429 and Retry-After");
 }
+
+/// `msg` with an `idempotency-key`.
+fn keyed<T>(msg: T, key: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("idempotency-key", key.parse().expect("an ASCII key"));
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_calls_with_their_idempotency_key_take_effect_once_even_across_a_restart() {
+    use orrery_events::pb;
+    use orrery_proto::operator::{self as op, operator_client::OperatorClient};
+    use orrery_proto::scheduler::{self as sp, scheduler_client::SchedulerClient};
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(1, &master_flags());
+    m.start(1, &[]);
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let mut agent = AgentProc::new(&m);
+    agent.start(&[], &[]);
+    let addr = m.addrs[&1].clone();
+    let connect = |addr: String| async move {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    };
+    let ch = connect(addr.clone()).await;
+    let spec = pb::JobSpec {
+        key: Some(pb::JobKey {
+            role: "www".into(),
+            env: "prod".into(),
+            name: "once".into(),
+        }),
+        instances: 1,
+        command: Some(pb::CommandInfo {
+            shell: "sleep 1000".into(),
+            ..Default::default()
+        }),
+        resources: Some(pb::Resources {
+            cpus_milli: 100,
+            mem_mb: 16,
+            ..Default::default()
+        }),
+        service: true,
+        ..Default::default()
+    };
+    let create = |key: Option<&str>| {
+        let ch = ch.clone();
+        let spec = spec.clone();
+        let key = key.map(str::to_owned);
+        async move {
+            let req = match &key {
+                Some(k) => keyed(spec, k),
+                None => tonic::Request::new(spec),
+            };
+            OperatorClient::new(ch)
+                .create_job(req)
+                .await
+                .map(|r| r.into_inner().committed_index)
+        }
+    };
+    // The master may still be taking office: the first create, retried.
+    let first = eventually("the first create", WAIT, || async {
+        create(Some("create-1")).await.ok()
+    })
+    .await;
+    // The retry (a client that timed out): the same answer, no second job.
+    assert_eq!(create(Some("create-1")).await.unwrap(), first);
+    let again = create(None)
+        .await
+        .expect_err("without the key: a second create");
+    assert!(again.message().contains("www/prod/once"), "{again}");
+    // A key that is not printable ASCII, or too long, is refused by name.
+    let mut bad = tonic::Request::new(spec.clone());
+    bad.metadata_mut()
+        .insert("idempotency-key", "x".repeat(200).parse().unwrap());
+    let e = OperatorClient::new(ch.clone())
+        .create_job(bad)
+        .await
+        .expect_err("a bad key");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("idempotency-key"), "{e}");
+
+    // A framework's Accept, retried: one launch.
+    let mut sched = SchedulerClient::new(ch.clone());
+    let mut events = sched
+        .subscribe(sp::SubscribeRequest {
+            framework: Some(sp::FrameworkInfo {
+                name: "idem".into(),
+                role: "idem".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let mut sub = None;
+    let mut offer = None;
+    while offer.is_none() {
+        let e = tokio::time::timeout(WAIT, events.message())
+            .await
+            .expect("an event")
+            .expect("the stream")
+            .expect("open");
+        match e.event {
+            Some(sp::event::Event::Subscribed(s)) => sub = Some(s),
+            Some(sp::event::Event::Offers(o)) => offer = o.offers.into_iter().next(),
+            _ => {}
+        }
+    }
+    let (sub, offer) = (sub.expect("subscribed first"), offer.unwrap());
+    let call = |c: sp::call::Call| sp::Call {
+        framework_id: sub.framework_id.clone(),
+        stream_id: sub.stream_id.clone(),
+        call: Some(c),
+    };
+    let accept = call(sp::call::Call::Accept(sp::Accept {
+        offer_ids: vec![offer.offer_id.clone()],
+        launches: vec![sp::TaskInfo {
+            task_id: "t1".into(),
+            name: "t1".into(),
+            resources: Some(pb::Resources {
+                cpus_milli: 100,
+                mem_mb: 16,
+                ..Default::default()
+            }),
+            command: Some(pb::CommandInfo {
+                shell: "sleep 1000".into(),
+                ..Default::default()
+            }),
+        }],
+        filters: None,
+    }));
+    let a1 = sched.call(keyed(accept.clone(), "accept-1")).await.unwrap();
+    let a2 = sched.call(keyed(accept.clone(), "accept-1")).await.unwrap();
+    assert_eq!(a1.get_ref().committed_index, a2.get_ref().committed_index);
+    let plain = sched.call(tonic::Request::new(accept)).await;
+    assert!(
+        plain.is_err(),
+        "the offer is spent: only the key made the retry safe"
+    );
+    // Kill, retried.
+    let kill = call(sp::call::Call::Kill(sp::Kill {
+        task_id: "t1".into(),
+    }));
+    let k1 = sched.call(keyed(kill.clone(), "kill-1")).await.unwrap();
+    let k2 = sched.call(keyed(kill, "kill-1")).await.unwrap();
+    assert_eq!(k1.get_ref().committed_index, k2.get_ref().committed_index);
+
+    // The keys are in the log: a restarted master answers the retry too.
+    drop(events);
+    m.kill9(1);
+    m.start(1, &[]);
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader after the restart\n{}", m.logs()));
+    let ch2 = connect(addr).await;
+    let after = eventually("the retry after the restart", WAIT, || {
+        let ch2 = ch2.clone();
+        let spec = spec.clone();
+        async move {
+            OperatorClient::new(ch2)
+                .create_job(keyed(spec, "create-1"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert_eq!(after.into_inner().committed_index, first);
+    // One JobCreated, one launch, every event of the first create carrying
+    // the key.
+    let log = OperatorClient::new(ch2)
+        .read_log(op::ReadLogRequest {
+            from: 1,
+            max: 10_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let envs: Vec<pb::Envelope> = log
+        .events
+        .iter()
+        .map(|b| orrery_events::codec::decode(b).unwrap())
+        .collect();
+    let created: Vec<&pb::Envelope> = envs
+        .iter()
+        .filter(|e| matches!(e.payload, Some(pb::envelope::Payload::JobCreated(_))))
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].idempotency_key, "|create-1");
+    let launched = envs
+        .iter()
+        .filter(|e| matches!(&e.payload, Some(pb::envelope::Payload::TaskLaunched(t)) if t.task_id == "t1"))
+        .count();
+    assert_eq!(launched, 1, "one launch of t1");
+}

@@ -10,8 +10,16 @@ use crate::state::Cluster;
 /// A new term's leader. Every outstanding offer was made by the old leader
 /// to scheduler streams that are gone, so they are rescinded; every
 /// connected framework must resubscribe, so its failover clock starts.
+///
+/// The same leader again in the same term is a restart of that replica
+/// (a one-member group keeps its raft term across a restart): Raft allows
+/// one leader per term, so it is that leader taking office again.
 pub(super) fn elect(c: &Cluster, cmd: ElectLeader) -> Result<Vec<Event>, Rejection> {
-    if cmd.term <= c.term() {
+    let same_leader_again = c
+        .leader
+        .as_ref()
+        .is_some_and(|l| l.term == cmd.term && l.leader_id == cmd.leader_id);
+    if cmd.term <= c.term() && !same_leader_again {
         return Err(Rejection::StaleTerm {
             term: cmd.term,
             current: c.term(),

@@ -94,6 +94,11 @@ pub struct Cluster {
     pub hosts: BTreeMap<String, Host>,
     pub jobs: BTreeMap<JobKey, Job>,
     pub seq: Sequences,
+    /// Idempotency keys (`PRINCIPAL|KEY`) → the last event index of the
+    /// command that carried them; the newest `IDEMPOTENCY_KEYS_MAX` kept.
+    pub idempotency: BTreeMap<String, u64>,
+    /// The same keys by index, oldest first (to forget the oldest).
+    pub idempotency_by_index: BTreeMap<u64, String>,
 
     // --- derived indexes (not in snapshots; rebuilt on load) ---------------
     /// Non-terminal and terminal tasks by agent.
@@ -104,7 +109,25 @@ pub struct Cluster {
     pub offers_by_agent: BTreeMap<AgentId, BTreeSet<OfferId>>,
 }
 
+/// Idempotency keys remembered (a retry older than the newest this many
+/// is decided again).
+pub const IDEMPOTENCY_KEYS_MAX: usize = 100_000;
+
 impl Cluster {
+    /// Remembers that the command carrying `key` ended at event `index`.
+    pub fn remember_key(&mut self, key: &str, index: u64) {
+        if let Some(old) = self.idempotency.insert(key.to_owned(), index) {
+            self.idempotency_by_index.remove(&old);
+        }
+        self.idempotency_by_index.insert(index, key.to_owned());
+        while self.idempotency.len() > IDEMPOTENCY_KEYS_MAX {
+            let Some((_, k)) = self.idempotency_by_index.pop_first() else {
+                break;
+            };
+            self.idempotency.remove(&k);
+        }
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

@@ -267,6 +267,7 @@ pub fn event(n: u64) -> Vec<u8> {
         proposed_at_ms: n,
         request_id: String::new(),
         principal: String::new(),
+        idempotency_key: String::new(),
         payload: Some(Payload::RoleWeightsSet(pb::RoleWeightsSet {
             weights: vec![pb::RoleWeight {
                 role: format!("role-{n}"),
