@@ -46,6 +46,7 @@ pub mod replay;
 pub mod resources;
 pub mod snapshot;
 pub mod state;
+pub mod whatif;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
