@@ -68,7 +68,7 @@ pub enum Change {
     /// `orrery host maintenance start HOSTS`.
     Drain(Vec<String>),
     /// `orrery job update FILE`.
-    UpdateJob(pb::JobSpec),
+    UpdateJob(Box<pb::JobSpec>),
 }
 
 /// A task stopped by the change, and where its work went.
@@ -163,7 +163,7 @@ pub fn dry_run(
         Change::Drain(hosts) => Command::StartMaintenance {
             hostnames: hosts.clone(),
         },
-        Change::UpdateJob(spec) => Command::UpdateJob(spec.clone()),
+        Change::UpdateJob(spec) => Command::UpdateJob((**spec).clone()),
     };
     let first = decide(&w.c, command, w.now)?;
     let before: BTreeMap<TaskKey, Before> = cluster

@@ -239,7 +239,7 @@ fn a_dry_run_update_replaces_every_instance_and_finishes() {
     let version = s.cluster.jobs[&key].version;
     let r = dry_run(
         &s.cluster,
-        Change::UpdateJob(spec("web", 3, "sleep 2000")),
+        Change::UpdateJob(Box::new(spec("web", 3, "sleep 2000"))),
         &Assumptions::default(),
         s.now_ms,
     )
@@ -273,7 +273,7 @@ fn what_the_real_call_would_refuse_the_dry_run_refuses() {
     assert!(matches!(e, Rejection::UnknownHost { .. }), "{e:?}");
     let e = dry_run(
         &s.cluster,
-        Change::UpdateJob(spec("other", 1, "true")),
+        Change::UpdateJob(Box::new(spec("other", 1, "true"))),
         &Assumptions::default(),
         s.now_ms,
     )
@@ -303,7 +303,7 @@ fn an_update_in_batches_wider_than_the_sla_is_reported_below_it() {
     });
     let r = dry_run(
         &s.cluster,
-        Change::UpdateJob(wide),
+        Change::UpdateJob(Box::new(wide)),
         &Assumptions::default(),
         s.now_ms,
     )

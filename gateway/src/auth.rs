@@ -562,9 +562,10 @@ fn operator_permission(method: &str) -> Permission {
         "GetState" | "ReadLog" | "ListJobs" | "JobStatus" | "QueryHosts" | "GetSchedule" => {
             Permission::View
         }
-        "CreateJob" | "UpdateJob" | "KillJob" => Permission::Jobs,
+        "CreateJob" | "UpdateJob" | "KillJob" | "PlanJobUpdate" => Permission::Jobs,
         // UpdateWeights, UpdateSchedule, Start/CompleteMaintenance,
-        // MachinesDown, and any method added later: operators only.
+        // MachinesDown, PlanMaintenance (a dry run shows the whole
+        // cluster's placement), and any method added later: operators only.
         _ => Permission::Operator,
     }
 }

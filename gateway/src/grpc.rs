@@ -579,6 +579,27 @@ impl op::operator_server::Operator for OperatorService {
         Ok(Response::new(out))
     }
 
+    async fn plan_maintenance(
+        &self,
+        r: Request<op::PlanMaintenanceRequest>,
+    ) -> Result<Response<op::DryRunReport>, Status> {
+        let r = r.into_inner();
+        let change = orrery_events::whatif::Change::Drain(r.hostnames);
+        self.dry_run(change, r.assumptions).await
+    }
+
+    async fn plan_job_update(
+        &self,
+        r: Request<op::PlanJobUpdateRequest>,
+    ) -> Result<Response<op::DryRunReport>, Status> {
+        let r = r.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: the job to plan is missing"))?;
+        let change = orrery_events::whatif::Change::UpdateJob(Box::new(spec));
+        self.dry_run(change, r.assumptions).await
+    }
+
     async fn query_hosts(
         &self,
         r: Request<op::QueryHostsRequest>,
@@ -665,6 +686,23 @@ fn window_from(w: pb::MaintenanceWindow) -> orrery_events::state::Window {
 }
 
 impl OperatorService {
+    /// A dry run on the leader's committed state.
+    async fn dry_run(
+        &self,
+        change: orrery_events::whatif::Change,
+        assumptions: Option<op::DryRunAssumptions>,
+    ) -> Result<Response<op::DryRunReport>, Status> {
+        let assume = crate::dryrun::assumptions(assumptions.as_ref())?;
+        self.master
+            .send(Serving)
+            .await
+            .map_err(mailbox)?
+            .map_err(status_of)?;
+        Ok(Response::new(
+            crate::dryrun::run(&self.log, change, assume).await?,
+        ))
+    }
+
     async fn job_command(&self, command: Command) -> Result<Response<op::JobResponse>, Status> {
         let committed = self
             .master

@@ -32,6 +32,7 @@
 /// too); re-exported here for the CLI and framework clients.
 pub use orrery_actors::client;
 pub mod auth;
+pub mod dryrun;
 pub mod grpc;
 pub mod http;
 pub mod maintenance;

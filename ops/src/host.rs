@@ -25,7 +25,11 @@ pub enum HostCmd {
 #[derive(Debug, Subcommand)]
 pub enum MaintenanceCmd {
     /// Drain these hosts (comma-separated): UP → DRAINING.
-    Start { hosts: String },
+    Start {
+        hosts: String,
+        #[command(flatten)]
+        dry: crate::dryrun::DryRunArgs,
+    },
     /// Bring these hosts (comma-separated) back: → UP.
     Complete { hosts: String },
 }
@@ -54,8 +58,26 @@ pub fn run(masters: Option<&str>, cmd: &HostCmd, json: bool) -> Result<()> {
     rt.block_on(async {
         match cmd {
             HostCmd::Maintenance(m) => {
+                if let MaintenanceCmd::Start { hosts: h, dry } = m {
+                    if dry.dry_run {
+                        let list = hosts(h)?;
+                        let req = op::PlanMaintenanceRequest {
+                            hostnames: list.clone(),
+                            assumptions: Some(dry.assumptions()?),
+                        };
+                        let (r, _) = with_leader(&transport, &masters, patience, |ch| {
+                            let req = req.clone();
+                            async move { OperatorClient::new(ch).plan_maintenance(req).await }
+                        })
+                        .await
+                        .map_err(fail)?;
+                        let what = format!("draining {}", list.join(", "));
+                        print!("{}", crate::dryrun::render(&what, &r.into_inner(), json));
+                        return Ok(());
+                    }
+                }
                 let (start, list) = match m {
-                    MaintenanceCmd::Start { hosts: h } => (true, hosts(h)?),
+                    MaintenanceCmd::Start { hosts: h, .. } => (true, hosts(h)?),
                     MaintenanceCmd::Complete { hosts: h } => (false, hosts(h)?),
                 };
                 with_leader(&transport, &masters, patience, |ch| {

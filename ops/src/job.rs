@@ -20,7 +20,11 @@ pub enum JobCmd {
     /// Create a job from a TOML file.
     Create { file: std::path::PathBuf },
     /// Replace a job's spec from a TOML file.
-    Update { file: std::path::PathBuf },
+    Update {
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        dry: crate::dryrun::DryRunArgs,
+    },
     /// Kill every instance of a job and remove it: ROLE/ENV/NAME.
     Kill { key: String },
     /// Every instance: state, host, zone, and why pending ones wait.
@@ -326,7 +330,28 @@ pub fn run(masters: Option<&str>, cmd: &JobCmd, json: bool) -> Result<()> {
         .build()?;
     rt.block_on(async {
         match cmd {
-            JobCmd::Create { file } | JobCmd::Update { file } => {
+            JobCmd::Update { file, dry } if dry.dry_run => {
+                let req = op::PlanJobUpdateRequest {
+                    spec: Some(spec_of(file)?),
+                    assumptions: Some(dry.assumptions()?),
+                };
+                let what = format!(
+                    "updating {}",
+                    key_text(&req.spec.as_ref().and_then(|s| s.key.clone()))
+                );
+                let r = ask(&masters, |ch| {
+                    let req = req.clone();
+                    async move {
+                        OperatorClient::new(ch)
+                            .plan_job_update(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+                print!("{}", crate::dryrun::render(&what, &r, json));
+            }
+            JobCmd::Create { file } | JobCmd::Update { file, .. } => {
                 let spec = spec_of(file)?;
                 let create = matches!(cmd, JobCmd::Create { .. });
                 let r = ask(&masters, |ch| {

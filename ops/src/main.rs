@@ -22,6 +22,7 @@ mod bench_replay;
 mod certs;
 mod creds;
 mod dev;
+mod dryrun;
 mod host;
 mod job;
 mod list;

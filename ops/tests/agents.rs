@@ -1059,3 +1059,85 @@ async fn draining_three_real_instances_never_takes_more_than_one_down() {
     .await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_of_a_drain_and_an_update_print_the_plan_and_change_nothing() {
+    let _serial = SERIAL.lock().await;
+    let m = one_master(&master_flags()).await;
+    let (a, b) = svc_on_host_1_then_host_2(&m, 2).await;
+    let orrery = cli(&m);
+    let status = || orrery(&["--json", "job", "status", "www/prod/svc"]).1;
+    let before = status();
+
+    let (code, out, err) = orrery(&[
+        "host",
+        "maintenance",
+        "start",
+        "host-1",
+        "--dry-run",
+        "--task-start",
+        "5s",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("dry run: draining host-1"), "{out}");
+    for i in 0..2 {
+        assert!(
+            out.contains(&format!(
+                "www/prod/svc #{i} (task www.prod.svc.{i}.1) on host-1"
+            )),
+            "{out}"
+        );
+    }
+    assert_eq!(out.matches("-> host-2").count(), 2, "{out}");
+    assert!(out.contains("host-1: HOST_STATE_DRAINED"), "{out}");
+    assert!(out.contains("below SLA:\n  none"), "{out}");
+    assert!(out.contains("done after "), "{out}");
+    // Nothing changed: host-1 is UP and both instances still run there.
+    let (_, hosts, _) = orrery(&["host", "query", "--states", "HOST_STATE_UP"]);
+    assert!(hosts.contains("host-1"), "{hosts}");
+    assert_eq!(svc_running(&orrery).get("host-1"), Some(&2));
+    assert_eq!(status(), before, "the job is as it was");
+
+    // The update, as JSON.
+    let job = a.dir.path().join("svc2.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"svc\"\ninstances = 2\n\
+         argv = [\"sleep\", \"2000\"]\nmax_unavailable = 1\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&[
+        "--json",
+        "job",
+        "update",
+        job.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(v["outcome"], "finished", "{v:#}");
+    assert_eq!(v["moves"].as_array().map(Vec::len), Some(2), "{v:#}");
+    assert!(v["moves"][0]["why"] == "replaced by the update", "{v:#}");
+    assert_eq!(v["done"], true);
+    assert_eq!(status(), before, "the dry run did not update the job");
+
+    // What the real call refuses, the dry run refuses; bad flags are named.
+    let (code, _, err) = orrery(&["host", "maintenance", "start", "nohost", "--dry-run"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("nohost"), "{err}");
+    let (code, _, err) = orrery(&["host", "maintenance", "start", "host-1", "--horizon", "1h"]);
+    assert_eq!(code, Some(2), "--horizon without --dry-run: {err}");
+    assert!(err.contains("--dry-run"), "{err}");
+    let (code, _, err) = orrery(&[
+        "host",
+        "maintenance",
+        "start",
+        "host-1",
+        "--dry-run",
+        "--horizon",
+        "48h",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--horizon"), "{err}");
+    drop(b);
+}
