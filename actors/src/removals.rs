@@ -16,7 +16,8 @@
 //! (reregistration deadline or ping budget): at most N in any DURATION
 //! window; the rest wait their turn (`orrery_agent_removals_deferred_total`).
 //!
-//! Pure bookkeeping, no clock of its own: callers pass `Instant`s.
+//! Pure bookkeeping, no clock of its own: callers pass `Instant`s (or, in
+//! the simulator, a monotonic time since any epoch: [`Gate::take_at`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -65,8 +66,10 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
 pub struct Gate {
     limit_pct: f64,
     rate: Option<RateLimit>,
-    recent: VecDeque<Instant>,
+    /// When the recent removals were taken, since `epoch`.
+    recent: VecDeque<Duration>,
     held: Option<String>,
+    epoch: Instant,
 }
 
 /// What the reregistration deadline may do.
@@ -84,6 +87,7 @@ impl Gate {
             rate,
             recent: VecDeque::new(),
             held: None,
+            epoch: Instant::now(),
         }
     }
 
@@ -122,13 +126,18 @@ impl Gate {
 
     /// Takes a removal's turn under the rate limit; false: wait.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_at(now.saturating_duration_since(self.epoch))
+    }
+
+    /// [`Gate::take`] at `now`, a monotonic time since any fixed epoch.
+    pub fn take_at(&mut self, now: Duration) -> bool {
         let Some(r) = self.rate else {
             return true;
         };
         while self
             .recent
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= r.per)
+            .is_some_and(|t| now.saturating_sub(*t) >= r.per)
         {
             self.recent.pop_front();
         }

@@ -66,6 +66,10 @@ pub struct SimAgent {
     /// Sabotage: lose one task without a word (and report it anyway).
     pub lost_one: bool,
     ghosts: std::collections::BTreeSet<TaskKey>,
+    /// A lost rack: the machine is under repair and comes back (as a new
+    /// agent) only once its old agent is out of the cluster, unreachable
+    /// or retired by the operator.
+    pub repair_of: Option<AgentId>,
 }
 
 impl SimAgent {
@@ -95,6 +99,7 @@ impl SimAgent {
             next_end: 0,
             ends: BTreeMap::new(),
             lost_one: false,
+            repair_of: None,
             ghosts: Default::default(),
         }
     }
@@ -454,6 +459,25 @@ impl Sim {
     fn agent_restart(&mut self, a: usize) {
         if self.agents[a].up {
             return;
+        }
+        if let Some(old) = &self.agents[a].repair_of {
+            let away = self
+                .truth
+                .cluster
+                .agents
+                .get(old.as_str())
+                .is_some_and(|o| {
+                    matches!(
+                        o.state,
+                        orrery_events::state::AgentState::Registered
+                            | orrery_events::state::AgentState::Disconnected
+                    )
+                });
+            if away {
+                self.schedule(5_000, Node::Agent(a), Msg::Timer(Timer::AgentRestart));
+                return;
+            }
+            self.agents[a].repair_of = None;
         }
         self.agents[a].up = true;
         self.schedule(1, Node::Agent(a), Msg::Timer(Timer::AgentTick));

@@ -39,6 +39,11 @@ pub struct Faults {
     pub maintenance_per_s: f64,
     /// Per second: a framework or the operator sends a malformed call.
     pub bad_input_per_s: f64,
+    /// Per second: a rack blip across a failover — every agent of one zone
+    /// is cut off from the masters (both ways, for `partition_ms`) and the
+    /// leader crashes at the same moment, so the new leader finds a third
+    /// of its agents missing past the reregistration deadline.
+    pub rack_blip_per_s: f64,
 }
 
 impl Faults {
@@ -59,6 +64,7 @@ impl Faults {
             clock_jump_max_ms: 0,
             maintenance_per_s: 0.0,
             bad_input_per_s: 0.0,
+            rack_blip_per_s: 0.0,
         }
     }
 }
@@ -96,9 +102,32 @@ pub struct Config {
     /// How often (simulated) the liveness phase asks whether the cluster
     /// converged.
     pub live_check_ms: Ms,
+    /// The master's `--recovery-agent-removal-limit`, in percent (100: off).
+    pub removal_limit_pct: f64,
+    /// The master's `--agent-removal-rate-limit`: (count, per ms).
+    pub removal_rate: Option<(u32, Ms)>,
+    /// Frameworks send Accept and Kill with an idempotency key and retry
+    /// them when no answer comes.
+    pub keyed_retries: bool,
 }
 
 impl Config {
+    /// [`Config::ci`] with the safety valves on: a removal limit of a
+    /// fifth of the agents and a removal rate, frameworks retrying keyed
+    /// calls, more master crashes and longer partitions, and rack blips
+    /// (a zone cut off as the leader crashes), so that leader changes find
+    /// a third of the agents away.
+    pub fn valves() -> Self {
+        let mut c = Config::ci();
+        c.removal_limit_pct = 20.0;
+        c.removal_rate = Some((2, 5_000));
+        c.keyed_retries = true;
+        c.faults.master_crash_per_s = 0.03;
+        c.faults.partition_ms = (2_000, 30_000);
+        c.faults.rack_blip_per_s = 0.02;
+        c
+    }
+
     /// The clusters `.ci/run` checks: small, busy, with every fault.
     pub fn ci() -> Self {
         Config {
@@ -132,10 +161,14 @@ impl Config {
                 clock_jump_max_ms: 30_000,
                 maintenance_per_s: 0.03,
                 bad_input_per_s: 0.1,
+                rack_blip_per_s: 0.0,
             },
             check_every: 1,
             digest_every: 16,
             live_check_ms: 1_000,
+            removal_limit_pct: 100.0,
+            removal_rate: None,
+            keyed_retries: false,
         }
     }
 
@@ -172,12 +205,16 @@ impl Config {
                 clock_jump_max_ms: 30_000,
                 maintenance_per_s: 0.02,
                 bad_input_per_s: 0.2,
+                rack_blip_per_s: 0.0,
             },
             // About once per simulated minute: each check reads (and the
             // core invariants copy) the whole 100,000-task state.
             check_every: 2_000_000,
             digest_every: 250_000,
             live_check_ms: 10_000,
+            removal_limit_pct: 100.0,
+            removal_rate: None,
+            keyed_retries: false,
         }
     }
 }

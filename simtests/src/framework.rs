@@ -68,7 +68,19 @@ pub struct SimFramework {
     pub seen: Vec<Seen>,
     /// Offers it holds: the oracles check none is for a host in maintenance.
     pub inverse: BTreeSet<OfferId>,
+    /// Keyed calls without an answer yet: call id → (key, command, sent
+    /// at, attempts).
+    keyed: BTreeMap<u64, (String, Command, Ms, u32)>,
+    next_key: u64,
+    /// Keyed calls refused although an attempt of them committed (the
+    /// idempotency oracle takes them).
+    pub refused_after_effect: Vec<String>,
 }
+
+/// A keyed call without an answer is sent again after this long, at most
+/// this many times in all.
+const KEYED_RETRY_MS: Ms = 3_000;
+const KEYED_ATTEMPTS_MAX: u32 = 4;
 
 impl SimFramework {
     pub fn new(idx: usize, cfg: &Config) -> Self {
@@ -90,6 +102,9 @@ impl SimFramework {
             target: cfg.tasks_per_framework,
             seen: Vec::new(),
             inverse: BTreeSet::new(),
+            keyed: BTreeMap::new(),
+            next_key: 0,
+            refused_after_effect: Vec::new(),
         }
     }
 
@@ -119,6 +134,84 @@ impl Sim {
         );
     }
 
+    /// Accept and Kill: with an idempotency key (and retried without an
+    /// answer) when the run asks for it.
+    fn fw_effect_call(&mut self, f: usize, cmd: Command) {
+        if !self.cfg.keyed_retries {
+            self.fw_call(f, Call::core(cmd), Inflight::Other);
+            return;
+        }
+        let fw = &mut self.frameworks[f];
+        fw.next_key += 1;
+        let key = format!("{}-k{}", fw.name, fw.next_key);
+        self.fw_keyed(f, key, cmd, 1);
+    }
+
+    fn fw_keyed(&mut self, f: usize, key: String, cmd: Command, attempt: u32) {
+        let call = Call::Keyed {
+            key: key.clone(),
+            cmd: Box::new(cmd.clone()),
+        };
+        self.fw_call(f, call, Inflight::Other);
+        let now = self.now;
+        let fw = &mut self.frameworks[f];
+        fw.keyed.insert(fw.next_call, (key, cmd, now, attempt));
+    }
+
+    /// Keyed calls with no answer for a while: sent again, same key.
+    fn retry_keyed(&mut self, f: usize) {
+        let now = self.now;
+        let fw = &mut self.frameworks[f];
+        let due: Vec<u64> = fw
+            .keyed
+            .iter()
+            .filter(|(_, (_, _, sent, _))| now >= sent + KEYED_RETRY_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let fw = &mut self.frameworks[f];
+            let Some((key, cmd, _, attempt)) = fw.keyed.remove(&id) else {
+                continue;
+            };
+            fw.calls.remove(&id);
+            if attempt < KEYED_ATTEMPTS_MAX {
+                self.stats.retries += 1;
+                self.fw_keyed(f, key, cmd, attempt + 1);
+            }
+        }
+    }
+
+    /// The answer to a keyed call: a refusal of a call one of whose
+    /// attempts committed is the double answer keys exist to prevent.
+    fn keyed_answer(&mut self, f: usize, id: u64, outcome: &Outcome) {
+        let Some((key, cmd, _, attempt)) = self.frameworks[f].keyed.remove(&id) else {
+            return;
+        };
+        match outcome {
+            // Still being committed, or not the leader: try again later.
+            Outcome::Rejected("unavailable", _) | Outcome::NotLeader(_)
+                if attempt < KEYED_ATTEMPTS_MAX =>
+            {
+                let now = self.now;
+                let fw = &mut self.frameworks[f];
+                // Due at the next retry round.
+                fw.keyed.insert(id, (key, cmd, now, attempt));
+                fw.calls.insert(id, Inflight::Other);
+            }
+            // Out of attempts: the framework gives this call up.
+            Outcome::Rejected("unavailable", _) | Outcome::NotLeader(_) => {}
+            Outcome::Rejected(name, message) => {
+                let scoped = format!("|{key}");
+                if let Some(index) = self.truth.cluster.idempotency.get(&scoped) {
+                    self.frameworks[f].refused_after_effect.push(format!(
+                        "{key} took effect at index {index}, yet attempt {attempt} was refused ({name}: {message})"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub(crate) fn on_framework(&mut self, f: usize, msg: Msg) {
         match msg {
             Msg::Timer(Timer::FrameworkTick) => self.framework_tick(f),
@@ -144,6 +237,7 @@ impl Sim {
             Node::Framework(f),
             Msg::Timer(Timer::FrameworkTick),
         );
+        self.retry_keyed(f);
         let now = self.now;
         let fw = &self.frameworks[f];
         if fw.session == 0 {
@@ -209,13 +303,12 @@ impl Sim {
                 .collect();
             if !live.is_empty() {
                 let task_id = live[self.pick(live.len())].clone();
-                self.fw_call(
+                self.fw_effect_call(
                     f,
-                    Call::core(Command::Kill {
+                    Command::Kill {
                         framework_id,
                         task_id,
-                    }),
-                    Inflight::Other,
+                    },
                 );
             }
         }
@@ -225,6 +318,7 @@ impl Sim {
         let Some(kind) = self.frameworks[f].calls.remove(&id) else {
             return;
         };
+        self.keyed_answer(f, id, &outcome);
         let fw = &mut self.frameworks[f];
         if let Outcome::NotLeader(hint) = outcome {
             fw.master = hint.unwrap_or((fw.master + 1) % self.masters.len());
@@ -386,20 +480,21 @@ impl Sim {
                 });
             }
         }
-        let call = if launches.is_empty() {
-            Command::Decline {
+        if launches.is_empty() {
+            let call = Command::Decline {
                 framework_id,
                 offer_ids: vec![offer_id],
                 refuse_seconds: Some(f64::from(self.rng.random_range(1..5u8))),
-            }
+            };
+            self.fw_call(f, Call::core(call), Inflight::Other);
         } else {
-            Command::Accept {
+            let call = Command::Accept {
                 framework_id,
                 offer_ids: vec![offer_id],
                 launches,
                 refuse_seconds: None,
-            }
-        };
-        self.fw_call(f, Call::core(call), Inflight::Other);
+            };
+            self.fw_effect_call(f, call);
+        }
     }
 }

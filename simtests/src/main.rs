@@ -37,6 +37,10 @@ struct Args {
     /// The scale run: 10,000 agents, 100,000 tasks, an hour of faults.
     #[arg(long)]
     scale: bool,
+    /// The safety valves on (`Config::valves`): a removal limit and rate,
+    /// frameworks retrying keyed calls, more failovers and partitions.
+    #[arg(long, conflicts_with = "scale")]
+    valves: bool,
     /// Override the number of agents (with --scale: tasks and instances
     /// shrink in proportion).
     #[arg(long)]
@@ -77,6 +81,8 @@ fn parse_sabotage(s: &str) -> Result<Sabotage, String> {
 fn config(args: &Args) -> Config {
     let mut cfg = if args.scale {
         Config::scale()
+    } else if args.valves {
+        Config::valves()
     } else {
         Config::ci()
     };
@@ -102,7 +108,7 @@ fn config(args: &Args) -> Config {
 fn print(report: &Report, wall: std::time::Duration) {
     let s = &report.stats;
     println!(
-        "seed {}: {} in {:.2} s wall, {} s simulated; {} steps, {} commands decided ({} refused), {} events committed; {} elections, {} agent crashes ({} wiped), {} master crashes, {} partitions, {} clock jumps, {} drains, {} malformed calls, {} stream breaks; {} agents, {} tasks in the final state",
+        "seed {}: {} in {:.2} s wall, {} s simulated; {} steps, {} commands decided ({} refused), {} events committed; {} elections, {} agent crashes ({} wiped), {} master crashes, {} partitions ({} rack blips), {} clock jumps, {} drains, {} malformed calls, {} stream breaks, {} keyed retries ({} answered from their key), {} ticks with removals held ({} agents retired); {} agents, {} tasks in the final state",
         report.seed,
         if report.passed() { "ok" } else { "FAILED" },
         wall.as_secs_f64(),
@@ -116,10 +122,15 @@ fn print(report: &Report, wall: std::time::Duration) {
         s.agent_wipes,
         s.master_crashes,
         s.partitions,
+        s.rack_blips,
         s.clock_jumps,
         s.drains,
         s.bad_inputs,
         s.stream_breaks,
+        s.retries,
+        s.idempotent_replays,
+        s.removals_held,
+        s.marked_gone,
         report.agents,
         report.tasks,
     );

@@ -78,6 +78,9 @@ pub struct Shell {
     jobs_offered: bool,
     skipped_update: bool,
     duplicated_launch: bool,
+    /// The removal limit and rate, as the real master keeps them
+    /// (`orrery_actors::removals`), on simulated time.
+    pub removals: orrery_actors::removals::Gate,
 }
 
 impl Shell {
@@ -106,6 +109,15 @@ impl Shell {
             jobs_offered: false,
             skipped_update: false,
             duplicated_launch: false,
+            removals: orrery_actors::removals::Gate::new(
+                sim.cfg.removal_limit_pct,
+                sim.cfg
+                    .removal_rate
+                    .map(|(count, ms)| orrery_actors::removals::RateLimit {
+                        count,
+                        per: std::time::Duration::from_millis(ms),
+                    }),
+            ),
         }
     }
 }
@@ -171,6 +183,18 @@ impl Sim {
     /// Decides `cmd` on the leader's speculative state and appends what it
     /// decided; the reply waits for the commit.
     pub(crate) fn submit(&mut self, m: usize, cmd: Command, origin: Origin) {
+        self.submit_keyed(m, cmd, origin, None);
+    }
+
+    /// [`Sim::submit`], the events stamped with the caller's scoped
+    /// idempotency key (as the real master stamps them).
+    pub(crate) fn submit_keyed(
+        &mut self,
+        m: usize,
+        cmd: Command,
+        origin: Origin,
+        key: Option<String>,
+    ) {
         let now = self.clock(m);
         let term = self.masters[m].term;
         let sabotage = self.sabotage;
@@ -283,7 +307,10 @@ impl Sim {
         let started = std::time::Instant::now();
         let mut pending = Vec::new();
         let mut entries = Vec::new();
-        for env in envelopes(&shell.spec, term, now, events.clone()) {
+        for mut env in envelopes(&shell.spec, term, now, events.clone()) {
+            if let Some(k) = &key {
+                env.idempotency_key.clone_from(k);
+            }
             let payload = env.payload.as_ref().expect("decided events have payloads");
             pending.extend(
                 effects_of(&shell.spec, payload)
@@ -665,6 +692,31 @@ impl Sim {
                 self.submit(m, *cmd, Origin::Client { to: from, id });
                 return;
             }
+            Call::Keyed { key, cmd } => {
+                // As the real master (flush_batch): a key it remembers is
+                // answered from the log, never decided again.
+                let scoped = format!("|{key}");
+                let commit = self.masters[m].commit;
+                let ignore = self.sabotage == Some(Sabotage::IgnoreIdempotencyKeys);
+                let shell = self.shell(m).expect("serving");
+                match shell.spec.idempotency.get(&scoped).copied() {
+                    Some(index) if !ignore && index <= commit => {
+                        self.stats.idempotent_replays += 1;
+                        Outcome::Done {
+                            events: vec![],
+                            session: 0,
+                        }
+                    }
+                    Some(_) if !ignore => Outcome::Rejected(
+                        "unavailable",
+                        format!("the first call with key {key} is still being committed"),
+                    ),
+                    _ => {
+                        self.submit_keyed(m, *cmd, Origin::Client { to: from, id }, Some(scoped));
+                        return;
+                    }
+                }
+            }
             Call::Ping { agent_id, session } => {
                 let shell = self.shell(m).expect("serving");
                 if shell.agent_sessions.get(&agent_id).map(|s| s.1) == Some(session) {
@@ -717,7 +769,8 @@ impl Sim {
         let now = self.clock(m);
         let sim_now = self.now;
         let term = self.masters[m].term;
-        let Some(shell) = self.shell(m) else {
+        let sabotage = self.sabotage;
+        let Some(shell) = self.masters[m].shell() else {
             return;
         };
         if !shell.elected {
@@ -747,12 +800,41 @@ impl Sim {
         // Agents that did not come back after the leader change, and
         // agents silent past their ping budget.
         let past_deadline = sim_now >= shell.elected_at + REREGISTER_TIMEOUT_MS;
+        let known = c
+            .agents
+            .values()
+            .filter(|a| matches!(a.state, AgentState::Registered | AgentState::Disconnected))
+            .count();
+        let late = c
+            .agents
+            .values()
+            .filter(|a| {
+                a.reregistered_term < term
+                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
+            })
+            .count();
+        // The removal limit (as the real master): more than the limit
+        // late after the leader change, and none of them is removed.
+        let held = past_deadline
+            && sabotage != Some(Sabotage::IgnoreRemovalLimit)
+            && matches!(
+                shell
+                    .removals
+                    .recovery(late, known, "--recovery-agent-removal-limit")
+                    .0,
+                orrery_actors::removals::Verdict::Hold(_)
+            );
+        let mut turn = || {
+            shell
+                .removals
+                .take_at(std::time::Duration::from_millis(sim_now))
+        };
         for a in c.agents.values() {
             if !matches!(a.state, AgentState::Registered | AgentState::Disconnected) {
                 continue;
             }
             if a.reregistered_term < term {
-                if past_deadline {
+                if past_deadline && !held && turn() {
                     cmds.push(Command::MarkAgentUnreachable {
                         agent_id: a.id.clone(),
                         reason: format!(
@@ -766,7 +848,7 @@ impl Sim {
             let Some(&heard) = shell.last_heard.get(&a.id) else {
                 continue;
             };
-            if sim_now >= heard + AGENT_SILENCE_MS {
+            if sim_now >= heard + AGENT_SILENCE_MS && turn() {
                 cmds.push(Command::MarkAgentUnreachable {
                     agent_id: a.id.clone(),
                     reason: "no answer to 5 pings, 1000 ms apart".into(),
@@ -801,6 +883,9 @@ impl Sim {
                 failover_timeout_ms: orrery_events::decide::limits::DURATION_MS_MAX,
                 principal: String::new(),
             }));
+        }
+        if held {
+            self.stats.removals_held += 1;
         }
         for cmd in cmds {
             let unreachable = match &cmd {

@@ -32,7 +32,14 @@ pub struct Operator {
     jobs_created: usize,
     /// Hosts put into maintenance, and when they may come back.
     maintenance: BTreeMap<String, u64>,
+    /// Since when the leader's `/health` says agent removals are held.
+    held_since: Option<u64>,
 }
+
+/// How long the operator lets held removals wait, once the faults stopped,
+/// before retiring the agents that did not come back (`orrery agents
+/// mark-gone --held`).
+const HELD_PATIENCE_MS: u64 = 30_000;
 
 impl Sim {
     /// Whether jobs the operator means to create are not created yet.
@@ -154,6 +161,55 @@ impl Sim {
         if !back.is_empty() {
             self.operator_call(Command::CompleteMaintenance { hostnames: back }, false);
         }
+        self.retire_held_agents();
+    }
+
+    /// The leader holds agent removals (its `/health` says so): once the
+    /// faults are over and the agents that could come back had their
+    /// chance, the operator retires the rest.
+    fn retire_held_agents(&mut self) {
+        let now = self.now;
+        let leader = (0..self.masters.len()).find(|&m| self.masters[m].is_leader());
+        let late: Option<Vec<orrery_events::AgentId>> = leader.and_then(|m| {
+            let term = self.masters[m].term;
+            let shell = self.masters[m].shell()?;
+            shell.removals.held()?;
+            Some(
+                shell
+                    .spec
+                    .agents
+                    .values()
+                    .filter(|a| {
+                        a.reregistered_term < term
+                            && matches!(
+                                a.state,
+                                orrery_events::state::AgentState::Registered
+                                    | orrery_events::state::AgentState::Disconnected
+                            )
+                    })
+                    .map(|a| a.id.clone())
+                    .collect(),
+            )
+        });
+        let Some(late) = late else {
+            self.operator.held_since = None;
+            return;
+        };
+        let since = *self.operator.held_since.get_or_insert(now);
+        if self.in_fault_phase() || now < since + HELD_PATIENCE_MS {
+            return;
+        }
+        for agent_id in late {
+            self.stats.marked_gone += 1;
+            self.operator_call(
+                Command::MarkAgentGone {
+                    agent_id,
+                    reason: "retired by the operator while removals were held".into(),
+                },
+                false,
+            );
+        }
+        self.operator.held_since = None;
     }
 
     fn inject_faults(&mut self) {
@@ -165,6 +221,9 @@ impl Sim {
         let f = self.cfg.faults.clone();
         if self.rng.random_bool(f.partition_per_s) {
             self.partition();
+        }
+        if f.rack_blip_per_s > 0.0 && self.rng.random_bool(f.rack_blip_per_s) {
+            self.rack_blip();
         }
         if self.rng.random_bool(f.agent_crash_per_s.min(1.0)) {
             let a = self.pick(self.agents.len());
@@ -221,6 +280,40 @@ impl Sim {
                 if !one_way || !inbound_only {
                     self.net.block(g, m, until);
                 }
+            }
+        }
+    }
+
+    /// A whole zone loses its link to the masters for longer than the
+    /// reregistration deadline, and the leader crashes as it happens. One
+    /// blip in four is a rack lost for good: its machines come back
+    /// wiped, as new agents, and the old ones never reregister (the case
+    /// the operator retires by hand once removals are held).
+    fn rack_blip(&mut self) {
+        let lost = self.rng.random_bool(0.25);
+        self.stats.partitions += 1;
+        self.stats.rack_blips += 1;
+        let until = self.now + self.rng.random_range(30_000..=60_000);
+        let zone = self.pick(self.cfg.zones.max(1));
+        let masters: Vec<Node> = (0..self.masters.len()).map(Node::Master).collect();
+        let rack: Vec<usize> = (0..self.agents.len())
+            .filter(|a| a % self.cfg.zones.max(1) == zone)
+            .collect();
+        for &a in &rack {
+            for &m in &masters {
+                self.net.block(m, Node::Agent(a), until);
+                self.net.block(Node::Agent(a), m, until);
+            }
+            if lost && self.agents[a].up {
+                let old = self.agents[a].agent_id.clone();
+                self.agent_crash(a, true);
+                self.agents[a].repair_of = old;
+            }
+        }
+        let down = self.masters.iter().filter(|m| !m.up).count();
+        if down < self.masters.len() - self.majority() {
+            if let Some(l) = self.masters.iter().position(|m| m.up && m.is_leader()) {
+                self.master_crash(l);
             }
         }
     }

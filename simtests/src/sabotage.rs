@@ -26,10 +26,15 @@ pub enum Sabotage {
     SkipFrameworkUpdate,
     /// The job scheduler stops once the faults stop.
     JobSchedulerStops,
+    /// After a leader change, every late agent is removed, past the
+    /// removal limit.
+    IgnoreRemovalLimit,
+    /// The master decides a retried keyed call again.
+    IgnoreIdempotencyKeys,
 }
 
 impl Sabotage {
-    pub const ALL: [Sabotage; 10] = [
+    pub const ALL: [Sabotage; 12] = [
         Sabotage::VoteIgnoresLog,
         Sabotage::FollowerForgetsAcks,
         Sabotage::InflateLaunch,
@@ -40,6 +45,8 @@ impl Sabotage {
         Sabotage::DrainIgnoresSla,
         Sabotage::SkipFrameworkUpdate,
         Sabotage::JobSchedulerStops,
+        Sabotage::IgnoreRemovalLimit,
+        Sabotage::IgnoreIdempotencyKeys,
     ];
 
     /// The oracle that must catch it.
@@ -56,6 +63,8 @@ impl Sabotage {
             Sabotage::DrainIgnoresSla => job_sla::NAME,
             Sabotage::SkipFrameworkUpdate => status_order::NAME,
             Sabotage::JobSchedulerStops => liveness::NAME,
+            Sabotage::IgnoreRemovalLimit => removal_limit::NAME,
+            Sabotage::IgnoreIdempotencyKeys => idempotency::NAME,
         }
     }
 

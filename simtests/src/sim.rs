@@ -45,6 +45,9 @@ pub enum Call {
     },
     /// Mesos' implicit reconciliation: the latest state of every task.
     Reconcile { framework_id: FrameworkId },
+    /// A command with the caller's idempotency key: a retry (or a
+    /// duplicate the network made) takes effect once.
+    Keyed { key: String, cmd: Box<Command> },
 }
 
 impl Call {
@@ -153,11 +156,21 @@ pub struct Stats {
     pub agent_wipes: u64,
     pub master_crashes: u64,
     pub partitions: u64,
+    /// Of the partitions: rack blips (a zone cut off as the leader crashes).
+    pub rack_blips: u64,
     pub clock_jumps: u64,
     pub drains: u64,
     pub bad_inputs: u64,
     pub stream_breaks: u64,
     pub launched: u64,
+    /// Keyed calls sent again after no answer came.
+    pub retries: u64,
+    /// Keyed calls answered from their key, with no second decision.
+    pub idempotent_replays: u64,
+    /// Leader ticks at which agent removals were held by the removal limit.
+    pub removals_held: u64,
+    /// Agents the operator retired while removals were held.
+    pub marked_gone: u64,
     /// Wall time the leader spent in the core: decide, and apply (with
     /// effects) of what it decided. Measured only; it never steers a run.
     pub core_ns: u64,
@@ -233,6 +246,8 @@ pub struct Report {
     pub agents: usize,
     /// Each master at the end: up, role, term, commit, last index.
     pub masters: Vec<String>,
+    /// Run with [`Config::valves`] (the replay command says so).
+    pub valves: bool,
 }
 
 impl Report {
@@ -242,7 +257,11 @@ impl Report {
 
     /// The command that replays this run.
     pub fn reproduce(&self) -> String {
-        format!("cargo run -p orrery-simtests -- --seed {}", self.seed)
+        format!(
+            "cargo run -p orrery-simtests -- --seed {}{}",
+            self.seed,
+            if self.valves { " --valves" } else { "" }
+        )
     }
 }
 
@@ -275,7 +294,7 @@ impl Sim {
             faults_until,
             trace: None,
             progress_ms: None,
-            oracles: oracles::all(),
+            oracles: oracles::all(&cfg),
             cfg,
         };
         for m in 0..sim.masters.len() {
@@ -447,6 +466,7 @@ impl Sim {
         }
         let extra = after(&self.truth.cluster);
         let report = Report {
+            valves: self.cfg.keyed_retries,
             seed: self.seed,
             stats: self.stats.clone(),
             sim_ms: self.now - EPOCH_MS,

@@ -66,6 +66,40 @@ fn fifty_seeds_keep_every_oracle_and_converge() {
     assert!(s.5 > 0, "drains: {}", s.5);
 }
 
+/// The safety valves on (`Config::valves`): rack blips across failovers
+/// hold agent removals (and lost racks are retired by the operator), and
+/// frameworks retry keyed calls that are answered once.
+#[test]
+fn valve_seeds_hold_removals_and_answer_keyed_retries_once() {
+    const VALVE_SEEDS: std::ops::Range<u64> = 100..116;
+    let reports = run_seeds(VALVE_SEEDS, Config::valves());
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
+    let s = reports.iter().fold((0, 0, 0, 0, 0), |acc, r| {
+        (
+            acc.0 + r.stats.rack_blips,
+            acc.1 + r.stats.removals_held,
+            acc.2 + r.stats.marked_gone,
+            acc.3 + r.stats.retries,
+            acc.4 + r.stats.idempotent_replays,
+        )
+    });
+    eprintln!(
+        "{} valve seeds: {} rack blips, {} ticks with removals held, {} agents retired, {} keyed retries ({} answered from their key)",
+        VALVE_SEEDS.end - VALVE_SEEDS.start,
+        s.0,
+        s.1,
+        s.2,
+        s.3,
+        s.4
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(s.0 > 0, "rack blips: {}", s.0);
+    assert!(s.1 > 0, "ticks with removals held: {}", s.1);
+    assert!(s.2 > 0, "agents retired: {}", s.2);
+    assert!(s.3 > 0, "keyed retries: {}", s.3);
+    assert!(s.4 > 0, "keyed retries answered from their key: {}", s.4);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let a = run(7, Config::ci(), None);
@@ -167,8 +201,30 @@ fn oracle_liveness_catches_a_job_scheduler_that_stops() {
 }
 
 #[test]
+fn oracle_removal_limit_catches_a_master_that_ignores_it() {
+    caught(
+        Sabotage::IgnoreRemovalLimit,
+        Config {
+            fault_ms: 60_000,
+            ..Config::valves()
+        },
+    );
+}
+
+#[test]
+fn oracle_keyed_calls_catches_a_master_that_ignores_keys() {
+    caught(
+        Sabotage::IgnoreIdempotencyKeys,
+        Config {
+            fault_ms: 40_000,
+            ..Config::valves()
+        },
+    );
+}
+
+#[test]
 fn every_sabotage_names_an_oracle_that_exists() {
-    let names: Vec<&str> = orrery_simtests::oracles::all()
+    let names: Vec<&str> = orrery_simtests::oracles::all(&Config::ci())
         .iter()
         .map(|o| o.name())
         .collect();

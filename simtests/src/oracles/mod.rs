@@ -9,12 +9,14 @@ use crate::sim::Sim;
 
 pub mod acked_events;
 pub mod core_invariants;
+pub mod idempotency;
 pub mod job_sla;
 pub mod liveness;
 pub mod maintenance_placement;
 pub mod no_silent_loss;
 pub mod overcommit;
 pub mod remote_offers;
+pub mod removal_limit;
 pub mod replica_digests;
 pub mod single_placement;
 pub mod status_order;
@@ -35,7 +37,7 @@ pub trait Oracle {
     }
 }
 
-pub fn all() -> Vec<Box<dyn Oracle>> {
+pub fn all(cfg: &crate::Config) -> Vec<Box<dyn Oracle>> {
     vec![
         Box::new(acked_events::AckedEvents),
         Box::new(replica_digests::ReplicaDigests),
@@ -47,6 +49,8 @@ pub fn all() -> Vec<Box<dyn Oracle>> {
         Box::new(remote_offers::RemoteOffers),
         Box::new(job_sla::JobSla),
         Box::new(status_order::StatusOrder::default()),
+        Box::new(removal_limit::RemovalLimit::new(cfg.removal_limit_pct)),
+        Box::new(idempotency::Idempotency),
         Box::new(liveness::Liveness),
     ]
 }
