@@ -159,7 +159,7 @@ impl std::fmt::Display for MasterError {
                 retry_after,
             } => write!(
                 f,
-                "the master is overloaded: {queued} commands wait for the log (--max-pending-commands {max}); nothing was done, retry after {} ms",
+                "the master is overloaded: {queued} client calls already wait for the master or the log (--max-pending-commands {max}); nothing was done, retry after {} ms",
                 retry_after.as_millis()
             ),
             MasterError::NotLeader { leader_addr } => write!(

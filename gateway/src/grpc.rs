@@ -727,6 +727,7 @@ pub fn routes(
     log: Log,
     ping_interval_ms: u64,
     security: Option<std::sync::Arc<crate::auth::Security>>,
+    admission: std::sync::Arc<crate::admission::Admission>,
 ) -> tonic::service::Routes {
     let routes = routes
         .add_service(
@@ -751,6 +752,12 @@ pub fn routes(
     tonic::service::Routes::from(
         routes
             .into_axum_router()
+            // Inside the guard: an unauthenticated flood is refused by the
+            // guard and takes no room from the callers it lets in.
+            .layer(axum::middleware::from_fn_with_state(
+                admission,
+                crate::admission::grpc_admit,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 security,
                 crate::auth::grpc_guard,

@@ -31,6 +31,7 @@
 /// The leader-following client lives in orrery-actors (the agent uses it
 /// too); re-exported here for the CLI and framework clients.
 pub use orrery_actors::client;
+pub mod admission;
 pub mod auth;
 pub mod dryrun;
 pub mod grpc;

@@ -51,12 +51,13 @@ pub async fn start(
         .unwrap_or_else(|| config.listen.to_string());
     let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
     let node_id = settings.node_id;
+    let admission = crate::admission::Admission::new(settings.max_pending_commands);
     let mut started: Option<Addr<Master>> = None;
     let node = RaftNode::start_with_services(config, ClusterMachine::default(), |node, routes| {
         let log = Log::from(node.clone());
         let master = actix::Actor::start(Master::new(settings, log.clone()));
         started = Some(master.clone());
-        crate::grpc::routes(routes, master, log, ping_ms, security.clone())
+        crate::grpc::routes(routes, master, log, ping_ms, security.clone(), admission)
     })
     .await;
     let node = match node {
@@ -101,6 +102,7 @@ pub async fn start_tikv(
     let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
     let node_id = settings.node_id;
     let node = Log::from(TikvLog::open(config, ClusterMachine::default()).await?);
+    let admission = crate::admission::Admission::new(settings.max_pending_commands);
     let master = actix::Actor::start(Master::new(settings, node.clone()));
     let routes = crate::grpc::routes(
         tonic::service::Routes::default(),
@@ -108,6 +110,7 @@ pub async fn start_tikv(
         node.clone(),
         ping_ms,
         security.clone(),
+        admission,
     );
     let (tx, rx) = oneshot::channel::<()>();
     orrery_storage::serve::spawn_routes(

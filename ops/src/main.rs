@@ -18,6 +18,7 @@ mod bench_agent;
 mod bench_alloc;
 mod bench_log;
 mod bench_mesos;
+mod bench_overload;
 mod bench_replay;
 mod certs;
 mod creds;
@@ -137,6 +138,9 @@ enum BenchCmd {
     /// Offers accepted/s through Mesos' HTTP scheduler API and through
     /// gRPC, side by side against one master.
     Mesos(bench_mesos::BenchMesosArgs),
+    /// The master's memory and latency at its sustainable call rate and at
+    /// 10x it, with --max-pending-commands bounding the backlog.
+    Overload(bench_overload::BenchOverloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Alloc(args)) => bench_alloc::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Replay(args)) => bench_replay::run(&args, cli.json),
         Cmd::Bench(BenchCmd::Mesos(args)) => bench_mesos::run(&args, cli.json),
+        Cmd::Bench(BenchCmd::Overload(args)) => bench_overload::run(&args, cli.json),
         Cmd::Certs(cmd) => certs::run(&cmd),
         Cmd::Replay(args) => replay::run(cli.master.as_deref(), &args, cli.json),
     };

@@ -9,6 +9,21 @@ use crate::security::{Principal, Tls};
 /// The path prefix of the master-to-master services (raft and the log).
 pub const RAFT_PATH_PREFIX: &str = "/orrery.raft.v1.";
 
+/// Streams one client connection may have open at once (HTTP/2's
+/// SETTINGS_MAX_CONCURRENT_STREAMS): a client past it waits on its side of
+/// the connection, which is where a flood's backlog belongs. Without it a
+/// flood of small unary calls opens streams faster than the server reads
+/// their bodies, and h2 closes the whole connection (GOAWAY
+/// ENHANCE_YOUR_CALM "too_many_data_frames": its budget for buffered small
+/// DATA frames is half the connection window), failing every call in flight
+/// on it with an unknown outcome — found by `orrery bench overload`.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+
+/// The HTTP/2 connection window: h2's budget for buffered small DATA
+/// frames is half of it (1 MiB: ~4,400 frames of a small call, more than
+/// [`MAX_STREAMS_PER_CONNECTION`] streams can hold).
+pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Serves `routes` on `listener` until `stop` fires (or its sender is
 /// dropped). With `tls`, every connection is mutual TLS (see
 /// [`crate::security`]) and the raft and log services answer masters only.
@@ -67,6 +82,8 @@ async fn serve<IO>(
     IO::ConnectInfo: Clone + Send + Sync + 'static,
 {
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;
