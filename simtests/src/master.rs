@@ -805,14 +805,8 @@ impl Sim {
             .values()
             .filter(|a| matches!(a.state, AgentState::Registered | AgentState::Disconnected))
             .count();
-        let late = c
-            .agents
-            .values()
-            .filter(|a| {
-                a.reregistered_term < term
-                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
-            })
-            .count();
+        // (Elected: the state is in this term.)
+        let late = orrery_events::projections::recovery::awaiting_reregistration(c).len();
         // The removal limit (as the real master): more than the limit
         // late after the leader change, and none of them is removed.
         let held = past_deadline

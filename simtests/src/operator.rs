@@ -170,26 +170,12 @@ impl Sim {
     fn retire_held_agents(&mut self) {
         let now = self.now;
         let leader = (0..self.masters.len()).find(|&m| self.masters[m].is_leader());
+        // Held only after the shell's own election, so its state is in
+        // the leader's term.
         let late: Option<Vec<orrery_events::AgentId>> = leader.and_then(|m| {
-            let term = self.masters[m].term;
             let shell = self.masters[m].shell()?;
             shell.removals.held()?;
-            Some(
-                shell
-                    .spec
-                    .agents
-                    .values()
-                    .filter(|a| {
-                        a.reregistered_term < term
-                            && matches!(
-                                a.state,
-                                orrery_events::state::AgentState::Registered
-                                    | orrery_events::state::AgentState::Disconnected
-                            )
-                    })
-                    .map(|a| a.id.clone())
-                    .collect(),
-            )
+            Some(orrery_events::projections::recovery::awaiting_reregistration(&shell.spec))
         });
         let Some(late) = late else {
             self.operator.held_since = None;
