@@ -199,6 +199,22 @@ pub async fn api_latency(req: Request, next: Next) -> Response {
     if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    metrics::histogram!(t::API_LATENCY, "method" => method).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(t::API_LATENCY, "method" => method, "outcome" => outcome(&response))
+        .record(started.elapsed().as_secs_f64());
     response
+}
+
+/// `shed` for a call refused because the master is overloaded (gRPC
+/// RESOURCE_EXHAUSTED in the headers, or HTTP 429), else `answered` (a
+/// unary gRPC call's own status comes in its trailers, after this).
+fn outcome(response: &Response) -> &'static str {
+    let grpc_exhausted = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"8");
+    if grpc_exhausted || response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        "shed"
+    } else {
+        "answered"
+    }
 }

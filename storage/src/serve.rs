@@ -17,10 +17,18 @@ pub const RAFT_PATH_PREFIX: &str = "/orrery.raft.v1.";
 /// ENHANCE_YOUR_CALM "too_many_data_frames": its budget for buffered small
 /// DATA frames is half the connection window), failing every call in flight
 /// on it with an unknown outcome — found by `orrery bench overload`.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+///
+/// 64 and not more: every open stream is a ready task on the server's
+/// runtime, and a call the master admitted waits behind all of them at each
+/// step (its wakeups join the same queue). At 1,024 per connection an
+/// overload held 8,192 ready calls and admitted calls took up to 2.5 s
+/// inside the master; at 64 at most 500 ms (BENCHMARKS.md, "Overload").
+/// Nginx's default is 128, Go's 250; a client with more calls at once
+/// queues them on its side.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The HTTP/2 connection window: h2's budget for buffered small DATA
-/// frames is half of it (1 MiB: ~4,400 frames of a small call, more than
+/// frames is half of it (1 MiB: ~4,400 frames of a small call, far more than
 /// [`MAX_STREAMS_PER_CONNECTION`] streams can hold).
 pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
