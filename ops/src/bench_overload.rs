@@ -28,10 +28,10 @@
 //! the time the call waited in the client and in TCP before the master
 //! read it), and inside the master, from the master's own
 //! `orrery_api_latency_seconds` histogram of these calls scraped from its
-//! `/metrics` before and after the phase (to the histogram's bucket bound). Offered is per second
-//! of the sending window; accepted and shed per second until the last
-//! answer came back. `--rounds` rounds;
-//! medians are quoted. hdrhistogram (already used by `bench log`) keeps
+//! `/metrics` before and after the phase (to the histogram's bucket
+//! bound). Offered is per second of the sending window; accepted and shed
+//! per second until the last answer came back. `--rounds` rounds; medians
+//! are quoted. hdrhistogram (already used by `bench log`) keeps
 //! the latencies.
 
 use std::sync::atomic::{AtomicU64, Ordering};
