@@ -34,6 +34,7 @@ use orrery_events::command::{
 };
 use orrery_events::pb::envelope::Payload;
 use orrery_events::pb::{self, TaskReason, TaskState};
+use orrery_events::projections::recovery;
 use orrery_events::state::JobKey;
 use orrery_events::state::{AgentState, Domain, MasterConfig};
 use orrery_events::{
@@ -1048,23 +1049,11 @@ impl Master {
         }
         let term = leader.term;
         let timeout_ms = leader.config.agent_reregister_timeout_ms;
-        let late: Vec<AgentId> = self
-            .cluster
-            .agents
-            .values()
-            .filter(|a| {
-                a.reregistered_term < term
-                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
-                    && !self.timers.marking.contains(&a.id)
-            })
-            .map(|a| a.id.clone())
+        let late: Vec<AgentId> = recovery::awaiting_reregistration(&self.cluster)
+            .into_iter()
+            .filter(|a| !self.timers.marking.contains(a))
             .collect();
-        let known = self
-            .cluster
-            .agents
-            .values()
-            .filter(|a| matches!(a.state, AgentState::Registered | AgentState::Disconnected))
-            .count();
+        let known = recovery::known_agents(&self.cluster);
         match self
             .removals
             .recovery(late.len(), known, "--recovery-agent-removal-limit")
@@ -1751,10 +1740,7 @@ impl Handler<HeldAgents> for Master {
         self.cluster
             .agents
             .values()
-            .filter(|a| {
-                a.reregistered_term < term
-                    && matches!(a.state, AgentState::Registered | AgentState::Disconnected)
-            })
+            .filter(|a| a.reregistered_term < term && a.state.is_known())
             .map(|a| a.id.clone())
             .collect()
     }

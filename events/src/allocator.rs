@@ -26,7 +26,7 @@ use crate::decide::Event;
 use crate::ids::{AgentId, FrameworkId};
 use crate::projections::{domains, maintenance, offers, recovery};
 use crate::resources::Resources;
-use crate::state::{AgentState, Cluster, Framework};
+use crate::state::{Cluster, Framework};
 
 /// Shares are parts per 10^9 of the cluster, scaled by 1000/weight.
 type ShareKey = u128;
@@ -123,7 +123,7 @@ pub fn allocate(c: &Cluster, now_ms: u64) -> Vec<Event> {
     // The cluster's capacity: agents that may still be running work.
     let mut total = Resources::default();
     for a in c.agents.values() {
-        if matches!(a.state, AgentState::Registered | AgentState::Disconnected) {
+        if a.state.is_known() {
             total.add(&a.total.scalars());
         }
     }

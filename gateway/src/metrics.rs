@@ -211,7 +211,7 @@ fn outcome(response: &Response) -> &'static str {
     let grpc_exhausted = response
         .headers()
         .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"8");
+        .is_some_and(|v| tonic::Code::from_bytes(v.as_bytes()) == tonic::Code::ResourceExhausted);
     if grpc_exhausted || response.status() == axum::http::StatusCode::TOO_MANY_REQUESTS {
         "shed"
     } else {

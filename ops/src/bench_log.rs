@@ -231,7 +231,7 @@ async fn rpc_floor(
 /// `n` connections to `leader`, as the benchmark's clients make them: with
 /// `ca`, over mutual TLS holding a master certificate (the log service
 /// answers masters only).
-async fn connections(
+pub(crate) async fn connections(
     leader: &str,
     ca: Option<&Ca>,
     n: usize,

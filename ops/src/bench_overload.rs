@@ -374,17 +374,9 @@ fn sampler(pid: u32, stop: Arc<AtomicU64>) -> tokio::task::JoinHandle<u64> {
 }
 
 async fn connect(addr: &str, n: usize) -> Result<Vec<Channel>> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to the master at {addr}"))?,
-        );
-    }
-    Ok(out)
+    crate::bench_log::connections(addr, None, n)
+        .await
+        .with_context(|| format!("connecting to the master at {addr}"))
 }
 
 /// `callers` closed-loop callers for `d`: calls answered OK per second.

@@ -800,11 +800,7 @@ impl Sim {
         // Agents that did not come back after the leader change, and
         // agents silent past their ping budget.
         let past_deadline = sim_now >= shell.elected_at + REREGISTER_TIMEOUT_MS;
-        let known = c
-            .agents
-            .values()
-            .filter(|a| matches!(a.state, AgentState::Registered | AgentState::Disconnected))
-            .count();
+        let known = orrery_events::projections::recovery::known_agents(c);
         // (Elected: the state is in this term.)
         let late = orrery_events::projections::recovery::awaiting_reregistration(c).len();
         // The removal limit (as the real master): more than the limit
@@ -824,7 +820,7 @@ impl Sim {
                 .take_at(std::time::Duration::from_millis(sim_now))
         };
         for a in c.agents.values() {
-            if !matches!(a.state, AgentState::Registered | AgentState::Disconnected) {
+            if !a.state.is_known() {
                 continue;
             }
             if a.reregistered_term < term {

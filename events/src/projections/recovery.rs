@@ -11,12 +11,15 @@ pub fn awaiting_reregistration(c: &Cluster) -> Vec<AgentId> {
     let term = c.term();
     c.agents
         .values()
-        .filter(|a| {
-            matches!(a.state, AgentState::Registered | AgentState::Disconnected)
-                && a.reregistered_term < term
-        })
+        .filter(|a| a.state.is_known() && a.reregistered_term < term)
         .map(|a| a.id.clone())
         .collect()
+}
+
+/// Agents known to the cluster (see [`AgentState::is_known`]): what the
+/// removal limit is a fraction of.
+pub fn known_agents(c: &Cluster) -> usize {
+    c.agents.values().filter(|a| a.state.is_known()).count()
 }
 
 /// The fraction of recoverable agents that are back, in thousandths
@@ -25,7 +28,7 @@ pub fn reregistered_milli(c: &Cluster) -> u64 {
     let term = c.term();
     let (mut back, mut total) = (0u64, 0u64);
     for a in c.agents.values() {
-        if matches!(a.state, AgentState::Registered | AgentState::Disconnected) {
+        if a.state.is_known() {
             total += 1;
             if a.reregistered_term == term && a.state == AgentState::Registered {
                 back += 1;

@@ -35,6 +35,13 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    /// Known to the cluster and maybe still running work: connected or
+    /// only disconnected, not yet unreachable or gone (the agents a new
+    /// leader waits for, and those the removal limit counts).
+    pub fn is_known(self) -> bool {
+        matches!(self, AgentState::Registered | AgentState::Disconnected)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentState::Registered => "REGISTERED",

@@ -10,7 +10,6 @@
 //! in this term still count as known, as they did when the master judged.
 
 use orrery_events::pb::envelope::Payload;
-use orrery_events::state::AgentState;
 use std::collections::BTreeSet;
 
 use orrery_events::{pb, AgentId, Cluster};
@@ -53,9 +52,7 @@ impl Oracle for RemovalLimit {
             self.term = term;
             self.removed_in_term.clear();
         }
-        let away = |a: &&orrery_events::state::Agent| {
-            matches!(a.state, AgentState::Registered | AgentState::Disconnected)
-        };
+        let away = |a: &&orrery_events::state::Agent| a.state.is_known();
         if !u.reason.contains("did not reregister") {
             if let Some(a) = before.agents.get(u.agent_id.as_str()) {
                 if away(&a) && a.reregistered_term == term {
