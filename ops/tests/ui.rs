@@ -305,6 +305,10 @@ async fn the_web_ui_shows_the_cluster_live_and_at_a_past_event_in_chromium() {
         .unwrap();
     let page = source(&c).await;
     assert!(page.contains("neither an event index nor a time"), "{page}");
+    // ... and stays: an error page does not reload itself on a commit.
+    let (code, body) = get(&http, "/ui/overview?at=yesterday");
+    assert_eq!(code, 400);
+    assert!(!body.contains("orrery-commit"), "{body}");
     let (code, _) = get(&http, "/ui/overview?at=999999999");
     assert_eq!(code, 400, "a point past the end is refused");
 

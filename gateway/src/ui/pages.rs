@@ -42,7 +42,15 @@ fn link(path: &str, point: Point) -> String {
 
 /// The page around `body`: navigation, the timeline slider, live updates.
 pub fn layout(f: &Frame, body: Markup) -> Markup {
+    frame(f, body, true)
+}
+
+/// `layout`; with `refresh` false the live page does not reload itself on
+/// a commit (an error page: the reload would replace the error with the
+/// page it could not show).
+fn frame(f: &Frame, body: Markup, refresh: bool) -> Markup {
     let live = f.point == Point::Live;
+    let refreshing = live && refresh;
     let at = f.point.index().unwrap_or(f.last);
     html! {
         (DOCTYPE)
@@ -79,8 +87,8 @@ pub fn layout(f: &Frame, body: Markup) -> Markup {
                     }
                 }
                 main #main data-live=(live) data-at=(at)
-                    hx-get=[live.then_some(f.refresh)]
-                    hx-trigger=[live.then_some("orrery-commit from:body")]
+                    hx-get=[refreshing.then_some(f.refresh)]
+                    hx-trigger=[refreshing.then_some("orrery-commit from:body")]
                     hx-select="#main" hx-swap="outerHTML" {
                     (body)
                 }
@@ -90,9 +98,10 @@ pub fn layout(f: &Frame, body: Markup) -> Markup {
 }
 
 pub fn error_page(f: &Frame, message: &str) -> Markup {
-    layout(
+    frame(
         f,
         html! { section { h2 { "Cannot show this" } p.error #error { (message) } } },
+        false,
     )
 }
 
