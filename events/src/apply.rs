@@ -13,6 +13,7 @@
 //! with a message rather than a panic.
 
 use orrery_proto::events::{self as pb, envelope::Payload};
+use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 use crate::ids::{AgentId, FrameworkId, OfferId, TaskKey};
@@ -449,6 +450,37 @@ impl Cx<'_> {
                 let old = std::mem::replace(&mut job.spec, spec);
                 job.previous = if e.rollback { None } else { Some(old) };
                 job.version += 1;
+            }
+            Payload::MastersChangeRequested(e) => {
+                self.c.masters.pending = Some(e.clone());
+            }
+            Payload::MastersChanged(e) => {
+                let g = &mut self.c.masters;
+                let members: BTreeMap<u64, crate::state::MasterMember> = e
+                    .members
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.node_id,
+                            crate::state::MasterMember {
+                                addr: m.addr.clone(),
+                                voter: m.voter,
+                            },
+                        )
+                    })
+                    .collect();
+                // Who was in the group (or asked to leave it) and is not now
+                // is gone for good.
+                let mut before: BTreeSet<u64> = g.members.keys().copied().collect();
+                if let Some(p) = &g.pending {
+                    if p.change == pb::MastersChange::Remove as i32 {
+                        before.insert(p.node_id);
+                    }
+                }
+                g.retired
+                    .extend(before.into_iter().filter(|id| !members.contains_key(id)));
+                g.members = members;
+                g.pending = None;
             }
             Payload::JobUpdateFinished(e) => {
                 let key = JobKey::from_proto(e.key.as_ref());

@@ -91,8 +91,16 @@ pub fn check(env: &pb::Envelope) -> Result<(), DecodeError> {
                 return Err(bad("reason", e.reason));
             }
         }
+        Payload::MastersChangeRequested(e) => {
+            if pb::MastersChange::try_from(e.change)
+                .map_or(true, |c| c == pb::MastersChange::Unspecified)
+            {
+                return Err(bad("change", e.change));
+            }
+        }
         // Exhaustive on purpose: a new event must be looked at here.
         Payload::LeaderElected(_)
+        | Payload::MastersChanged(_)
         | Payload::RoleWeightsSet(_)
         | Payload::AgentRegistered(_)
         | Payload::AgentReregistered(_)
@@ -160,6 +168,8 @@ pub fn event_name(payload: &Payload) -> &'static str {
         Payload::JobUpdated(_) => "JobUpdated",
         Payload::JobKilled(_) => "JobKilled",
         Payload::JobUpdateFinished(_) => "JobUpdateFinished",
+        Payload::MastersChangeRequested(_) => "MastersChangeRequested",
+        Payload::MastersChanged(_) => "MastersChanged",
     }
 }
 

@@ -41,6 +41,22 @@ pub enum Command {
         reason: String,
     },
 
+    /// Record that a change of the masters' group was asked for (the
+    /// gateway asks raft once this is committed).
+    RequestMastersChange {
+        change: orrery_proto::events::MastersChange,
+        node_id: u64,
+        /// The joining master's address (a learner); "" otherwise.
+        addr: String,
+    },
+    /// Record the masters' group as raft committed it, settling the pending
+    /// request: `outcome` is "" if it took effect, else why not.
+    RecordMasters {
+        /// (id, address, voter)
+        members: Vec<(u64, String, bool)>,
+        outcome: String,
+    },
+
     Subscribe(FrameworkSubscription),
     DisconnectFramework {
         framework_id: FrameworkId,

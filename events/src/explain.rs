@@ -231,6 +231,42 @@ pub fn explain(payload: &Payload) -> String {
             "job {} killed",
             crate::state::JobKey::from_proto(e.key.as_ref())
         ),
+        Payload::MastersChangeRequested(e) => {
+            match pb::MastersChange::try_from(e.change).unwrap_or_default() {
+                pb::MastersChange::AddLearner => {
+                    format!(
+                        "master {} at {} asked to join as a learner",
+                        e.node_id, e.addr
+                    )
+                }
+                pb::MastersChange::Promote => {
+                    format!("master {} to become a voter", e.node_id)
+                }
+                pb::MastersChange::Remove => format!("master {} to leave the group", e.node_id),
+                pb::MastersChange::Unspecified => format!("master {}: no change named", e.node_id),
+            }
+        }
+        Payload::MastersChanged(e) => {
+            let list = |voter: bool| {
+                let ids: Vec<String> = e
+                    .members
+                    .iter()
+                    .filter(|m| m.voter == voter)
+                    .map(|m| m.node_id.to_string())
+                    .collect();
+                if ids.is_empty() {
+                    "none".to_owned()
+                } else {
+                    ids.join(",")
+                }
+            };
+            let group = format!("masters: voters {}, learners {}", list(true), list(false));
+            if e.outcome.is_empty() {
+                group
+            } else {
+                format!("{group} ({})", e.outcome)
+            }
+        }
     }
 }
 

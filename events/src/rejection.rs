@@ -169,6 +169,16 @@ pub enum Rejection {
     },
     #[error("job {key} already exists")]
     JobExists { key: String },
+    #[error(
+        "a change of the masters' group is still in progress ({pending}); one change at a \
+         time: wait for it to finish (`orrery masters list`)"
+    )]
+    MastersChangeInProgress { pending: String },
+    #[error(
+        "master id {node_id} was removed from the group and is never used again (its old \
+         data could vote twice in one term); give the new master a new id"
+    )]
+    MasterIdRetired { node_id: u64 },
 }
 
 impl Rejection {
@@ -214,7 +224,9 @@ impl Rejection {
             | InvalidHostTransition { .. }
             | DownMachineUnscheduled { .. }
             | RemoteRegionNotAllowed { .. }
-            | JobExists { .. } => RejectionClass::Precondition,
+            | JobExists { .. }
+            | MastersChangeInProgress { .. }
+            | MasterIdRetired { .. } => RejectionClass::Precondition,
         }
     }
 
@@ -261,6 +273,8 @@ impl Rejection {
             DownMachineUnscheduled { .. } => "down_machine_unscheduled",
             RemoteRegionNotAllowed { .. } => "remote_region_not_allowed",
             JobExists { .. } => "job_exists",
+            MastersChangeInProgress { .. } => "masters_change_in_progress",
+            MasterIdRetired { .. } => "master_id_retired",
         }
     }
 }

@@ -135,6 +135,12 @@ pub fn mentions(payload: &Payload) -> BTreeSet<String> {
         Payload::JobUpdated(e) => job(e.spec.as_ref().and_then(|s| s.key.as_ref()), &mut out),
         Payload::JobKilled(e) => job(e.key.as_ref(), &mut out),
         Payload::JobUpdateFinished(e) => job(e.key.as_ref(), &mut out),
+        Payload::MastersChangeRequested(e) => {
+            out.insert(format!("master-{}", e.node_id));
+        }
+        Payload::MastersChanged(e) => {
+            out.extend(e.members.iter().map(|m| format!("master-{}", m.node_id)));
+        }
     }
     out.remove("");
     out

@@ -212,6 +212,18 @@ pub fn to_proto(c: &Cluster) -> pb::Snapshot {
                 index,
             })
             .collect(),
+        masters: c
+            .masters
+            .members
+            .iter()
+            .map(|(&node_id, m)| pb::MasterMember {
+                node_id,
+                addr: m.addr.clone(),
+                voter: m.voter,
+            })
+            .collect(),
+        retired_masters: c.masters.retired.iter().copied().collect(),
+        pending_masters_change: c.masters.pending.clone(),
     }
 }
 
@@ -269,6 +281,28 @@ pub fn from_proto(p: pb::Snapshot) -> Result<Cluster, SnapshotError> {
         }
         c.remember_key(&k.key, k.index);
     }
+    for m in &p.masters {
+        if m.node_id == 0
+            || c.masters
+                .members
+                .insert(
+                    m.node_id,
+                    crate::state::MasterMember {
+                        addr: m.addr.clone(),
+                        voter: m.voter,
+                    },
+                )
+                .is_some()
+        {
+            return Err(invalid(
+                "master",
+                &m.node_id.to_string(),
+                "id 0 or listed twice in the masters' group",
+            ));
+        }
+    }
+    c.masters.retired = p.retired_masters.iter().copied().collect();
+    c.masters.pending = p.pending_masters_change.clone();
     for a in p.agents {
         let state = match pb::AgentStateCode::try_from(a.state) {
             Ok(pb::AgentStateCode::AgentRegistered) => AgentState::Registered,

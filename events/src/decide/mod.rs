@@ -15,6 +15,7 @@ mod frameworks;
 mod jobs;
 mod leader;
 mod maintenance;
+mod masters;
 mod offers;
 mod tasks;
 
@@ -84,6 +85,12 @@ pub fn decide(cluster: &Cluster, command: Command, now_ms: NowMs) -> Result<Vec<
         Command::MarkAgentGone { agent_id, reason } => {
             agents::mark_gone(c, agent_id, reason, now_ms)
         }
+        Command::RequestMastersChange {
+            change,
+            node_id,
+            addr,
+        } => masters::request(c, change, node_id, addr),
+        Command::RecordMasters { members, outcome } => masters::record(c, members, outcome),
         Command::Subscribe(sub) => frameworks::subscribe(c, sub),
         Command::DisconnectFramework { framework_id } => frameworks::disconnect(c, framework_id),
         Command::ExpireFramework { framework_id } => frameworks::expire(c, framework_id, now_ms),

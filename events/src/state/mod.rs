@@ -63,6 +63,27 @@ pub struct Leader {
     pub elected_at_ms: u64,
 }
 
+/// The masters' group (raft membership) as `MastersChanged` recorded it.
+/// Raft's own membership entries decide who votes; this is the audit trail
+/// and what the leader checks a new change against.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MastersGroup {
+    /// id → member; empty until the first recorded change (the group is
+    /// then as bootstrapped from `--peers`).
+    pub members: BTreeMap<u64, MasterMember>,
+    /// Ids removed from the group: never used again (a removed master's
+    /// old disk could otherwise vote in terms it already voted in).
+    pub retired: BTreeSet<u64>,
+    /// A change asked for and not yet recorded as settled.
+    pub pending: Option<orrery_proto::events::MastersChangeRequested>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterMember {
+    pub addr: String,
+    pub voter: bool,
+}
+
 /// Counters from which the master mints ids; replay mints the same ones.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Sequences {
@@ -99,6 +120,8 @@ pub struct Cluster {
     pub idempotency: BTreeMap<String, u64>,
     /// The same keys by index, oldest first (to forget the oldest).
     pub idempotency_by_index: BTreeMap<u64, String>,
+    /// The masters' group as the log records it.
+    pub masters: MastersGroup,
 
     // --- derived indexes (not in snapshots; rebuilt on load) ---------------
     /// Non-terminal and terminal tasks by agent.
