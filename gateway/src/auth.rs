@@ -559,9 +559,8 @@ fn grpc_method(path: &str) -> (&str, &str) {
 /// What a gRPC method requires of a client (None: not a client method).
 fn operator_permission(method: &str) -> Permission {
     match method {
-        "GetState" | "ReadLog" | "ListJobs" | "JobStatus" | "QueryHosts" | "GetSchedule" => {
-            Permission::View
-        }
+        "GetState" | "ReadLog" | "ListJobs" | "JobStatus" | "QueryHosts" | "GetSchedule"
+        | "ListMasters" => Permission::View,
         "CreateJob" | "UpdateJob" | "KillJob" | "PlanJobUpdate" => Permission::Jobs,
         // UpdateWeights, UpdateSchedule, Start/CompleteMaintenance,
         // MachinesDown, PlanMaintenance (a dry run shows the whole
@@ -577,6 +576,10 @@ fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), Strin
         s if s.starts_with("orrery.raft.v1.") => matches!(p, Principal::Master(_)),
         "orrery.agent.v1.AgentLink" => matches!(p, Principal::Agent(_)),
         "orrery.scheduler.v1.Scheduler" => sec.policy.runs_frameworks(p),
+        // A new master asks to join with its own certificate.
+        "orrery.operator.v1.Operator" if method == "JoinMaster" => {
+            matches!(p, Principal::Master(_)) || sec.policy.allows(p, Permission::Operator)
+        }
         "orrery.operator.v1.Operator" => sec.policy.allows(p, operator_permission(method)),
         // Reflection, health and unknown services: nothing is granted.
         _ => false,

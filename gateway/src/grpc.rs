@@ -35,7 +35,7 @@ pub const REJECTION_METADATA: &str = "orrery-rejection";
 /// Largest message a client may send (an Accept with 1,000 tasks fits).
 pub const MESSAGE_BYTES_MAX: usize = 16 << 20;
 
-pub fn status_of(e: MasterError) -> Status {
+pub(crate) fn status_of(e: MasterError) -> Status {
     match e {
         MasterError::NotLeader { leader_addr } => not_leader_status(leader_addr.as_deref()),
         MasterError::Rejected(r) => {
@@ -72,7 +72,7 @@ pub fn status_of(e: MasterError) -> Status {
     }
 }
 
-fn mailbox(e: actix::MailboxError) -> Status {
+pub(crate) fn mailbox(e: actix::MailboxError) -> Status {
     Status::unavailable(format!("the master actor is not running: {e}"))
 }
 
@@ -526,6 +526,64 @@ impl op::operator_server::Operator for OperatorService {
         };
         out.events = events.into_iter().map(|e| e.payload).collect();
         Ok(Response::new(out))
+    }
+
+    async fn list_masters(
+        &self,
+        _: Request<op::ListMastersRequest>,
+    ) -> Result<Response<op::MastersGroup>, Status> {
+        Ok(Response::new(
+            crate::masters::list(&self.master, &self.log).await?,
+        ))
+    }
+
+    async fn join_master(
+        &self,
+        r: Request<op::JoinMasterRequest>,
+    ) -> Result<Response<op::MastersGroup>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            crate::masters::change(
+                &self.master,
+                &self.log,
+                orrery_proto::events::MastersChange::AddLearner,
+                r.node_id,
+                r.addr,
+            )
+            .await?,
+        ))
+    }
+
+    async fn add_master(
+        &self,
+        r: Request<op::MasterIdRequest>,
+    ) -> Result<Response<op::MastersGroup>, Status> {
+        Ok(Response::new(
+            crate::masters::change(
+                &self.master,
+                &self.log,
+                orrery_proto::events::MastersChange::Promote,
+                r.into_inner().node_id,
+                String::new(),
+            )
+            .await?,
+        ))
+    }
+
+    async fn remove_master(
+        &self,
+        r: Request<op::MasterIdRequest>,
+    ) -> Result<Response<op::MastersGroup>, Status> {
+        Ok(Response::new(
+            crate::masters::change(
+                &self.master,
+                &self.log,
+                orrery_proto::events::MastersChange::Remove,
+                r.into_inner().node_id,
+                String::new(),
+            )
+            .await?,
+        ))
     }
 
     async fn mark_agents_gone(

@@ -37,6 +37,7 @@ pub mod dryrun;
 pub mod grpc;
 pub mod http;
 pub mod maintenance;
+pub mod masters;
 pub mod mesos;
 pub mod metrics;
 pub mod server;

@@ -72,6 +72,7 @@ pub async fn start(
     let master = started.ok_or_else(|| Fatal::Refused("the master actor did not start".into()))?;
     let addr = node.local_addr();
     let node = Log::from(node);
+    crate::masters::spawn_settler(master.clone(), node.clone());
     let http_stop = serve_http(http_listener, &master, &node, &security, node_id)?;
     Ok(RunningMaster {
         addr,

@@ -29,6 +29,7 @@ mod job;
 mod list;
 mod logging;
 mod master;
+mod masters;
 mod replay;
 mod replay_checkpoints;
 
@@ -61,7 +62,10 @@ enum Cmd {
     Dev(dev::DevArgs),
     /// Run one replica of the master group (1, 3 or 5 replicas share one
     /// replicated log).
-    Master(Box<master::MasterArgs>),
+    Master(Box<MasterCmd>),
+    /// The masters' group: list, promote a learner, remove a master.
+    #[command(subcommand)]
+    Masters(masters::MastersCmd),
     /// Run the agent on this machine: it offers the machine's resources to
     /// the masters (--master) and runs tasks under `orrery executor`.
     #[command(alias = "agents")]
@@ -101,6 +105,23 @@ struct AgentCmd {
     sub: Option<AgentSub>,
     #[command(flatten)]
     run: agent::AgentArgs,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct MasterCmd {
+    #[command(subcommand)]
+    sub: Option<MasterSub>,
+    #[command(flatten)]
+    run: master::MasterArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterSub {
+    /// Starts a new replica that joins a running group as a learner: --peers
+    /// lists masters already in it. Promote it with `orrery masters add ID`
+    /// once `orrery masters list` shows it caught up.
+    Join(master::MasterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,7 +169,11 @@ fn main() -> ExitCode {
     creds::init(cli.creds.clone());
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
-        Cmd::Master(args) => master::run(&args),
+        Cmd::Master(cmd) => match &cmd.sub {
+            None => master::run(&cmd.run, false),
+            Some(MasterSub::Join(args)) => master::run(args, true),
+        },
+        Cmd::Masters(cmd) => masters::run(cli.master.as_deref(), &cmd, cli.json),
         Cmd::Agent(AgentCmd { sub: None, run }) => agent::run(&run, cli.master.as_deref()),
         Cmd::Agent(AgentCmd {
             sub: Some(AgentSub::List),

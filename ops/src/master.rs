@@ -227,7 +227,7 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
     Ok(s)
 }
 
-pub fn run(args: &MasterArgs) -> Result<()> {
+pub fn run(args: &MasterArgs, join: bool) -> Result<()> {
     crate::logging::init(&args.log_format)?;
     if args.store.starts_with("tikv://") {
         return run_tikv(args);
@@ -268,6 +268,8 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         config.snapshot_every_entries = args.snapshot_every;
         config.keep_after_snapshot_entries = args.keep_after_snapshot;
         config.rebuild = args.rebuild;
+        config.join = join;
+        let join_via: Vec<String> = config.peers.values().cloned().collect();
         config.region = settings
             .domain
             .as_ref()
@@ -276,12 +278,38 @@ pub fn run(args: &MasterArgs) -> Result<()> {
         if args.accept_raw_appends {
             config.raw_appends = RawAppends::Checked(Arc::new(raw_append_allowed));
         }
+        let running_tls = security.as_ref().map(|s| s.tls.clone());
         let running = orrery_gateway::server::start(config, settings, http, security)
             .await
             .map_err(|e| anyhow::anyhow!("master {}: {e}", args.id))?;
         let orrery_actors::log::Log::Raft(node) = running.node.clone() else {
             bail!("--store raft started a replica on another store");
         };
+        if join && node.status().cluster_id.is_empty() {
+            // Found the cluster, not yet a member: ask its leader.
+            let addr = if listen.port() == 0 {
+                node.local_addr().to_string()
+            } else {
+                args.listen.clone()
+            };
+            let transport = match &running_tls {
+                Some(tls) => orrery_gateway::client::Transport::Tls(tls.clone()),
+                None => orrery_gateway::client::Transport::Plain,
+            };
+            match crate::masters::request_join(&transport, &join_via, args.id, &addr).await {
+                Ok(g) => tracing::info!(
+                    id = args.id,
+                    %addr,
+                    leader = g.leader_id,
+                    "joined the masters' group as a learner; promote it with `orrery masters add {}` once it has caught up",
+                    args.id
+                ),
+                Err(e) => {
+                    running.shutdown().await;
+                    return Err(e);
+                }
+            }
+        }
         tracing::info!(
             id = args.id,
             addr = %node.local_addr(),

@@ -15,7 +15,7 @@ mod frameworks;
 mod jobs;
 mod leader;
 mod maintenance;
-mod masters;
+pub mod masters;
 mod offers;
 mod tasks;
 

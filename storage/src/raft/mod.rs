@@ -23,6 +23,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod offline;
 pub mod service;
@@ -106,6 +107,10 @@ pub struct RaftConfig {
     pub keep_after_snapshot_entries: u64,
     /// Start from an empty data dir as an existing member (see module doc).
     pub rebuild: bool,
+    /// Join a running group as a new master (`orrery master join`): `peers`
+    /// lists masters to reach it by, not this one; the replica waits, empty,
+    /// for the leader to add it as a learner (see [`membership`]).
+    pub join: bool,
     pub raw_appends: RawAppends,
     /// This master's fault-domain region ("" for none). Start-up refuses a
     /// peer that answers with another: a group shares one region.
@@ -133,6 +138,7 @@ impl RaftConfig {
             snapshot_every_entries: 10_000,
             keep_after_snapshot_entries: 1_000,
             rebuild: false,
+            join: false,
             raw_appends: RawAppends::Refused,
             region: String::new(),
             tls: None,
@@ -174,7 +180,18 @@ impl RaftConfig {
 
     pub fn validate(&self) -> Result<(), Fatal> {
         let refuse = |m: String| Err(Fatal::Refused(m));
-        if !self.peers.contains_key(&self.node_id) {
+        if self.join {
+            if self.peers.contains_key(&self.node_id) {
+                return refuse(format!(
+                    "--id {} is in --peers: a joining master lists the masters already in the \
+                     group, not itself",
+                    self.node_id
+                ));
+            }
+            if self.rebuild {
+                return refuse("--rebuild is for a member that lost its data, not for join".into());
+            }
+        } else if !self.peers.contains_key(&self.node_id) {
             return refuse(format!(
                 "--id {} is not in --peers ({})",
                 self.node_id,
@@ -183,12 +200,6 @@ impl RaftConfig {
                     .map(u64::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
-        }
-        if ![1, 3, 5].contains(&self.peers.len()) {
-            return refuse(format!(
-                "--peers lists {} masters; a cluster has 1, 3 or 5 (an even count adds no fault tolerance)",
-                self.peers.len()
             ));
         }
         let addrs: BTreeSet<&String> = self.peers.values().collect();
@@ -200,6 +211,18 @@ impl RaftConfig {
                 "the election timeout ({} ms) must be at least twice the heartbeat ({} ms)",
                 self.election_timeout_ms, self.heartbeat_ms
             ));
+        }
+        Ok(())
+    }
+
+    /// A new cluster is bootstrapped with 1, 3 or 5 masters; a running
+    /// group may pass through other sizes while it grows or shrinks.
+    fn check_bootstrap_size(&self) -> Result<(), Fatal> {
+        if ![1, 3, 5].contains(&self.peers.len()) {
+            return Err(Fatal::Refused(format!(
+                "--peers lists {} masters; a cluster has 1, 3 or 5 (an even count adds no fault tolerance)",
+                self.peers.len()
+            )));
         }
         Ok(())
     }
@@ -238,6 +261,8 @@ pub(crate) struct Inner<S: StateMachine> {
     /// only once the bootstrap checks said it is fresh (not wiped).
     adoption_allowed: AtomicBool,
     adopt_lock: tokio::sync::Mutex<()>,
+    /// One change of the group at a time (see [`membership`]).
+    pub(crate) change_slot: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn save_identity<'a>(
@@ -325,7 +350,13 @@ impl<S: StateMachine> Inner<S> {
             leader_id: m.current_leader,
             leader_addr: m
                 .current_leader
-                .and_then(|id| self.config.peers.get(&id).cloned())
+                .and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.addr.clone())
+                        .or_else(|| self.config.peers.get(&id).cloned())
+                })
                 .unwrap_or_default(),
             membership: Some(service::membership_pb(m.membership_config.membership())),
             last_event_index,
@@ -336,6 +367,7 @@ impl<S: StateMachine> Inner<S> {
                 .map(|l| service::log_id_pb(&log_store::from_rl(l))),
             ready_to_join: self.adoption_allowed.load(Ordering::Acquire),
             region: self.config.region.clone(),
+            membership_changed: m.membership_config.log_id().is_some_and(|l| l.index > 0),
         }
     }
 }
@@ -569,6 +601,11 @@ async fn peer_status(
 /// Refuses `--peers` that disagree with the membership a peer reports (a
 /// typo in one master's flags would otherwise point it at the wrong
 /// replicas). An empty membership (a peer not bootstrapped yet) says nothing.
+///
+/// Before the group's membership first changes, the two must be equal.
+/// After (masters joined or left, see [`membership`]), the log's membership
+/// is the truth and `--peers` only says where to reach masters, so it may
+/// be out of date; an id listed at another address is still refused.
 fn check_peers_match(
     config: &RaftConfig,
     peer_id: u64,
@@ -582,19 +619,30 @@ fn check_peers_match(
         .iter()
         .map(|n| (n.node_id, n.addr.clone()))
         .collect();
-    if theirs != config.peers {
-        let show = |p: &BTreeMap<u64, String>| {
-            p.iter()
-                .map(|(id, a)| format!("{id}={a}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        return Err(Fatal::Refused(format!(
+    let show = |p: &BTreeMap<u64, String>| {
+        p.iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let refuse = || {
+        Err(Fatal::Refused(format!(
             "--peers {} disagrees with the cluster's membership {} (per master {peer_id}); \
              every master must be given the same --peers",
             show(&config.peers),
             show(&theirs)
-        )));
+        )))
+    };
+    let changed = st.membership_changed;
+    if !changed && !config.join && theirs != config.peers {
+        return refuse();
+    }
+    let moved = config
+        .peers
+        .iter()
+        .any(|(id, a)| theirs.get(id).is_some_and(|t| t != a));
+    if moved {
+        return refuse();
     }
     Ok(())
 }
@@ -695,6 +743,9 @@ impl<S: StateMachine> RaftNode<S> {
                 detail: "a raft log without a node identity".into(),
             });
         }
+        if identity.is_none() && !config.join {
+            config.check_bootstrap_size()?;
+        }
         let cluster_id = identity
             .as_ref()
             .map(|i| i.cluster_id.clone())
@@ -722,6 +773,7 @@ impl<S: StateMachine> RaftNode<S> {
             config: config.clone(),
             adoption_allowed: AtomicBool::new(false),
             adopt_lock: tokio::sync::Mutex::new(()),
+            change_slot: Arc::new(tokio::sync::Mutex::new(())),
         });
 
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -885,6 +937,9 @@ impl<S: StateMachine> RaftNode<S> {
             self.inner.adoption_allowed.store(true, Ordering::Release);
             return Ok(());
         }
+        if config.join {
+            return self.await_join().await;
+        }
         let mut last_report = std::time::Instant::now();
         loop {
             if !self.inner.shared.cluster_id().is_empty() {
@@ -938,7 +993,7 @@ impl<S: StateMachine> RaftNode<S> {
                 if !member_of(&st, config.node_id) {
                     return Err(Fatal::Refused(format!(
                         "cluster {} (per master {id}) does not count master {} as a member; \
-                         adding masters to a running cluster is not supported yet",
+                         a new master joins a running cluster with `orrery master join`",
                         st.cluster_id, config.node_id
                     )));
                 }
@@ -966,6 +1021,58 @@ impl<S: StateMachine> RaftNode<S> {
                 tracing::info!(
                     waiting_for = %unreachable.join(", "),
                     "empty data dir: waiting for every peer to answer before bootstrapping a cluster"
+                );
+                last_report = std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `orrery master join`, empty data dir: finds the running cluster
+    /// through `--peers`, refuses an id it already counts (a wiped member)
+    /// and then lets the first raft message from its leader make this
+    /// replica a learner of it. Returns once a peer has answered; adding it
+    /// is the caller's request to the leader.
+    async fn await_join(&self) -> Result<(), Fatal> {
+        let config = &self.inner.config;
+        let mut last_report = std::time::Instant::now();
+        loop {
+            let mut unreachable = Vec::new();
+            for (id, addr) in config.others() {
+                match peer_status(addr, config.tls.as_deref(), Duration::from_millis(500)).await {
+                    Ok(st) if !st.cluster_id.is_empty() => {
+                        check_region(config, id, &st)?;
+                        check_peers_match(config, id, &st)?;
+                        // A learner never voted: an empty data dir is safe
+                        // for it (it restarted before its first message).
+                        let learner_here = st.membership.as_ref().is_some_and(|m| {
+                            !m.configs.iter().any(|c| c.voters.contains(&config.node_id))
+                                && m.nodes.iter().any(|n| {
+                                    n.node_id == config.node_id
+                                        && config.listen.to_string() == n.addr
+                                })
+                        });
+                        if member_of(&st, config.node_id) && !learner_here {
+                            return Err(Fatal::Refused(format!(
+                                "cluster {} (per master {id}) already counts master {} as a \
+                                 member and this data dir is empty: its data was lost. Start it \
+                                 with --rebuild to rejoin with its id, or remove it (`orrery \
+                                 masters remove {}`) and join a master with a new id",
+                                st.cluster_id, config.node_id, config.node_id
+                            )));
+                        }
+                        self.inner.adoption_allowed.store(true, Ordering::Release);
+                        tracing::info!(cluster_id = %st.cluster_id, via = id, "found the cluster to join");
+                        return Ok(());
+                    }
+                    Ok(_) => unreachable.push(format!("master {id} (no cluster yet)")),
+                    Err(e) => unreachable.push(format!("master {id} ({e})")),
+                }
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                tracing::info!(
+                    waiting_for = %unreachable.join(", "),
+                    "joining: waiting for a master of the running cluster to answer"
                 );
                 last_report = std::time::Instant::now();
             }
@@ -1107,9 +1214,7 @@ impl<S: StateMachine> EventLog for RaftNode<S> {
         LeaderInfo {
             term: m.current_term,
             leader_id: m.current_leader,
-            leader_addr: m
-                .current_leader
-                .and_then(|id| self.inner.config.peers.get(&id).cloned()),
+            leader_addr: m.current_leader.and_then(|id| self.addr_of(id)),
             is_leader: m.state == ServerState::Leader,
             ready: m.state == ServerState::Leader
                 && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term),
