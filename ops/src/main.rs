@@ -113,7 +113,7 @@ struct MasterCmd {
     #[command(subcommand)]
     sub: Option<MasterSub>,
     #[command(flatten)]
-    run: master::MasterArgs,
+    run: Option<master::MasterArgs>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,9 +169,12 @@ fn main() -> ExitCode {
     creds::init(cli.creds.clone());
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
-        Cmd::Master(cmd) => match &cmd.sub {
-            None => master::run(&cmd.run, false),
-            Some(MasterSub::Join(args)) => master::run(args, true),
+        Cmd::Master(cmd) => match (&cmd.sub, &cmd.run) {
+            (Some(MasterSub::Join(args)), _) => master::run(args, true),
+            (None, Some(args)) => master::run(args, false),
+            (None, None) => Err(anyhow::anyhow!(
+                "orrery master needs --id and --listen (see `orrery master --help`)"
+            )),
         },
         Cmd::Masters(cmd) => masters::run(cli.master.as_deref(), &cmd, cli.json),
         Cmd::Agent(AgentCmd { sub: None, run }) => agent::run(&run, cli.master.as_deref()),

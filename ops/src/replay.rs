@@ -110,7 +110,12 @@ async fn load_data_dir(dir: &Path) -> Result<Loaded> {
             .map_err(|e| anyhow!("the snapshot in {} does not decode: {e}", dir.display()))?,
         None => Cluster::new(),
     };
+    let at: Vec<u64> = log.events.iter().map(|e| e.index).collect();
     let mut events = decode_events(log.events.into_iter().map(|e| e.payload))?;
+    // The log assigns each event its index (see `load_online`).
+    for (e, at) in events.iter_mut().zip(at) {
+        e.index = at;
+    }
     // Events the snapshot already holds are history only.
     events.retain(|e| e.index > base.applied_index);
     Ok(Loaded {
@@ -167,7 +172,14 @@ async fn load_online(masters: &[String]) -> Result<Loaded> {
         if live_digest.is_none() && !resp.digest.is_empty() {
             live_digest = Some((resp.digest_index, resp.digest.clone()));
         }
-        let got = decode_events(resp.events)?;
+        let mut got = decode_events(resp.events)?;
+        // The answer is the gap-free run of events from `from`, and the log
+        // assigns each its index (as the master's state machine does; what
+        // an event says inside was the proposer's guess, 0 for a pre-built
+        // one). Going by the run also means a reader can never loop.
+        for (i, e) in got.iter_mut().enumerate() {
+            e.index = from + i as u64;
+        }
         let Some(last) = got.last().map(|e| e.index) else {
             break;
         };

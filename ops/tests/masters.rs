@@ -6,49 +6,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Appends one event at a time to whoever leads, following the leader hint;
-/// records what was acknowledged.
-fn spawn_writer(
-    m: Arc<Masters>,
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<u64>>>,
-    next: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let ids: Vec<u64> = m.addrs.keys().copied().collect();
-        let rotate = |t: u64| ids[(ids.iter().position(|i| *i == t).unwrap_or(0) + 1) % ids.len()];
-        let mut target = ids[0];
-        while !stop.load(Ordering::Relaxed) {
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            match tokio::time::timeout(Duration::from_secs(2), m.append(target, vec![event(n)]))
-                .await
-            {
-                Ok(Ok(_)) => acked.lock().unwrap().push(n),
-                Ok(Err(status)) => {
-                    let hint = status
-                        .metadata()
-                        .get("orrery-leader")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|a| {
-                            m.addrs
-                                .iter()
-                                .find(|(_, x)| x.as_str() == a)
-                                .map(|(id, _)| *id)
-                        });
-                    target = hint.unwrap_or_else(|| rotate(target));
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(_) => target = rotate(target),
-            }
-        }
-    })
-}
 
 fn payload_ids(events: &[orrery_proto::raft::LoggedEvent]) -> BTreeSet<u64> {
     events
@@ -70,8 +32,8 @@ async fn leader_kill9_loses_no_acknowledged_event_and_it_catches_up() {
         .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let next = Arc::new(AtomicU64::new(1));
-    let writer = spawn_writer(m.clone(), stop.clone(), acked.clone(), next.clone());
+    let ids = Arc::new(Mutex::new(m.addrs.keys().copied().collect()));
+    let writer = spawn_writer(m.clone(), ids, stop.clone(), acked.clone(), 1);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = acked.lock().unwrap().len();
     assert!(

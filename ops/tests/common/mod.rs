@@ -85,17 +85,31 @@ impl Masters {
         self.dir.path().join(format!("m{id}.log"))
     }
 
+    /// `--peers` naming only `ids`.
+    pub fn peers_of(&self, ids: &[u64]) -> String {
+        ids.iter()
+            .map(|id| format!("{id}={}", self.addrs[id]))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     pub fn command(&self, id: u64, more: &[&str]) -> Command {
+        self.command_with(&["master"], id, &self.peers(), more)
+    }
+
+    /// `orrery SUB... --id ID --listen .. --peers PEERS ..` (`SUB` is
+    /// `master` or `master join`).
+    pub fn command_with(&self, sub: &[&str], id: u64, peers: &str, more: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
         cmd.env("ORRERY_INSECURE", "1");
+        cmd.args(sub);
         cmd.args([
-            "master",
             "--id",
             &id.to_string(),
             "--listen",
             &self.addrs[&id],
             "--peers",
-            &self.peers(),
+            peers,
         ])
         .arg("--data-dir")
         .arg(self.data_dir(id))
@@ -112,13 +126,17 @@ impl Masters {
     }
 
     pub fn start(&self, id: u64, more: &[&str]) {
+        self.spawn(id, self.command(id, more));
+    }
+
+    /// Runs `cmd` as master `id`, its stderr appended to the master's log.
+    pub fn spawn(&self, id: u64, mut cmd: Command) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path(id))
             .expect("log file");
-        let child = self
-            .command(id, more)
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -257,6 +275,50 @@ impl Masters {
         }
         Err(format!("replicas {ids:?} did not converge: {last}"))
     }
+}
+
+/// Appends one event at a time to whoever leads among `ids` (which the test
+/// may change as masters come and go), following the leader hint; records
+/// what was acknowledged. Events are numbered from `first`.
+pub fn spawn_writer(
+    m: std::sync::Arc<Masters>,
+    ids: std::sync::Arc<Mutex<Vec<u64>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<Mutex<Vec<u64>>>,
+    first: u64,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut n = first;
+        let mut target = ids.lock().unwrap()[0];
+        while !stop.load(Ordering::Relaxed) {
+            let rotate = |t: u64| {
+                let ids = ids.lock().unwrap();
+                ids[(ids.iter().position(|i| *i == t).unwrap_or(0) + 1) % ids.len()]
+            };
+            match tokio::time::timeout(Duration::from_secs(2), m.append(target, vec![event(n)]))
+                .await
+            {
+                Ok(Ok(_)) => acked.lock().unwrap().push(n),
+                Ok(Err(status)) => {
+                    let hint = status
+                        .metadata()
+                        .get("orrery-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|a| {
+                            m.addrs
+                                .iter()
+                                .find(|(_, x)| x.as_str() == a)
+                                .map(|(id, _)| *id)
+                        });
+                    target = hint.unwrap_or_else(|| rotate(target));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(_) => target = rotate(target),
+            }
+            n += 1;
+        }
+    })
 }
 
 /// A self-contained event (RoleWeightsSet) that names itself by `n`.

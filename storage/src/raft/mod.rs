@@ -971,6 +971,13 @@ impl<S: StateMachine> RaftNode<S> {
             let existing = existing
                 .filter(|(_, st)| st.membership.as_ref().is_some_and(|m| !m.nodes.is_empty()));
             if let Some((id, st)) = existing {
+                if !member_of(&st, config.node_id) {
+                    return Err(Fatal::Refused(format!(
+                        "cluster {} (per master {id}) does not count master {} as a member; \
+                         a new master joins a running cluster with `orrery master join`",
+                        st.cluster_id, config.node_id
+                    )));
+                }
                 check_peers_match(config, id, &st)?;
                 let applied = st.last_applied.as_ref().map_or(0, |l| l.index);
                 // Judged only on first sight: once this replica has seen the
@@ -988,13 +995,6 @@ impl<S: StateMachine> RaftNode<S> {
                         config.node_id,
                         config.data_dir.display(),
                         st.cluster_id
-                    )));
-                }
-                if !member_of(&st, config.node_id) {
-                    return Err(Fatal::Refused(format!(
-                        "cluster {} (per master {id}) does not count master {} as a member; \
-                         a new master joins a running cluster with `orrery master join`",
-                        st.cluster_id, config.node_id
                     )));
                 }
                 // A cluster bootstrapping right now: take its id from the
