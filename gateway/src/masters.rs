@@ -14,6 +14,11 @@
 //! cut a change short. A leader that dies between 2 and 4 leaves the
 //! request pending; the next leader's [`settle_pending`] completes a joint
 //! configuration if one was left, and records what became of the request.
+//!
+//! For the process tests that kill a leader mid-change, the environment
+//! variable `ORRERY_TEST_MEMBERSHIP_PAUSE` (`before-raft` or
+//! `before-record`) holds a change for 3 s at that step; it is logged as a
+//! warning, and nothing else reads it.
 
 use std::time::Duration;
 
@@ -118,6 +123,17 @@ async fn submit(master: &Addr<Master>, command: Command, origin: Origin) -> Resu
     Ok(c.last_index)
 }
 
+/// The test hook of the module doc.
+async fn test_pause(stage: &str) {
+    if std::env::var("ORRERY_TEST_MEMBERSHIP_PAUSE").is_ok_and(|v| v == stage) {
+        tracing::warn!(
+            stage,
+            "ORRERY_TEST_MEMBERSHIP_PAUSE: holding this change for 3 s"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
+
 fn record(group: &Group, outcome: String) -> Command {
     Command::RecordMasters {
         members: group
@@ -181,6 +197,7 @@ pub async fn change(
             origin.clone(),
         )
         .await?;
+        test_pause("before-raft").await;
         let result = match change {
             MastersChange::AddLearner => node.add_learner(node_id, &addr).await,
             MastersChange::Promote => node.promote(node_id).await,
@@ -196,6 +213,7 @@ pub async fn change(
             outcome = %if outcome.is_empty() { "done" } else { &outcome },
             "masters' group change"
         );
+        test_pause("before-record").await;
         let index = submit(&master, record(&node.group(), outcome), origin).await?;
         let group = result.map_err(membership_status)?;
         Ok::<_, Status>(view(&log, &group, index))

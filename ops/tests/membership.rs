@@ -87,16 +87,17 @@ fn voters(g: &serde_json::Value) -> BTreeSet<u64> {
 }
 
 /// Starts master `id` with `orrery master join`, reaching the group by
-/// `via`, and waits until the group lists it as a learner.
+/// `via`, and waits until the group lists it as a learner and the log
+/// has recorded the change.
 async fn join(m: &Masters, id: u64, via: &[u64]) {
     m.spawn(
         id,
         m.command_with(&["master", "join"], id, &m.peers_of(via), &[]),
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(25);
     loop {
         let g = group(m, via).await;
-        if roles(&g).contains(&(id, "learner".into())) {
+        if roles(&g).contains(&(id, "learner".into())) && g["pending"] == "" {
             return;
         }
         assert!(
@@ -350,25 +351,32 @@ async fn a_master_whose_disk_is_gone_is_replaced_by_a_new_id() {
     assert_eq!(g["pending"], "", "{g}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
-    let _serial = SERIAL.lock().await;
+/// One promotion of learner 4 cut short by kill -9 of the leader: `pause`
+/// holds the change at a step (see orrery_gateway::masters), or "" kills
+/// at a moment of the test's choosing. Returns whether it completed.
+async fn promotion_cut_short(pause: &str, kill_after: Duration) -> bool {
     let m = Masters::new(4, &[]);
     let first = [1, 2, 3];
-    let leader = start_three(&m).await;
+    for id in first {
+        let mut cmd = m.command_with(&["master"], id, &m.peers_of(&first), &[]);
+        cmd.env("ORRERY_TEST_MEMBERSHIP_PAUSE", pause);
+        m.spawn(id, cmd);
+    }
+    let (leader, _) = m
+        .leader_among(&first, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
     join(&m, 4, &first).await;
-    // Let it catch up, then ask for its promotion and kill -9 the leader
-    // while the change runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let list = first.map(|id| m.addrs[&id].clone()).join(",");
     let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
         .env("ORRERY_INSECURE", "1")
         .args(["--master", &list, "masters", "add", "4"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the cli");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(kill_after).await;
     m.kill9(leader);
     let add_status =
         tokio::task::spawn_blocking(move || wait_exit(&mut add, Duration::from_secs(30)))
@@ -388,7 +396,7 @@ async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
         }
         assert!(
             Instant::now() < deadline,
-            "the group did not settle: {out}\n{}",
+            "the group did not settle ({pause:?}): {out}\n{}",
             m.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -397,21 +405,13 @@ async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
     let completed = v == BTreeSet::from([1, 2, 3, 4]);
     assert!(
         completed || v == BTreeSet::from([1, 2, 3]),
-        "neither the old nor the new group: {g}"
-    );
-    eprintln!(
-        "the cut-short promotion {} (the CLI exited {add_status:?})",
-        if completed {
-            "completed"
-        } else {
-            "rolled back"
-        }
+        "neither the old nor the new group ({pause:?}): {g}"
     );
     let new_leader = g["leader_id"].as_u64().unwrap();
     let log = m.read_all(new_leader).await;
     let story = group_events(&log);
     let Some(Payload::MastersChanged(last)) = story.last() else {
-        panic!("the change was not settled in the log: {story:?}");
+        panic!("the change was not settled in the log ({pause:?}): {story:?}");
     };
     let recorded: BTreeSet<u64> = last
         .members
@@ -420,6 +420,25 @@ async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
         .map(|x| x.node_id)
         .collect();
     assert_eq!(recorded, v, "{story:?}");
+    if !pause.is_empty() {
+        // The old leader died with the request pending: the new one said
+        // what became of it.
+        let want = if completed {
+            "settled by master"
+        } else {
+            "rolled back"
+        };
+        assert!(last.outcome.contains(want), "{pause:?}: {story:?}");
+    }
+    eprintln!(
+        "{pause:?}: the cut-short promotion {} (outcome {:?}; the CLI exited {add_status:?})",
+        if completed {
+            "completed"
+        } else {
+            "rolled back"
+        },
+        last.outcome
+    );
     // The old leader comes back and the group converges, writes and all.
     m.spawn(
         leader,
@@ -431,4 +450,19 @@ async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
     m.converged(&[1, 2, 3, 4], Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    completed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_cut_short_by_kill9_of_the_leader_completes_or_rolls_back() {
+    let _serial = SERIAL.lock().await;
+    // Killed after the request was recorded, before raft heard of it: the
+    // next leader records it as rolled back.
+    assert!(!promotion_cut_short("before-raft", Duration::from_millis(1000)).await);
+    // Killed after raft committed the new group, before it was recorded:
+    // the next leader records it as done.
+    assert!(promotion_cut_short("before-record", Duration::from_millis(1000)).await);
+    // Killed at once, wherever the change is (a joint configuration is
+    // completed by the next leader): either ending is clean.
+    promotion_cut_short("", Duration::from_millis(5)).await;
 }
