@@ -44,6 +44,10 @@ pub struct Faults {
     /// leader crashes at the same moment, so the new leader finds a third
     /// of its agents missing past the reregistration deadline.
     pub rack_blip_per_s: f64,
+    /// Per second: the operator changes the masters' group by one voter
+    /// (promotes a learner, or removes a voter that does not lead), keeping
+    /// 3 to 5 voters.
+    pub membership_change_per_s: f64,
 }
 
 impl Faults {
@@ -65,13 +69,17 @@ impl Faults {
             maintenance_per_s: 0.0,
             bad_input_per_s: 0.0,
             rack_blip_per_s: 0.0,
+            membership_change_per_s: 0.0,
         }
     }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Master replicas; the first `voters` of them bootstrap the group and
+    /// the rest start as learners.
     pub masters: usize,
+    pub voters: usize,
     pub agents: usize,
     /// Every this many agents, one lives in the remote region `r2` (the
     /// masters are in `r1`); 0 for none.
@@ -128,10 +136,24 @@ impl Config {
         c
     }
 
+    /// [`Config::ci`] with a group that grows and shrinks: five master
+    /// replicas of which three bootstrap it and two start as learners; the
+    /// operator promotes and removes voters (one at a time, 3 to 5 of
+    /// them) while masters crash and partitions come and go.
+    pub fn membership() -> Self {
+        let mut c = Config::ci();
+        c.masters = 5;
+        c.voters = 3;
+        c.faults.membership_change_per_s = 0.08;
+        c.faults.master_crash_per_s = 0.03;
+        c
+    }
+
     /// The clusters `.ci/run` checks: small, busy, with every fault.
     pub fn ci() -> Self {
         Config {
             masters: 3,
+            voters: 3,
             agents: 12,
             remote_every: 4,
             zones: 3,
@@ -162,6 +184,7 @@ impl Config {
                 maintenance_per_s: 0.03,
                 bad_input_per_s: 0.1,
                 rack_blip_per_s: 0.0,
+                membership_change_per_s: 0.0,
             },
             check_every: 1,
             digest_every: 16,
@@ -176,6 +199,7 @@ impl Config {
     pub fn scale() -> Self {
         Config {
             masters: 3,
+            voters: 3,
             agents: 10_000,
             remote_every: 50,
             zones: 5,
@@ -206,6 +230,7 @@ impl Config {
                 maintenance_per_s: 0.02,
                 bad_input_per_s: 0.2,
                 rack_blip_per_s: 0.0,
+                membership_change_per_s: 0.0,
             },
             // About once per simulated minute: each check reads (and the
             // core invariants copy) the whole 100,000-task state.

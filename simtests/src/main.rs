@@ -41,6 +41,10 @@ struct Args {
     /// frameworks retrying keyed calls, more failovers and partitions.
     #[arg(long, conflicts_with = "scale")]
     valves: bool,
+    /// A group that grows and shrinks (`Config::membership`): five masters,
+    /// three voters at first, voters promoted and removed during the faults.
+    #[arg(long, conflicts_with_all = ["scale", "valves"])]
+    membership: bool,
     /// Override the number of agents (with --scale: tasks and instances
     /// shrink in proportion).
     #[arg(long)]
@@ -83,6 +87,8 @@ fn config(args: &Args) -> Config {
         Config::scale()
     } else if args.valves {
         Config::valves()
+    } else if args.membership {
+        Config::membership()
     } else {
         Config::ci()
     };
@@ -108,7 +114,7 @@ fn config(args: &Args) -> Config {
 fn print(report: &Report, wall: std::time::Duration) {
     let s = &report.stats;
     println!(
-        "seed {}: {} in {:.2} s wall, {} s simulated; {} steps, {} commands decided ({} refused), {} events committed; {} elections, {} agent crashes ({} wiped), {} master crashes, {} partitions ({} rack blips), {} clock jumps, {} drains, {} malformed calls, {} stream breaks, {} keyed retries ({} answered from their key), {} ticks with removals held ({} agents retired); {} agents, {} tasks in the final state",
+        "seed {}: {} in {:.2} s wall, {} s simulated; {} steps, {} commands decided ({} refused), {} events committed; {} elections, {} agent crashes ({} wiped), {} master crashes, {} partitions ({} rack blips), {} clock jumps, {} drains, {} malformed calls, {} stream breaks, {} keyed retries ({} answered from their key), {} ticks with removals held ({} agents retired), {} changes of the masters' group ({} elections won by a master that joined); {} agents, {} tasks in the final state",
         report.seed,
         if report.passed() { "ok" } else { "FAILED" },
         wall.as_secs_f64(),
@@ -131,6 +137,8 @@ fn print(report: &Report, wall: std::time::Duration) {
         s.idempotent_replays,
         s.removals_held,
         s.marked_gone,
+        s.membership_changes,
+        s.joined_leaders,
         report.agents,
         report.tasks,
     );

@@ -198,6 +198,25 @@ impl Sim {
         let now = self.clock(m);
         let term = self.masters[m].term;
         let sabotage = self.sabotage;
+        if matches!(cmd, Command::RecordMasters { .. }) && !self.masters[m].config_settled() {
+            // One change of the group at a time: the last one must be
+            // committed before the next is appended (Raft's single-server
+            // changes; the real master holds one change slot).
+            if let Origin::Client { to, id } = origin {
+                let r = orrery_events::Rejection::MastersChangeInProgress {
+                    pending: "the last change of the masters' group is not committed".into(),
+                };
+                self.send(
+                    Node::Master(m),
+                    to,
+                    Msg::Reply {
+                        id,
+                        outcome: Outcome::Rejected(r.name(), r.to_string()),
+                    },
+                );
+            }
+            return;
+        }
         let Some(shell) = self.masters[m].shell() else {
             return;
         };
@@ -361,7 +380,9 @@ impl Sim {
         }
         shell.waiting.entry(at).or_default().extend(pending);
         self.stats.core_ns += applied;
-        self.masters[m].log.extend(entries);
+        for e in entries {
+            self.masters[m].push_entry(e);
+        }
         let commit = self.masters[m].commit;
         if self.masters.len() == 1 {
             self.leader_commit(m, at);

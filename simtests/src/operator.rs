@@ -216,12 +216,9 @@ impl Sim {
             let wipe = self.rng.random_bool(0.5);
             self.agent_crash(a, wipe);
         }
-        if self.rng.random_bool(f.master_crash_per_s) {
-            let down = self.masters.iter().filter(|m| !m.up).count();
-            if down < self.masters.len() - self.majority() {
-                let m = self.pick(self.masters.len());
-                self.master_crash(m);
-            }
+        if self.rng.random_bool(f.master_crash_per_s) && self.may_crash_a_voter() {
+            let m = self.pick(self.masters.len());
+            self.master_crash(m);
         }
         if self.rng.random_bool(f.clock_jump_per_s) {
             let m = self.pick(self.masters.len());
@@ -235,6 +232,9 @@ impl Sim {
         }
         if self.rng.random_bool(f.bad_input_per_s.min(1.0)) {
             self.bad_input();
+        }
+        if f.membership_change_per_s > 0.0 && self.rng.random_bool(f.membership_change_per_s) {
+            self.change_masters();
         }
     }
 
@@ -296,12 +296,64 @@ impl Sim {
                 self.agents[a].repair_of = old;
             }
         }
-        let down = self.masters.iter().filter(|m| !m.up).count();
-        if down < self.masters.len() - self.majority() {
+        if self.may_crash_a_voter() {
             if let Some(l) = self.masters.iter().position(|m| m.up && m.is_leader()) {
                 self.master_crash(l);
             }
         }
+    }
+
+    /// Whether one more voter may go down and leave a majority of the
+    /// committed voters up (beyond that the log rightly stops).
+    fn may_crash_a_voter(&self) -> bool {
+        let voters = self.committed_voters();
+        let down = voters.iter().filter(|v| !self.masters[**v].up).count();
+        down < voters.len() - self.majority()
+    }
+
+    /// The operator changes the group by one voter, through the leader
+    /// (`orrery masters add|remove`): it promotes a learner or removes a
+    /// voter that does not lead, keeping 3 to 5 voters. The leader refuses
+    /// while its last change is not committed.
+    fn change_masters(&mut self) {
+        let Some(l) = (0..self.masters.len()).find(|&m| self.masters[m].is_serving()) else {
+            return;
+        };
+        let mut voters = self.masters[l].voters().clone();
+        let learners: Vec<usize> = (0..self.masters.len())
+            .filter(|m| !voters.contains(m))
+            .collect();
+        let others: Vec<usize> = voters.iter().copied().filter(|v| *v != l).collect();
+        let grow = match (learners.is_empty(), voters.len()) {
+            (true, _) => false,
+            (false, n) if n < 3 => true,
+            (false, n) if n >= 5 => false,
+            _ => self.rng.random_bool(0.5),
+        };
+        if grow {
+            voters.insert(learners[self.pick(learners.len())]);
+        } else if voters.len() > 3 {
+            voters.remove(&others[self.pick(others.len())]);
+        } else {
+            return;
+        }
+        let members = (0..self.masters.len())
+            .map(|m| {
+                (
+                    m as u64 + 1,
+                    format!("master-{m}:7000"),
+                    voters.contains(&m),
+                )
+            })
+            .collect();
+        self.operator.master = l;
+        self.operator_call(
+            Command::RecordMasters {
+                members,
+                outcome: String::new(),
+            },
+            false,
+        );
     }
 
     /// Schedules a window for a host, or drains one, keeping at most two

@@ -51,6 +51,13 @@ pub struct Replica {
     pub role: Role,
     pub clock_offset_ms: i64,
     pub election_epoch: u64,
+    /// The voter sets in the log (`MastersChanged`), by index: a replica
+    /// votes, campaigns and counts by the newest in its log, committed or
+    /// not (Raft's single-server membership changes, §4.1 of Ongaro's
+    /// thesis). Empty: the bootstrap voters.
+    pub configs: Vec<(u64, BTreeSet<usize>)>,
+    /// The voters the group was bootstrapped with.
+    pub initial_voters: BTreeSet<usize>,
 }
 
 impl Replica {
@@ -69,6 +76,35 @@ impl Replica {
             },
             clock_offset_ms: 0,
             election_epoch: 0,
+            configs: Vec::new(),
+            initial_voters: BTreeSet::new(),
+        }
+    }
+
+    /// The voters this replica goes by now.
+    pub fn voters(&self) -> &BTreeSet<usize> {
+        self.configs.last().map_or(&self.initial_voters, |(_, v)| v)
+    }
+
+    /// Whether the newest voter set in the log is committed.
+    pub fn config_settled(&self) -> bool {
+        self.configs.last().is_none_or(|(i, _)| *i <= self.commit)
+    }
+
+    /// Appends an entry, noting a new voter set.
+    pub fn push_entry(&mut self, e: Entry) {
+        if let Some(orrery_events::pb::envelope::Payload::MastersChanged(c)) = &e.payload {
+            let voters = voters_in(c);
+            self.configs.push((self.last_index() + 1, voters));
+        }
+        self.log.push(e);
+    }
+
+    /// Drops the log from `len` on, and the voter sets it held.
+    pub fn truncate_log(&mut self, len: usize) {
+        self.log.truncate(len);
+        while self.configs.last().is_some_and(|(i, _)| *i > len as u64) {
+            self.configs.pop();
         }
     }
 
@@ -113,9 +149,36 @@ impl Replica {
     }
 }
 
+/// The voters (replica indexes) a `MastersChanged` names (ids from 1).
+pub fn voters_in(c: &orrery_events::pb::MastersChanged) -> BTreeSet<usize> {
+    c.members
+        .iter()
+        .filter(|x| x.voter)
+        .map(|x| x.node_id as usize - 1)
+        .collect()
+}
+
+fn majority_of(voters: &BTreeSet<usize>) -> usize {
+    voters.len() / 2 + 1
+}
+
 impl Sim {
+    /// The committed voters (by the truth: the committed log).
+    pub fn committed_voters(&self) -> BTreeSet<usize> {
+        let members = &self.truth.cluster.masters.members;
+        if members.is_empty() {
+            return self.masters[0].initial_voters.clone();
+        }
+        members
+            .iter()
+            .filter(|(_, x)| x.voter)
+            .map(|(id, _)| *id as usize - 1)
+            .collect()
+    }
+
+    /// A majority of the committed voters.
     pub fn majority(&self) -> usize {
-        self.masters.len() / 2 + 1
+        majority_of(&self.committed_voters())
     }
 
     /// The master's wall clock (the simulated time plus its clock's error).
@@ -199,6 +262,11 @@ impl Sim {
                 return;
             }
         }
+        if !self.masters[m].voters().contains(&m) {
+            // A learner (or a removed master) never stands.
+            self.reset_election_timer(m);
+            return;
+        }
         // Stand for election.
         let r = &mut self.masters[m];
         r.term += 1;
@@ -268,15 +336,18 @@ impl Sim {
     }
 
     fn maybe_win(&mut self, m: usize) {
-        let majority = self.majority();
         let r = &self.masters[m];
         let Role::Candidate { votes } = &r.role else {
             return;
         };
-        if votes.len() < majority {
+        let voters = r.voters();
+        if votes.intersection(voters).count() < majority_of(voters) {
             return;
         }
         self.stats.elections += 1;
+        if !self.masters[m].initial_voters.contains(&m) {
+            self.stats.joined_leaders += 1;
+        }
         // The new leader's log must hold every committed entry.
         self.check_leader_log(m);
         let shell = Shell::new(self, m);
@@ -397,9 +468,9 @@ impl Sim {
                 if index <= r.commit {
                     truncated_committed = Some(index);
                 }
-                r.log.truncate(index as usize - 1);
+                r.truncate_log(index as usize - 1);
             }
-            r.log.push(e.clone());
+            r.push_entry(e.clone());
         }
         let matched = prev_index + entries.len() as u64;
         let new_commit = commit.min(matched);
@@ -427,8 +498,9 @@ impl Sim {
             self.become_follower(m, term, None);
             return;
         }
-        let majority = self.majority();
         let r = &mut self.masters[m];
+        let voters = r.voters().clone();
+        let majority = majority_of(&voters);
         let my_last = r.last_index();
         let my_term = r.term;
         let Role::Leader(shell) = &mut r.role else {
@@ -446,6 +518,8 @@ impl Sim {
         }
         let mut matched = shell.matched.clone();
         matched[m] = my_last;
+        // Only voters count toward the commit.
+        let mut matched: Vec<u64> = voters.iter().map(|v| matched[*v]).collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
         let candidate = matched[majority - 1];
         if candidate > r.commit && r.term_at(candidate) == my_term {

@@ -171,6 +171,10 @@ pub struct Stats {
     pub removals_held: u64,
     /// Agents the operator retired while removals were held.
     pub marked_gone: u64,
+    /// Changes of the masters' group committed.
+    pub membership_changes: u64,
+    /// Elections won by a master that was not among the bootstrap voters.
+    pub joined_leaders: u64,
     /// Wall time the leader spent in the core: decide, and apply (with
     /// effects) of what it decided. Measured only; it never steers a run.
     pub core_ns: u64,
@@ -248,6 +252,8 @@ pub struct Report {
     pub masters: Vec<String>,
     /// Run with [`Config::valves`] (the replay command says so).
     pub valves: bool,
+    /// Run with [`Config::membership`].
+    pub membership: bool,
 }
 
 impl Report {
@@ -258,9 +264,10 @@ impl Report {
     /// The command that replays this run.
     pub fn reproduce(&self) -> String {
         format!(
-            "cargo run -p orrery-simtests -- --seed {}{}",
+            "cargo run -p orrery-simtests -- --seed {}{}{}",
             self.seed,
-            if self.valves { " --valves" } else { "" }
+            if self.valves { " --valves" } else { "" },
+            if self.membership { " --membership" } else { "" }
         )
     }
 }
@@ -281,7 +288,13 @@ impl Sim {
             items: BTreeMap::new(),
             next_item: 0,
             net: Net::new(),
-            masters: (0..cfg.masters).map(Replica::new).collect(),
+            masters: (0..cfg.masters)
+                .map(|m| {
+                    let mut r = Replica::new(m);
+                    r.initial_voters = (0..cfg.voters.clamp(1, cfg.masters)).collect();
+                    r
+                })
+                .collect(),
             agents: (0..cfg.agents).map(|i| SimAgent::new(i, &cfg)).collect(),
             frameworks: (0..cfg.frameworks)
                 .map(|i| SimFramework::new(i, &cfg))
@@ -467,6 +480,7 @@ impl Sim {
         let extra = after(&self.truth.cluster);
         let report = Report {
             valves: self.cfg.keyed_retries,
+            membership: self.cfg.faults.membership_change_per_s > 0.0,
             seed: self.seed,
             stats: self.stats.clone(),
             sim_ms: self.now - EPOCH_MS,
@@ -590,6 +604,12 @@ impl Sim {
         }
         self.truth.log.push(entry.clone());
         self.stats.committed += 1;
+        if matches!(
+            entry.payload,
+            Some(orrery_events::pb::envelope::Payload::MastersChanged(_))
+        ) {
+            self.stats.membership_changes += 1;
+        }
         if index.is_multiple_of(self.cfg.digest_every) {
             self.truth
                 .digests

@@ -100,6 +100,39 @@ fn valve_seeds_hold_removals_and_answer_keyed_retries_once() {
     assert!(s.4 > 0, "keyed retries answered from their key: {}", s.4);
 }
 
+/// A group that grows and shrinks (`Config::membership`): five replicas,
+/// three voters at first; the operator promotes and removes voters one at
+/// a time while masters crash. Every oracle must still hold.
+#[test]
+fn membership_seeds_grow_and_shrink_the_group_and_keep_every_oracle() {
+    const MEMBERSHIP_SEEDS: std::ops::Range<u64> = 200..216;
+    let reports = run_seeds(MEMBERSHIP_SEEDS, Config::membership());
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
+    let s = reports.iter().fold((0, 0, 0, 0), |acc, r| {
+        (
+            acc.0 + r.stats.membership_changes,
+            acc.1 + r.stats.elections,
+            acc.2 + r.stats.joined_leaders,
+            acc.3 + r.stats.master_crashes,
+        )
+    });
+    eprintln!(
+        "{} membership seeds: {} changes of the group, {} elections ({} won by a master that joined), {} master crashes",
+        MEMBERSHIP_SEEDS.end - MEMBERSHIP_SEEDS.start,
+        s.0,
+        s.1,
+        s.2,
+        s.3
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(
+        s.0 > MEMBERSHIP_SEEDS.end - MEMBERSHIP_SEEDS.start,
+        "changes: {}",
+        s.0
+    );
+    assert!(s.2 > 0, "elections won by a joined master: {}", s.2);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let a = run(7, Config::ci(), None);
