@@ -866,6 +866,37 @@ mod tests {
         );
         assert_eq!(operator_permission("MachinesDown"), Permission::Operator);
         assert_eq!(operator_permission("SomethingNew"), Permission::Operator);
+        assert_eq!(operator_permission("ListMasters"), Permission::View);
+        assert_eq!(operator_permission("AddMaster"), Permission::Operator);
+        assert_eq!(operator_permission("RemoveMaster"), Permission::Operator);
+    }
+
+    #[test]
+    fn a_master_may_ask_to_join_and_nothing_more() {
+        let ca = orrery_storage::security::pki::Ca::generate(
+            "t",
+            orrery_storage::security::pki::Validity::days(1),
+        )
+        .unwrap();
+        let tls = Arc::new(ca.local(&Principal::Master("m".into())).unwrap());
+        let policy = Policy::parse(
+            "[[grant]]\nprincipal = \"ops\"\nallow = [\"operator\"]\n[[grant]]\nprincipal = \"viewer\"\nallow = [\"view\"]",
+        )
+        .unwrap();
+        let sec = Security::new(tls, policy, Tokens::default(), RateLimit::default());
+        let join = "/orrery.operator.v1.Operator/JoinMaster";
+        let add = "/orrery.operator.v1.Operator/AddMaster";
+        let master = Principal::Master("m4".into());
+        assert!(authorize_grpc(&sec, &master, join).is_ok());
+        assert!(authorize_grpc(&sec, &master, add).is_err());
+        let ops = Principal::Client("ops".into());
+        assert!(authorize_grpc(&sec, &ops, join).is_ok());
+        assert!(authorize_grpc(&sec, &ops, add).is_ok());
+        let viewer = Principal::Client("viewer".into());
+        assert!(authorize_grpc(&sec, &viewer, join).is_err());
+        assert!(authorize_grpc(&sec, &viewer, add).is_err());
+        assert!(authorize_grpc(&sec, &viewer, "/orrery.operator.v1.Operator/ListMasters").is_ok());
+        assert!(authorize_grpc(&sec, &Principal::Agent("h".into()), join).is_err());
     }
 
     #[test]

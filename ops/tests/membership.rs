@@ -376,6 +376,13 @@ async fn promotion_cut_short(pause: &str, kill_after: Duration) -> bool {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the cli");
+    if pause == "before-raft" {
+        // While that change is held, a second one is refused by name.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (code, _, err) = run_cli(&m, &first, &["masters", "remove", "4"]).await;
+        assert_ne!(code, Some(0));
+        assert!(err.contains("change_in_progress"), "{err}");
+    }
     tokio::time::sleep(kill_after).await;
     m.kill9(leader);
     let add_status =
