@@ -5,8 +5,12 @@
 //! into gap-free events and keeps protobuf snapshots; [`network`] and
 //! [`service`] carry raft RPCs over tonic.
 //!
-//! The quorum is derived from `--peers` (floor(N/2)+1, by Raft itself), never
-//! a separate setting. Start-up refuses what could break safety:
+//! The quorum is derived from the voters (floor(N/2)+1, by Raft itself),
+//! never a separate setting: at bootstrap they are `--peers`; masters join
+//! and leave later through [`membership`] (learners first, then joint
+//! consensus), after which the log's membership is the truth and `--peers`
+//! only says where to reach masters. Start-up refuses what could break
+//! safety:
 //! - a data dir written by another node id, or holding another cluster's
 //!   log (checked against the peers, and on every raft message);
 //! - an empty data dir for a node the cluster already counts as a member
@@ -17,7 +21,10 @@
 //!
 //! A fresh cluster bootstraps itself: when every peer answers and none has a
 //! cluster yet, the lowest id creates it and the others adopt its cluster id
-//! from the first raft message they receive.
+//! from the first raft message they receive. A joining master (`join`)
+//! never bootstraps: it finds the cluster through `--peers`, refuses an id
+//! the cluster already counts as a voter, and adopts the cluster id from the
+//! leader's first message once it is added as a learner.
 
 // openraft's error types are large and its traits return them by value.
 #![allow(clippy::result_large_err)]
