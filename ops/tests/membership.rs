@@ -284,7 +284,9 @@ async fn grow_3_to_5_and_shrink_to_3_under_appends_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_whose_disk_is_gone_is_replaced_by_a_new_id() {
     let _serial = SERIAL.lock().await;
-    let m = Masters::new(4, &[]);
+    // Snapshots every 10 entries, 5 kept: the new master must catch up from
+    // a snapshot, not the log.
+    let m = Masters::new(4, &["--snapshot-every", "10", "--keep-after-snapshot", "5"]);
     let first = [1, 2, 3];
     let leader = start_three(&m).await;
     for n in 0..20 {
@@ -292,6 +294,12 @@ async fn a_master_whose_disk_is_gone_is_replaced_by_a_new_id() {
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
     }
+    let purged = m
+        .status(leader)
+        .await
+        .and_then(|s| s.purged)
+        .map_or(0, |p| p.index);
+    assert!(purged > 0, "the leader purged its log\n{}", m.logs());
     // A follower's disk is lost.
     let lost = *first.iter().find(|i| **i != leader).unwrap();
     let others: Vec<u64> = first.iter().copied().filter(|i| *i != lost).collect();
@@ -327,6 +335,11 @@ async fn a_master_whose_disk_is_gone_is_replaced_by_a_new_id() {
     // was purged) and is promoted.
     join(&m, 4, &others).await;
     promote(&m, 4, &others).await;
+    let st = m.status(4).await.expect("master 4 answers");
+    assert!(
+        st.snapshot_last_log_id.is_some_and(|l| l.index > 0),
+        "master 4 caught up from a snapshot: {st:?}"
+    );
     let now: Vec<u64> = others.iter().copied().chain([4]).collect();
     let g = group(&m, &now).await;
     assert_eq!(voters(&g), now.iter().copied().collect(), "{g}");
