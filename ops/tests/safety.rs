@@ -244,14 +244,26 @@ async fn a_flood_of_calls_is_shed_with_a_retry_hint_and_nothing_accepted_is_lost
             let mut client = OperatorClient::new(ch);
             let (mut ok, mut shed, mut other, mut hinted) = (Vec::new(), 0u64, Vec::new(), 0u64);
             for i in 0..CALLS {
-                let r = client
-                    .update_weights(op::UpdateWeightsRequest {
-                        weights: vec![op::WeightInfo {
-                            role: format!("r{c}-{i}"),
-                            weight: 1.0 + i as f64,
-                        }],
-                    })
-                    .await;
+                let r = loop {
+                    let r = client
+                        .update_weights(op::UpdateWeightsRequest {
+                            weights: vec![op::WeightInfo {
+                                role: format!("r{c}-{i}"),
+                                weight: 1.0 + i as f64,
+                            }],
+                        })
+                        .await;
+                    // HTTP/2 REFUSED_STREAM: the server did not process the
+                    // stream (RFC 9113 §8.7), so it is safe to send again;
+                    // gRPC's transparent retry (A6) does this, tonic does
+                    // not. It happens when a stream is opened the moment an
+                    // old one ends, before the server released its slot of
+                    // the 64 per connection.
+                    match &r {
+                        Err(s) if s.to_string().contains("REFUSED_STREAM") => continue,
+                        _ => break r,
+                    }
+                };
                 match r {
                     Ok(r) => ok.push(r.into_inner().committed_index),
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => {
