@@ -22,7 +22,8 @@ use orrery_storage::raft::{RaftConfig, RawAppends};
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
-    /// This replica's id (a positive integer, listed in --peers).
+    /// This replica's id (a positive integer, listed in --peers; with
+    /// `orrery master join`, a new id not in it).
     #[arg(long)]
     id: u64,
     /// Where to listen for gRPC, e.g. 127.0.0.1:7001: the scheduler,
@@ -36,7 +37,8 @@ pub struct MasterArgs {
     #[arg(long, default_value = "raft")]
     store: String,
     /// Every replica as ID=HOST:PORT, comma-separated: 1, 3 or 5 of them.
-    /// The quorum is derived (a majority), never configured. Raft only.
+    /// The quorum is derived (a majority), never configured. With `orrery
+    /// master join`: masters already in the group, to reach it by. Raft only.
     #[arg(long)]
     peers: Option<String>,
     /// Where this replica keeps its log and snapshots. Raft only.
@@ -230,6 +232,12 @@ fn settings(args: &MasterArgs) -> Result<Settings> {
 pub fn run(args: &MasterArgs, join: bool) -> Result<()> {
     crate::logging::init(&args.log_format)?;
     if args.store.starts_with("tikv://") {
+        if join {
+            bail!(
+                "orrery master join applies to --store raft only: masters on TiKV keep no raft \
+                 group; start another with `orrery master --store tikv://...`"
+            );
+        }
         return run_tikv(args);
     }
     if args.store != "raft" {

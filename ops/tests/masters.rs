@@ -384,6 +384,31 @@ fn bad_flags_are_refused_with_the_flag_named() {
     ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--id 4 is not in --peers"), "{err}");
+    // A joining master lists the group, not itself; and only on raft.
+    let (code, err) = run(&[
+        "join",
+        "--id",
+        "1",
+        "--listen",
+        "127.0.0.1:1",
+        "--peers",
+        "1=127.0.0.1:1",
+        "--data-dir",
+        d,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--id 1 is in --peers"), "{err}");
+    let (code, err) = run(&[
+        "join",
+        "--id",
+        "2",
+        "--listen",
+        "127.0.0.1:1",
+        "--store",
+        "tikv://127.0.0.1:1/x",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--store raft only"), "{err}");
     let (code, err) = run(&[
         "--id",
         "1",
