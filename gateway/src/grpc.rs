@@ -21,6 +21,7 @@ use orrery_events::pb::{self, FrameworkCapability, StatusSource, TaskReason, Tas
 use orrery_events::state::Domain;
 use orrery_events::{AgentId, FrameworkId, RejectionClass, Resources, TaskId};
 use orrery_proto::agent as ap;
+use orrery_proto::events::MastersChange;
 use orrery_proto::operator as op;
 use orrery_proto::scheduler as sp;
 use orrery_storage::{EventLog, StateAccess};
@@ -542,48 +543,28 @@ impl op::operator_server::Operator for OperatorService {
         r: Request<op::JoinMasterRequest>,
     ) -> Result<Response<op::MastersGroup>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(
-            crate::masters::change(
-                &self.master,
-                &self.log,
-                orrery_proto::events::MastersChange::AddLearner,
-                r.node_id,
-                r.addr,
-            )
-            .await?,
-        ))
+        self.masters_change(MastersChange::AddLearner, r.node_id, r.addr)
+            .await
     }
 
     async fn add_master(
         &self,
         r: Request<op::MasterIdRequest>,
     ) -> Result<Response<op::MastersGroup>, Status> {
-        Ok(Response::new(
-            crate::masters::change(
-                &self.master,
-                &self.log,
-                orrery_proto::events::MastersChange::Promote,
-                r.into_inner().node_id,
-                String::new(),
-            )
-            .await?,
-        ))
+        self.masters_change(
+            MastersChange::Promote,
+            r.into_inner().node_id,
+            String::new(),
+        )
+        .await
     }
 
     async fn remove_master(
         &self,
         r: Request<op::MasterIdRequest>,
     ) -> Result<Response<op::MastersGroup>, Status> {
-        Ok(Response::new(
-            crate::masters::change(
-                &self.master,
-                &self.log,
-                orrery_proto::events::MastersChange::Remove,
-                r.into_inner().node_id,
-                String::new(),
-            )
-            .await?,
-        ))
+        self.masters_change(MastersChange::Remove, r.into_inner().node_id, String::new())
+            .await
     }
 
     async fn mark_agents_gone(
@@ -759,6 +740,18 @@ impl OperatorService {
         Ok(Response::new(
             crate::dryrun::run(&self.log, change, assume).await?,
         ))
+    }
+
+    /// One change of the masters' group (see [`crate::masters::change`]).
+    async fn masters_change(
+        &self,
+        change: MastersChange,
+        node_id: u64,
+        addr: String,
+    ) -> Result<Response<op::MastersGroup>, Status> {
+        crate::masters::change(&self.master, &self.log, change, node_id, addr)
+            .await
+            .map(Response::new)
     }
 
     async fn job_command(&self, command: Command) -> Result<Response<op::JobResponse>, Status> {

@@ -41,17 +41,8 @@ async fn run_cli(m: &Masters, masters: &[u64], args: &[&str]) -> (Option<i32>, S
         .join(",");
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .env("ORRERY_INSECURE", "1")
-            .args(["--master", &list])
-            .args(&args)
-            .output()
-            .expect("run the cli");
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_at(list)(&args)
     })
     .await
     .expect("the cli thread")

@@ -447,7 +447,11 @@ pub fn try_http(addr: &str, method: &str, path: &str, body: &str) -> Option<Stri
 
 /// Runs the CLI against the masters: (exit code, stdout, stderr).
 pub fn cli(m: &Masters) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
-    let masters = m.addrs.values().cloned().collect::<Vec<_>>().join(",");
+    cli_at(m.addrs.values().cloned().collect::<Vec<_>>().join(","))
+}
+
+/// [`cli`] with `--master MASTERS` (ADDR[,ADDR...]).
+pub fn cli_at(masters: String) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
     move |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_orrery"))
             .env("ORRERY_INSECURE", "1")

@@ -194,15 +194,17 @@ impl<S: StateMachine> RaftNode<S> {
     }
 
     fn must_lead(&self) -> Result<Group, MembershipError> {
-        let g = self.group();
         let m = self.inner.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
             return Err(MembershipError::NotLeader {
                 node_id: self.node_id(),
                 leader_id: m.current_leader,
-                leader_addr: m.current_leader.and_then(|l| self.addr_of(l)),
+                leader_addr: m
+                    .current_leader
+                    .and_then(|l| super::member_addr(&m, &self.inner.config.peers, l)),
             });
         }
+        let g = self.group();
         if g.joint {
             return Err(MembershipError::InProgress(
                 "the group is in a joint configuration".into(),
@@ -411,16 +413,5 @@ impl<S: StateMachine> RaftNode<S> {
             }
             other => MembershipError::Raft(other.to_string()),
         }
-    }
-
-    /// A member's address, from the group's configuration (or `--peers`).
-    pub fn addr_of(&self, id: u64) -> Option<String> {
-        let m = self.inner.raft.metrics().borrow().clone();
-        let from_config = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone());
-        from_config.or_else(|| self.inner.config.peers.get(&id).cloned())
     }
 }

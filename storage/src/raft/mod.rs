@@ -272,6 +272,20 @@ pub(crate) struct Inner<S: StateMachine> {
     pub(crate) change_slot: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// A member's address: from the group's configuration in `m`, else from
+/// `--peers` (a replica that has not heard the membership yet).
+pub(crate) fn member_addr(
+    m: &openraft::RaftMetrics<u64, BasicNode>,
+    peers: &BTreeMap<u64, String>,
+    id: u64,
+) -> Option<String> {
+    m.membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())
+        .or_else(|| peers.get(&id).cloned())
+}
+
 fn save_identity<'a>(
     log: &'a LogStore,
     cluster_id: &str,
@@ -357,13 +371,7 @@ impl<S: StateMachine> Inner<S> {
             leader_id: m.current_leader,
             leader_addr: m
                 .current_leader
-                .and_then(|id| {
-                    m.membership_config
-                        .membership()
-                        .get_node(&id)
-                        .map(|n| n.addr.clone())
-                        .or_else(|| self.config.peers.get(&id).cloned())
-                })
+                .and_then(|id| member_addr(&m, &self.config.peers, id))
                 .unwrap_or_default(),
             membership: Some(service::membership_pb(m.membership_config.membership())),
             last_event_index,
@@ -1221,7 +1229,9 @@ impl<S: StateMachine> EventLog for RaftNode<S> {
         LeaderInfo {
             term: m.current_term,
             leader_id: m.current_leader,
-            leader_addr: m.current_leader.and_then(|id| self.addr_of(id)),
+            leader_addr: m
+                .current_leader
+                .and_then(|id| member_addr(&m, &self.inner.config.peers, id)),
             is_leader: m.state == ServerState::Leader,
             ready: m.state == ServerState::Leader
                 && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term),
