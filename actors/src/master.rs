@@ -353,6 +353,13 @@ impl Master {
         } else {
             self.settings.max_pending_commands.min(QUEUE_MAX)
         };
+        // The call's admission seat goes back the moment it is answered,
+        // here on the master's thread (see `telemetry::Seat`).
+        let seat = origin.seat.clone();
+        let done: Done = Box::new(move |act, ctx, res| {
+            seat.release();
+            done(act, ctx, res)
+        });
         if self.queue.len() >= max {
             metrics::counter!(crate::telemetry::COMMANDS_SHED).increment(1);
             done(

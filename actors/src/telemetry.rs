@@ -65,6 +65,58 @@ tokio::task_local! {
     pub static IDEMPOTENCY_KEY: String;
 }
 
+tokio::task_local! {
+    /// The admission seat of the request being served (set by the gateway's
+    /// admission around each admitted call; see [`Seat`]).
+    pub static SEAT: Seat;
+}
+
+/// What releases an admitted call's seat (the gateway's admission count).
+pub trait SeatRelease: Send + Sync {
+    /// Gives the seat back; a second call does nothing.
+    fn release(&self);
+}
+
+/// An admitted call's seat among the `--max-pending-commands` calls the
+/// gateway lets inside the master. It travels with the call's command and
+/// the master gives it back the moment it answers the command, on its own
+/// thread: the next call is admitted then, not when the call's task next
+/// runs. Under a flood that task waits behind every request the server has
+/// read and not yet refused, so a seat given back by the task would make
+/// admitted work wait for refusals (`orrery bench overload`). The call's
+/// task gives it back too when it ends (whichever comes first).
+#[derive(Clone, Default)]
+pub struct Seat(Option<std::sync::Arc<dyn SeatRelease>>);
+
+impl Seat {
+    pub fn new(release: std::sync::Arc<dyn SeatRelease>) -> Self {
+        Seat(Some(release))
+    }
+
+    /// Gives the seat back (nothing for a call that holds none).
+    pub fn release(&self) {
+        if let Some(r) = &self.0 {
+            r.release();
+        }
+    }
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Seat" } else { "NoSeat" })
+    }
+}
+
+/// Seats never tell two origins apart: an origin is who asked, not where
+/// the call waits.
+impl PartialEq for Seat {
+    fn eq(&self, _: &Seat) -> bool {
+        true
+    }
+}
+
+impl Eq for Seat {}
+
 /// The request id of the request being served, "" outside one.
 pub fn request_id() -> String {
     REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
@@ -79,6 +131,8 @@ pub struct Origin {
     pub principal: String,
     /// The caller's idempotency key ("" for none).
     pub idempotency_key: String,
+    /// The call's admission seat, given back when the master answers.
+    pub seat: Seat,
 }
 
 impl Origin {
@@ -96,6 +150,7 @@ pub fn origin() -> Origin {
         request_id: request_id(),
         principal: PRINCIPAL.try_with(Clone::clone).unwrap_or_default(),
         idempotency_key: IDEMPOTENCY_KEY.try_with(Clone::clone).unwrap_or_default(),
+        seat: SEAT.try_with(Clone::clone).unwrap_or_default(),
     }
 }
 

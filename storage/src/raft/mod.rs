@@ -125,6 +125,13 @@ pub struct RaftConfig {
     /// Mutual TLS between masters (and for the services sharing the
     /// address); None runs plain TCP (`--insecure`).
     pub tls: Option<std::sync::Arc<crate::security::Tls>>,
+    /// The runtime raft, its replication and the committer run on; None
+    /// for the caller's. `orrery master` gives them a thread of their own,
+    /// apart from the one serving the APIs: under a flood that one always
+    /// has thousands of requests ready to run, and each step of a commit
+    /// (the committer, raft's core, the apply) would wait behind all of
+    /// them (`orrery bench overload`, BENCHMARKS.md).
+    pub core: Option<tokio::runtime::Handle>,
 }
 
 impl RaftConfig {
@@ -149,6 +156,7 @@ impl RaftConfig {
             raw_appends: RawAppends::Refused,
             region: String::new(),
             tls: None,
+            core: None,
         }
     }
 
@@ -426,7 +434,10 @@ const COMMIT_QUEUE_MAX: usize = 10_000;
 /// was in flight are mostly still being decoded by tasks ready to run, and
 /// gathering them makes fewer, larger rounds (`orrery bench log`, 1 replica,
 /// 64 single-event writers: ~17,000 → ~23,000 events/s, BENCHMARKS.md). A
-/// lone writer never waits: its previous round had no company.
+/// lone writer never waits: its previous round had no company. (On a
+/// runtime of its own, [`RaftConfig::core`], the yields gather only what
+/// that runtime has ready; in `orrery master` the one appender is its
+/// master, so they do not happen there.)
 async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let mut last_round = 0usize;
     while let Some(first) = rx.recv().await {
@@ -770,17 +781,24 @@ impl<S: StateMachine> RaftNode<S> {
             cluster_id: shared.cluster_id.clone(),
             tls: config.tls.clone(),
         };
-        let raft = Raft::new(
-            config.node_id,
-            Arc::new(config.openraft()?),
-            network,
-            log.clone(),
-            SmStore {
-                shared: shared.clone(),
-            },
-        )
-        .await
-        .map_err(|e| Fatal::Refused(format!("starting raft: {e}")))?;
+        let core = config
+            .core
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        // Raft spawns its tasks where it is made: on `core`.
+        let raft = core
+            .spawn(Raft::new(
+                config.node_id,
+                Arc::new(config.openraft()?),
+                network,
+                log.clone(),
+                SmStore {
+                    shared: shared.clone(),
+                },
+            ))
+            .await
+            .map_err(|e| Fatal::Refused(format!("starting raft: {e}")))?
+            .map_err(|e| Fatal::Refused(format!("starting raft: {e}")))?;
         let inner = Arc::new(Inner {
             raft,
             shared,
@@ -803,7 +821,7 @@ impl<S: StateMachine> RaftNode<S> {
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (commits, commit_rx) = tokio::sync::mpsc::channel(COMMIT_QUEUE_MAX);
-        tokio::spawn(committer(inner.raft.clone(), commit_rx));
+        core.spawn(committer(inner.raft.clone(), commit_rx));
         let node = RaftNode {
             commits,
             inner: inner.clone(),
