@@ -110,9 +110,10 @@ impl Admission {
     }
 
     /// Lets a call read its body, or refuses it at once (before the body is
-    /// read): when the master is full, or when as many calls as the bound
-    /// are reading theirs already. The second keeps a flood from making
-    /// thousands of calls read their bodies only to be refused after, late.
+    /// read): when the master is full, or when [`READERS_PER_SEAT`] calls
+    /// per seat are reading theirs already (or waiting for a seat with
+    /// it). The second keeps a flood from making thousands of calls read
+    /// their bodies only to be refused after, late.
     pub fn begin_read(self: &Arc<Self>) -> Result<Reading, MasterError> {
         let inside = self.inside.load(Ordering::Acquire);
         if inside >= self.max {
@@ -135,7 +136,6 @@ impl Admission {
         }
     }
 
-    /// Admits one more call, or refuses it (the master is overloaded).
     /// A seat for a call that has read its body: waits up to `wait` for one
     /// to be given back, then refuses.
     pub async fn enter_within(
@@ -159,6 +159,7 @@ impl Admission {
         }
     }
 
+    /// Admits one more call, or refuses it (the master is overloaded).
     pub fn enter(self: &Arc<Self>) -> Result<Admitted, MasterError> {
         self.try_enter().map_err(|now| self.refuse(now))
     }
@@ -221,13 +222,14 @@ pub const SEAT_WAIT: std::time::Duration = std::time::Duration::from_millis(100)
 /// largest message any admitted service decodes and its gRPC frame header.
 const BODY_BYTES_MAX: usize = crate::grpc::MESSAGE_BYTES_MAX + 5;
 
-/// A body that could not be read whole: larger than any service takes, or
-/// the client went away.
+/// A body that could not be read whole: larger than any service takes
+/// (OUT_OF_RANGE, as tonic answers), or the client went away.
 fn body_refused(e: axum::Error) -> tonic::Status {
     let too_long =
         std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
     if too_long {
-        tonic::Status::resource_exhausted(format!(
+        // OUT_OF_RANGE, as tonic answers a message over its size limit.
+        tonic::Status::out_of_range(format!(
             "the call's body is larger than {} bytes, the most any API takes",
             BODY_BYTES_MAX
         ))
@@ -354,6 +356,29 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(30));
         drop(got);
         assert_eq!(a.inside(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_too_long_is_refused_by_name_and_a_broken_one_as_cancelled() {
+        let e = axum::body::to_bytes(axum::body::Body::from(vec![0u8; 10]), 5)
+            .await
+            .expect_err("over the limit");
+        let s = body_refused(e);
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        assert!(s.message().contains("larger than"), "{}", s.message());
+        let broken = axum::body::Body::from_stream(futures::stream::iter([Err::<
+            axum::body::Bytes,
+            std::io::Error,
+        >(
+            std::io::Error::other("reset by the client"),
+        )]));
+        let s = body_refused(axum::body::to_bytes(broken, 5).await.expect_err("broken"));
+        assert_eq!(s.code(), tonic::Code::Cancelled);
+        assert!(
+            s.message().contains("reset by the client"),
+            "{}",
+            s.message()
+        );
     }
 
     #[test]
