@@ -436,8 +436,9 @@ const COMMIT_QUEUE_MAX: usize = 10_000;
 /// 64 single-event writers: ~17,000 → ~23,000 events/s, BENCHMARKS.md). A
 /// lone writer never waits: its previous round had no company. (On a
 /// runtime of its own, [`RaftConfig::core`], the yields gather only what
-/// that runtime has ready; in `orrery master` the one appender is its
-/// master, so they do not happen there.)
+/// that runtime has ready; in `orrery master` the master is the usual
+/// one appender, the log service's raw appends the exception, so they
+/// seldom happen there.)
 async fn committer(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Pending>) {
     let mut last_round = 0usize;
     while let Some(first) = rx.recv().await {
