@@ -354,12 +354,17 @@ impl Master {
             self.settings.max_pending_commands.min(QUEUE_MAX)
         };
         // The call's admission seat goes back the moment it is answered,
-        // here on the master's thread (see `telemetry::Seat`).
-        let seat = origin.seat.clone();
-        let done: Done = Box::new(move |act, ctx, res| {
-            seat.release();
-            done(act, ctx, res)
-        });
+        // here on the master's thread (see `telemetry::Seat`). The master's
+        // own commands hold none.
+        let done: Done = if origin.seat.is_held() {
+            let seat = origin.seat.clone();
+            Box::new(move |act, ctx, res| {
+                seat.release();
+                done(act, ctx, res)
+            })
+        } else {
+            done
+        };
         if self.queue.len() >= max {
             metrics::counter!(crate::telemetry::COMMANDS_SHED).increment(1);
             done(

@@ -93,6 +93,12 @@ impl Seat {
         Seat(Some(release))
     }
 
+    /// Whether this is an admitted call's seat (the master's own commands
+    /// and sessions hold none).
+    pub fn is_held(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// Gives the seat back (nothing for a call that holds none).
     pub fn release(&self) {
         if let Some(r) = &self.0 {
@@ -103,7 +109,7 @@ impl Seat {
 
 impl std::fmt::Debug for Seat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Seat" } else { "NoSeat" })
+        f.write_str(if self.is_held() { "Seat" } else { "NoSeat" })
     }
 }
 

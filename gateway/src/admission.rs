@@ -119,21 +119,9 @@ impl Admission {
         if inside >= self.max {
             return Err(self.refuse(inside));
         }
-        let mut now = self.reading.load(Ordering::Acquire);
-        loop {
-            if now >= self.max.saturating_mul(READERS_PER_SEAT) {
-                return Err(self.refuse(inside));
-            }
-            match self.reading.compare_exchange_weak(
-                now,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(Reading(self.clone())),
-                Err(seen) => now = seen,
-            }
-        }
+        take_below(&self.reading, self.max.saturating_mul(READERS_PER_SEAT))
+            .map(|_| Reading(self.clone()))
+            .map_err(|_| self.refuse(inside))
     }
 
     /// A seat for a call that has read its body: waits up to `wait` for one
@@ -166,32 +154,26 @@ impl Admission {
 
     /// A seat, or the count inside (full).
     fn try_enter(self: &Arc<Self>) -> Result<Admitted, usize> {
-        let mut now = self.inside.load(Ordering::Acquire);
-        loop {
-            if now >= self.max {
-                return Err(now);
-            }
-            match self.inside.compare_exchange_weak(
-                now,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Ok(Admitted {
-                        admission: self.clone(),
-                        held: AtomicBool::new(true),
-                    })
-                }
-                Err(seen) => now = seen,
-            }
-        }
+        take_below(&self.inside, self.max)?;
+        Ok(Admitted {
+            admission: self.clone(),
+            held: AtomicBool::new(true),
+        })
     }
 
     /// Calls inside now.
     pub fn inside(&self) -> usize {
         self.inside.load(Ordering::Acquire)
     }
+}
+
+/// Counts one more on `count` if it is below `limit`; else the count.
+fn take_below(count: &AtomicUsize, limit: usize) -> Result<(), usize> {
+    count
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < limit).then_some(n + 1)
+        })
+        .map(|_| ())
 }
 
 /// Whether a gRPC path is a client's unary call (admitted) rather than a
