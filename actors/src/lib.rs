@@ -22,7 +22,10 @@
 //! - [`effects`]: what committed events make the master send.
 //! - [`views`]: the operator's view of the cluster (`/state`, `GetState`).
 //! - [`client`]: finding the leader from the client side (agents, CLI,
-//!   framework clients): follow `orrery-leader`, retry UNAVAILABLE.
+//!   framework clients): deadlines and keepalives on every call, the leader
+//!   asked of all masters in parallel, `orrery-leader` followed.
+//! - [`http_serve`]: the HTTP server loop of masters and agents (header
+//!   and body read timeouts, a bound on connections).
 //! - [`agent`]: the agent daemon and `orrery executor`.
 //!
 //! The built-in job scheduler runs inside `Master` (it answers the offers
@@ -38,6 +41,7 @@ pub mod client;
 pub mod cluster_machine;
 pub mod effects;
 pub mod framework_session;
+pub mod http_serve;
 pub mod log;
 pub mod master;
 pub mod removals;

@@ -139,6 +139,10 @@ pub enum MasterError {
     },
     /// The agent must (re)register before this call.
     NotRegistered(AgentId),
+    /// An agent's registration refused before anything was decided: a
+    /// second live process under one agent id (`agent_id_in_use`), or an
+    /// agent older than this master supports (`agent_too_old`).
+    AgentRefused { name: &'static str, message: String },
     /// The log did not acknowledge; the outcome is unknown (retry).
     Unavailable(String),
     /// Refused before it was queued: `queued` commands already wait for
@@ -187,6 +191,7 @@ impl std::fmt::Display for MasterError {
                 )
             }
             MasterError::Unavailable(why) => write!(f, "the master is unavailable: {why}"),
+            MasterError::AgentRefused { message, .. } => f.write_str(message),
         }
     }
 }
@@ -221,6 +226,10 @@ struct FrameworkLink {
 struct AgentLink {
     session: u64,
     addr: Addr<AgentSession>,
+    /// The agent process's incarnation ("" from an agent that sends none).
+    incarnation: String,
+    /// Its message stream is open (Attach seen, no Detached since).
+    attached: bool,
 }
 
 /// Timer-driven commands in flight, so a slow log does not pile them up.
@@ -798,23 +807,8 @@ impl Master {
 
     /// Subscribes (or fails over) the job scheduler's framework.
     fn subscribe_jobs(&mut self, ctx: &mut Context<Self>) {
-        let existing = self
-            .cluster
-            .frameworks
-            .values()
-            .find(|f| f.name == jobs::FRAMEWORK_NAME && !f.removed)
-            .map(|f| f.id.clone());
         self.submit_internal(
-            Command::Subscribe(FrameworkSubscription {
-                framework_id: existing,
-                name: jobs::FRAMEWORK_NAME.into(),
-                role: jobs::FRAMEWORK_ROLE.into(),
-                region_aware: true,
-                partition_aware: false,
-                checkpoint: true,
-                failover_timeout_ms: orrery_events::decide::limits::DURATION_MS_MAX,
-                principal: String::new(),
-            }),
+            Command::Subscribe(jobs::subscription(&self.cluster)),
             ctx,
             Box::new(|act, _, res| match res {
                 Ok(_) => {
@@ -1164,7 +1158,13 @@ impl Master {
         Ok(subscribed)
     }
 
-    fn open_agent(&mut self, agent_id: AgentId, term: u64, ctx: &mut Context<Self>) {
+    fn open_agent(
+        &mut self,
+        agent_id: AgentId,
+        term: u64,
+        incarnation: String,
+        ctx: &mut Context<Self>,
+    ) {
         self.next_session += 1;
         let session = self.next_session;
         if let Some(old) = self.agents.remove(&agent_id) {
@@ -1186,8 +1186,49 @@ impl Master {
             },
         )
         .start();
-        self.agents.insert(agent_id, AgentLink { session, addr });
+        self.agents.insert(
+            agent_id,
+            AgentLink {
+                session,
+                addr,
+                incarnation,
+                attached: false,
+            },
+        );
         self.timers.last_allocation = None;
+    }
+
+    /// A second process presenting a live agent's id (its work dir copied to
+    /// another machine, or started twice) is refused while the first one's
+    /// stream is open: never two processes under one id, each taking the
+    /// stream from the other. The same process registering again (its ping
+    /// timeout passed on a one-way cut) is not refused.
+    fn check_agent_identity(
+        &self,
+        agent_id: Option<&AgentId>,
+        incarnation: &str,
+    ) -> Result<(), MasterError> {
+        let Some(id) = agent_id else {
+            return Ok(());
+        };
+        match self.agents.get(id) {
+            Some(link)
+                if link.attached
+                    && !incarnation.is_empty()
+                    && !link.incarnation.is_empty()
+                    && link.incarnation != incarnation =>
+            {
+                Err(MasterError::AgentRefused {
+                    name: "agent_id_in_use",
+                    message: format!(
+                        "agent id {id} belongs to another live agent process, attached now; \
+                         two processes cannot share one agent id (was this work dir copied from \
+                         another machine? give this one a fresh --work-dir)"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// After a (re)registration: what `effects::reconcile_agent` says the
@@ -1543,20 +1584,71 @@ pub struct RegisterAgent {
     pub agent_id: Option<AgentId>,
     pub registration: AgentRegistration,
     pub tasks: Vec<ReportedTask>,
+    /// The agent's Orrery version ("" from an agent that sends none).
+    pub version: String,
+    /// The agent process's incarnation ("" from an agent that sends none).
+    pub incarnation: String,
     pub origin: Origin,
+}
+
+/// The oldest agent version this master works with: the agent protocol as
+/// this master speaks it (registration with tasks, term-stamped messages,
+/// acknowledged status updates) dates from it. An agent that sends no
+/// version predates the field and speaks this protocol.
+pub const OLDEST_AGENT_VERSION: (u64, u64, u64) = (0, 1, 0);
+
+/// `MAJOR.MINOR.PATCH` (a `-pre` or `+build` tail is ignored).
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let core = v.split(['-', '+']).next()?;
+    let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+    let out = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(out)
+}
+
+/// Refuses an agent this master cannot work with, by name.
+pub fn check_agent_version(hostname: &str, version: &str) -> Result<(), MasterError> {
+    if version.is_empty() {
+        return Ok(());
+    }
+    let (a, b, c) = OLDEST_AGENT_VERSION;
+    match parse_version(version) {
+        None => Err(MasterError::AgentRefused {
+            name: "agent_version_invalid",
+            message: format!(
+                "agent {hostname} sent version {version:?}, which is not MAJOR.MINOR.PATCH"
+            ),
+        }),
+        Some(v) if v < OLDEST_AGENT_VERSION => Err(MasterError::AgentRefused {
+            name: "agent_too_old",
+            message: format!(
+                "agent {hostname} runs Orrery {version}, older than the oldest this master supports ({a}.{b}.{c}); upgrade the agent"
+            ),
+        }),
+        Some(_) => Ok(()),
+    }
 }
 
 impl Handler<RegisterAgent> for Master {
     type Result = ResponseFuture<Result<(AgentId, u64), MasterError>>;
     fn handle(&mut self, msg: RegisterAgent, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, rx) = oneshot::channel();
-        let term = match self.serving() {
+        let term = match self.serving().and_then(|t| {
+            check_agent_version(&msg.registration.hostname, &msg.version)?;
+            self.check_agent_identity(msg.agent_id.as_ref(), &msg.incarnation)?;
+            Ok(t)
+        }) {
             Ok(t) => t,
             Err(e) => {
+                if let MasterError::AgentRefused { name, message } = &e {
+                    metrics::counter!(crate::telemetry::AGENTS_REFUSED, "reason" => *name)
+                        .increment(1);
+                    tracing::warn!(hostname = %msg.registration.hostname, reason = name, "refused an agent's registration: {message}");
+                }
                 let _ = reply.send(Err(e));
                 return wait(rx);
             }
         };
+        let incarnation = msg.incarnation.clone();
         let reported: BTreeSet<TaskKey> = msg
             .tasks
             .iter()
@@ -1578,7 +1670,9 @@ impl Handler<RegisterAgent> for Master {
                 if let Err(MasterError::Rejected(r)) = &res {
                     tracing::warn!(%hostname, reason = r.name(), "refused an agent's registration: {r}");
                 }
-                let _ = reply.send(res.and_then(|c| register_done(act, ctx, c, term, &reported)));
+                let _ = reply.send(
+                    res.and_then(|c| register_done(act, ctx, c, term, incarnation, &reported)),
+                );
             }),
             msg.origin,
             ctx,
@@ -1593,6 +1687,7 @@ fn register_done(
     ctx: &mut Context<Master>,
     c: Committed,
     term: u64,
+    incarnation: String,
     reported: &BTreeSet<TaskKey>,
 ) -> Result<(AgentId, u64), MasterError> {
     let id = c
@@ -1605,7 +1700,7 @@ fn register_done(
         })
         .ok_or_else(|| MasterError::Unavailable("the registration committed no event".into()))?;
     let id = AgentId::new(id);
-    act.open_agent(id.clone(), term, ctx);
+    act.open_agent(id.clone(), term, incarnation, ctx);
     act.reconcile_agent(&id, reported);
     Ok((id, term))
 }
@@ -1621,8 +1716,11 @@ pub struct AttachAgent {
 impl Handler<AttachAgent> for Master {
     type Result = Result<(), MasterError>;
     fn handle(&mut self, msg: AttachAgent, _: &mut Context<Self>) -> Self::Result {
-        self.agent_link(msg.agent_id)?
+        self.agent_link(msg.agent_id.clone())?
             .do_send(agent_session::Attach(msg.tx));
+        if let Some(link) = self.agents.get_mut(&msg.agent_id) {
+            link.attached = true;
+        }
         Ok(())
     }
 }
@@ -1692,6 +1790,9 @@ impl Handler<agent_session::Detached> for Master {
     fn handle(&mut self, msg: agent_session::Detached, ctx: &mut Context<Self>) {
         if !self.is_current_agent_session(&msg.agent_id, msg.session) {
             return;
+        }
+        if let Some(link) = self.agents.get_mut(&msg.agent_id) {
+            link.attached = false;
         }
         let connected = self
             .cluster
@@ -1896,5 +1997,39 @@ impl Handler<ListJobs> for Master {
                 })
                 .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_older_than_the_oldest_supported_or_with_a_bad_version_are_refused_by_name() {
+        assert!(
+            check_agent_version("h", "").is_ok(),
+            "before the field: accepted"
+        );
+        assert!(check_agent_version("h", "0.1.0").is_ok());
+        assert!(check_agent_version("h", "0.2.0-rc.1").is_ok());
+        assert!(check_agent_version("h", env!("CARGO_PKG_VERSION")).is_ok());
+        match check_agent_version("h", "0.0.9") {
+            Err(MasterError::AgentRefused { name, message }) => {
+                assert_eq!(name, "agent_too_old");
+                assert!(
+                    message.contains("0.0.9") && message.contains("0.1.0"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match check_agent_version("h", "latest") {
+            Err(MasterError::AgentRefused { name, .. }) => {
+                assert_eq!(name, "agent_version_invalid")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_version("1.2.3.4"), None);
+        assert_eq!(parse_version("10.2.3+abc"), Some((10, 2, 3)));
     }
 }

@@ -41,6 +41,8 @@ pub const LOG_SIZE: &str = "orrery_log_size_bytes";
 pub const AGENT_TASKS: &str = "orrery_agent_tasks";
 pub const AGENT_UNACKED: &str = "orrery_agent_unacknowledged_updates";
 pub const AGENT_ATTACHED: &str = "orrery_agent_attached";
+pub const AGENT_PING_TIMEOUTS: &str = "orrery_agent_ping_timeouts_total";
+pub const AGENTS_REFUSED: &str = "orrery_agent_registrations_refused_total";
 
 pub const LOG_APPEND_LATENCY: &str = "orrery_log_append_latency_seconds";
 pub const ALLOCATION_CYCLE: &str = "orrery_allocation_cycle_seconds";
@@ -188,6 +190,8 @@ pub const NAMES: &[&str] = &[
     AGENT_TASKS,
     AGENT_UNACKED,
     AGENT_ATTACHED,
+    AGENT_PING_TIMEOUTS,
+    AGENTS_REFUSED,
     AGENT_REMOVALS_DEFERRED,
     AGENT_REMOVALS_HELD,
     COMMANDS_SHED,
@@ -231,6 +235,10 @@ pub fn describe_agent() {
         AGENT_ATTACHED,
         "On an agent: 1 while attached to the active master."
     );
+    metrics::describe_counter!(
+        AGENT_PING_TIMEOUTS,
+        "On an agent: times its master went silent past the ping timeout (the agent then looked for the leader again)."
+    );
 }
 
 /// Registers every master metric's help text (once per process; repeated calls
@@ -254,6 +262,10 @@ pub fn describe() {
     describe_counter!(
         AGENT_REGISTRATIONS,
         "Agent registrations and reregistrations."
+    );
+    describe_counter!(
+        AGENTS_REFUSED,
+        "Agent registrations refused before anything was decided, by reason (agent_id_in_use: a second live process under one agent id; agent_too_old; agent_version_invalid)."
     );
     describe_counter!(
         INVERSE_OFFERS_SENT,

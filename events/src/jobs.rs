@@ -21,7 +21,13 @@
 //!   attribute; IS, LIKE and UNLIKE (a regex matching the whole value),
 //!   UNIQUE, CLUSTER, GROUP_BY[:n] (spread evenly: never more on one value
 //!   than on the least-used value + 0, and with n at most ⌈instances / n⌉
-//!   per value), MAX_PER:n.
+//!   per value), MAX_PER:n;
+//! - an instance whose agent is unreachable (its task TASK_UNREACHABLE: the
+//!   job scheduler is PARTITION_AWARE) follows the job's partition policy
+//!   (Aurora's): replaced once unreachable for `delay` when `reschedule`
+//!   (by default at once), else it waits; it comes back RUNNING if its
+//!   agent returns first, and a task already replaced is killed when its
+//!   agent returns ([`replaced`]).
 
 use std::collections::BTreeMap;
 
@@ -42,11 +48,57 @@ pub const BACKOFF_MAX_MS: u64 = 60_000;
 pub const FRAMEWORK_NAME: &str = "orrery-jobs";
 pub const FRAMEWORK_ROLE: &str = "orrery-jobs";
 
+/// The job scheduler's framework subscription, the same from every shell
+/// (the master actor and the simulator): PARTITION_AWARE, so that an
+/// unreachable agent's job tasks are TASK_UNREACHABLE and follow the job's
+/// partition policy instead of being LOST at once.
+pub fn subscription(c: &Cluster) -> crate::command::FrameworkSubscription {
+    crate::command::FrameworkSubscription {
+        framework_id: c
+            .frameworks
+            .values()
+            .find(|f| f.name == FRAMEWORK_NAME && !f.removed)
+            .map(|f| f.id.clone()),
+        name: FRAMEWORK_NAME.into(),
+        role: FRAMEWORK_ROLE.into(),
+        region_aware: true,
+        partition_aware: true,
+        checkpoint: true,
+        failover_timeout_ms: crate::decide::limits::DURATION_MS_MAX,
+        principal: String::new(),
+    }
+}
+
+/// The partition policy of a job: (reschedule, delay in ms). Absent:
+/// replaced at once (Aurora's default).
+pub fn partition_policy(spec: &pb::JobSpec) -> (bool, u64) {
+    spec.partition_policy
+        .map_or((true, 0), |p| (p.reschedule, p.delay_ms))
+}
+
+/// Whether a job task was replaced by a newer task of its instance (one not
+/// terminal, launched later): a task that was unreachable while its
+/// instance was placed again is killed when its agent comes back.
+pub fn replaced(c: &Cluster, task: &crate::state::Task) -> bool {
+    let Some(job) = &task.job else {
+        return false;
+    };
+    c.tasks.values().any(|t| {
+        t.job.as_ref() == Some(job)
+            && t.instance == task.instance
+            && t.key != task.key
+            && !t.is_terminal()
+            && (t.launched_at_ms, &t.key.task_id.0) > (task.launched_at_ms, &task.key.task_id.0)
+    })
+}
+
 /// What one instance's tasks say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceHistory {
-    /// A non-terminal task of the instance, if any (its id).
+    /// A non-terminal task of the instance, if any (its id): the newest.
     pub live: Option<TaskId>,
+    /// Since when the live task is TASK_UNREACHABLE (ms), if it is.
+    pub unreachable_since_ms: Option<u64>,
     /// Tasks ever launched for it (names the next task).
     pub launched: u32,
     /// Failures since the last success or the start (FAILED, LOST, ERROR,
@@ -92,6 +144,8 @@ pub fn job_histories(job_tasks: &[&crate::state::Task]) -> BTreeMap<u32, Instanc
         h.launched += 1;
         if !is_terminal(t.state) {
             h.live = Some(t.key.task_id.clone());
+            h.unreachable_since_ms =
+                (t.state == TaskState::TaskUnreachable).then_some(t.updated_at_ms);
             continue;
         }
         h.last_end_ms = h.last_end_ms.max(t.updated_at_ms);
@@ -142,7 +196,13 @@ pub fn instance_state(
         return InstanceState::Pending;
     };
     if let Some(id) = &h.live {
-        return InstanceState::Running(id.clone());
+        let (reschedule, delay_ms) = partition_policy(spec);
+        match h.unreachable_since_ms {
+            // Unreachable long enough: placed again (the old task is
+            // killed if its agent comes back).
+            Some(since) if reschedule && now_ms >= since.saturating_add(delay_ms) => {}
+            _ => return InstanceState::Running(id.clone()),
+        }
     }
     if !spec.service && h.finished {
         return InstanceState::Finished;
@@ -656,6 +716,44 @@ mod tests {
             instance_state(&spec(true, 0), Some(&done), 0),
             InstanceState::Pending,
             "a service instance that finished runs again"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_instance_follows_its_partition_policy() {
+        let away = InstanceHistory {
+            live: Some(TaskId::new("t1".to_owned())),
+            unreachable_since_ms: Some(10_000),
+            launched: 1,
+            ..Default::default()
+        };
+        // No policy: Aurora's default, placed again at once.
+        assert_eq!(
+            instance_state(&spec(true, 0), Some(&away), 10_000),
+            InstanceState::Pending
+        );
+        let mut waits = spec(true, 0);
+        waits.partition_policy = Some(pb::PartitionPolicy {
+            reschedule: true,
+            delay_ms: 300_000,
+        });
+        assert_eq!(
+            instance_state(&waits, Some(&away), 309_999),
+            InstanceState::Running(TaskId::new("t1".to_owned())),
+            "within the delay the instance waits for its agent"
+        );
+        assert_eq!(
+            instance_state(&waits, Some(&away), 310_000),
+            InstanceState::Pending
+        );
+        let mut never = spec(true, 0);
+        never.partition_policy = Some(pb::PartitionPolicy {
+            reschedule: false,
+            delay_ms: 0,
+        });
+        assert_eq!(
+            instance_state(&never, Some(&away), u64::MAX),
+            InstanceState::Running(TaskId::new("t1".to_owned()))
         );
     }
 }

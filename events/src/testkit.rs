@@ -238,6 +238,49 @@ impl Scenario {
         })
     }
 
+    /// The job scheduler's part of the master, by hand, for `rounds` rounds
+    /// 2 s apart: offers, `jobs::plan`, its accepts and declines, and every
+    /// STAGING task RUNNING (as its agent would report it).
+    pub fn run_jobs(&mut self, fw: &FrameworkId, rounds: u32) {
+        for _ in 0..rounds {
+            self.advance(2_000);
+            self.allocate();
+            let plan = crate::jobs::plan(&self.cluster, fw, self.now_ms);
+            for (offer, launches) in plan.accepts {
+                self.given(Command::Accept {
+                    framework_id: fw.clone(),
+                    offer_ids: vec![offer],
+                    launches,
+                    refuse_seconds: Some(1.0),
+                });
+            }
+            if !plan.declines.is_empty() {
+                self.given(Command::Decline {
+                    framework_id: fw.clone(),
+                    offer_ids: plan.declines,
+                    refuse_seconds: Some(1.0),
+                });
+            }
+            let starting: Vec<_> = self
+                .cluster
+                .tasks
+                .values()
+                .filter(|t| t.state == TaskState::TaskStaging)
+                .map(|t| {
+                    (
+                        t.agent_id.clone(),
+                        t.key.framework_id.clone(),
+                        t.key.task_id.0.clone(),
+                    )
+                })
+                .collect();
+            for (a, f, t) in starting {
+                let uuid = format!("{t}-running");
+                self.given(self.status(&a, &f, &t, TaskState::TaskRunning, &uuid));
+            }
+        }
+    }
+
     /// A cluster with one agent (`h1`, 4 cpus, 8 GB) and one framework that
     /// holds an offer for it: the starting point of most task tests.
     pub fn one_offer() -> (Scenario, AgentId, FrameworkId, OfferId) {

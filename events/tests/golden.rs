@@ -78,6 +78,7 @@ fn samples() -> Vec<Payload> {
         update_strategy: None,
         restart_policy: None,
         start_before_kill: false,
+        partition_policy: None,
     });
     vec![
         Payload::LeaderElected(pb::LeaderElected {

@@ -24,48 +24,6 @@ fn spec(name: &str, instances: u32, cmd: &str) -> pb::JobSpec {
     }
 }
 
-/// The job scheduler's part of the master, by hand: offers, plan, accept,
-/// RUNNING, until every instance runs.
-fn settle(s: &mut Scenario, fw: &FrameworkId) {
-    for _ in 0..20 {
-        s.advance(2_000);
-        s.allocate();
-        let plan = jobs::plan(&s.cluster, fw, s.now_ms);
-        for (offer, launches) in plan.accepts {
-            s.given(Command::Accept {
-                framework_id: fw.clone(),
-                offer_ids: vec![offer],
-                launches,
-                refuse_seconds: Some(1.0),
-            });
-        }
-        if !plan.declines.is_empty() {
-            s.given(Command::Decline {
-                framework_id: fw.clone(),
-                offer_ids: plan.declines,
-                refuse_seconds: Some(1.0),
-            });
-        }
-        let starting: Vec<_> = s
-            .cluster
-            .tasks
-            .values()
-            .filter(|t| t.state == TaskState::TaskStaging)
-            .map(|t| {
-                (
-                    t.agent_id.clone(),
-                    t.key.framework_id.clone(),
-                    t.key.task_id.0.clone(),
-                )
-            })
-            .collect();
-        for (a, f, t) in starting {
-            let uuid = format!("{t}-running");
-            s.given(s.status(&a, &f, &t, TaskState::TaskRunning, &uuid));
-        }
-    }
-}
-
 /// Three hosts of 2 cpus; a job of `instances` one-cpu instances, running.
 fn cluster(instances: u32) -> (Scenario, FrameworkId) {
     let mut s = Scenario::with_leader();
@@ -77,7 +35,7 @@ fn cluster(instances: u32) -> (Scenario, FrameworkId) {
         jobs::FRAMEWORK_ROLE,
     ));
     s.given(Command::CreateJob(spec("web", instances, "sleep 1000")));
-    settle(&mut s, &fw);
+    s.run_jobs(&fw, 20);
     let running = s
         .cluster
         .tasks

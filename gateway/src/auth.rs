@@ -576,6 +576,9 @@ fn authorize_grpc(sec: &Security, p: &Principal, path: &str) -> Result<(), Strin
         s if s.starts_with("orrery.raft.v1.") => matches!(p, Principal::Master(_)),
         "orrery.agent.v1.AgentLink" => matches!(p, Principal::Agent(_)),
         "orrery.scheduler.v1.Scheduler" => sec.policy.runs_frameworks(p),
+        // Who leads: any caller that proved who it is (the answer is an
+        // address and a term, which every caller must find to be served).
+        "orrery.operator.v1.Discovery" => true,
         // A new master asks to join with its own certificate.
         "orrery.operator.v1.Operator" if method == "JoinMaster" => {
             matches!(p, Principal::Master(_)) || sec.policy.allows(p, Permission::Operator)

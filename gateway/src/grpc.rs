@@ -56,6 +56,13 @@ pub(crate) fn status_of(e: MasterError) -> Status {
         e @ (MasterError::StaleStream { .. } | MasterError::NotRegistered(_)) => {
             Status::failed_precondition(e.to_string())
         }
+        MasterError::AgentRefused { name, message } => {
+            let mut status = Status::failed_precondition(message);
+            if let Ok(v) = name.parse() {
+                status.metadata_mut().insert(REJECTION_METADATA, v);
+            }
+            status
+        }
         e @ (MasterError::Recovering | MasterError::Unavailable(_)) => {
             Status::unavailable(e.to_string())
         }
@@ -195,7 +202,24 @@ impl sp::scheduler_server::Scheduler for SchedulerService {
 pub struct AgentService {
     pub master: Addr<Master>,
     pub log: Log,
-    pub ping_interval_ms: u64,
+    pub ping: AgentPing,
+}
+
+/// What the master announces of its pings at registration: the agent takes
+/// the master for gone after `interval_ms * max_timeouts` of silence.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentPing {
+    pub interval_ms: u64,
+    pub max_timeouts: u32,
+}
+
+impl AgentPing {
+    pub fn of(settings: &orrery_actors::master::Settings) -> Self {
+        AgentPing {
+            interval_ms: settings.agent_ping_timeout.as_millis() as u64,
+            max_timeouts: settings.max_agent_ping_timeouts,
+        }
+    }
 }
 
 impl AgentService {
@@ -258,6 +282,8 @@ impl ap::agent_link_server::AgentLink for AgentService {
                 agent_id: (!req.agent_id.is_empty()).then(|| AgentId::new(req.agent_id)),
                 registration,
                 tasks,
+                version: req.version,
+                incarnation: req.incarnation,
                 origin: orrery_actors::telemetry::origin(),
             })
             .await
@@ -266,7 +292,8 @@ impl ap::agent_link_server::AgentLink for AgentService {
         Ok(Response::new(ap::RegisterResponse {
             agent_id: agent_id.0,
             term,
-            ping_interval_ms: self.ping_interval_ms,
+            ping_interval_ms: self.ping.interval_ms,
+            max_ping_timeouts: self.ping.max_timeouts,
         }))
     }
 
@@ -344,6 +371,30 @@ impl ap::agent_link_server::AgentLink for AgentService {
 pub struct OperatorService {
     pub master: Addr<Master>,
     pub log: Log,
+}
+
+/// Who leads, answered by every master from its own raft state without the
+/// actor's mailbox (a busy leader still answers at once): what callers ask
+/// of all masters in parallel when their leader stopped answering.
+#[derive(Clone, Debug)]
+pub struct DiscoveryService {
+    pub log: Log,
+}
+
+#[tonic::async_trait]
+impl op::discovery_server::Discovery for DiscoveryService {
+    async fn leader(
+        &self,
+        _: Request<op::LeaderRequest>,
+    ) -> Result<Response<op::LeaderResponse>, Status> {
+        let l = self.log.leader();
+        Ok(Response::new(op::LeaderResponse {
+            node_id: l.leader_id.filter(|_| l.is_leader).unwrap_or_default(),
+            term: l.term,
+            serving: l.is_leader && l.ready,
+            leader_addr: l.leader_addr.unwrap_or_default(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -776,7 +827,7 @@ pub fn routes(
     routes: tonic::service::Routes,
     master: Addr<Master>,
     log: Log,
-    ping_interval_ms: u64,
+    ping: AgentPing,
     security: Option<std::sync::Arc<crate::auth::Security>>,
     admission: std::sync::Arc<crate::admission::Admission>,
 ) -> tonic::service::Routes {
@@ -792,10 +843,13 @@ pub fn routes(
             ap::agent_link_server::AgentLinkServer::new(AgentService {
                 master: master.clone(),
                 log: log.clone(),
-                ping_interval_ms,
+                ping,
             })
             .max_decoding_message_size(MESSAGE_BYTES_MAX),
         )
+        .add_service(op::discovery_server::DiscoveryServer::new(
+            DiscoveryService { log: log.clone() },
+        ))
         .add_service(op::operator_server::OperatorServer::new(OperatorService {
             master,
             log,

@@ -14,7 +14,8 @@
 //! - [`auth`]: authentication (client certificates, bearer tokens),
 //!   default-deny authorization from the policy file, per-client rate
 //!   limits, and the TLS listener of the HTTP endpoints.
-//! - [`grpc`]: the three services and `MasterError` → gRPC status.
+//! - [`grpc`]: the services (scheduler, agent link, operator, and
+//!   discovery: who leads) and `MasterError` → gRPC status.
 //! - [`http`]: `GET /health`, `GET /state` (followers redirect with 307).
 //! - [`server`]: a master replica wired (log, actor, gRPC, HTTP).
 //! - [`client`]: connect to whichever master leads, following

@@ -49,7 +49,7 @@ pub async fn start(
         .get(&config.node_id)
         .cloned()
         .unwrap_or_else(|| config.listen.to_string());
-    let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
+    let ping_ms = crate::grpc::AgentPing::of(&settings);
     let node_id = settings.node_id;
     let admission = crate::admission::Admission::new(settings.max_pending_commands);
     let mut started: Option<Addr<Master>> = None;
@@ -100,7 +100,7 @@ pub async fn start_tikv(
     settings.http_addr = http_addr.map(|a| a.to_string()).unwrap_or_default();
     settings.addr = addr.to_string();
     config.addr = addr.to_string();
-    let ping_ms = settings.agent_ping_timeout.as_millis() as u64;
+    let ping_ms = crate::grpc::AgentPing::of(&settings);
     let node_id = settings.node_id;
     let node = Log::from(TikvLog::open(config, ClusterMachine::default()).await?);
     let admission = crate::admission::Admission::new(settings.max_pending_commands);
@@ -200,28 +200,11 @@ fn serve_http(
     };
     match security {
         None => {
-            tokio::spawn(async move {
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the HTTP admin server stopped");
-                }
-            });
+            tokio::spawn(orrery_actors::http_serve::serve(listener, router, stop));
         }
         Some(sec) => {
             let listener = crate::auth::TlsListener::new(listener, &sec.tls)?;
-            tokio::spawn(async move {
-                let served = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<crate::auth::Peer>(),
-                )
-                .with_graceful_shutdown(stop)
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the HTTP admin server stopped");
-                }
-            });
+            tokio::spawn(orrery_actors::http_serve::serve(listener, router, stop));
         }
     }
     Ok(Some(tx))

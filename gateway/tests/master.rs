@@ -770,6 +770,8 @@ async fn register_with_domain(masters: &Masters) -> Result<(), tonic::Status> {
         |ch| async move {
             AgentLinkClient::new(ch)
                 .register(ap::RegisterRequest {
+                    version: String::new(),
+                    incarnation: String::new(),
                     agent_id: String::new(),
                     info: Some(ap::AgentInfo {
                         hostname: "h".into(),

@@ -328,6 +328,8 @@ fn every_negative_is_refused_changes_nothing_and_is_logged() {
         let e = with_leader(&agent_h1, &m.addrs(), WAIT, |ch| async move {
             orrery_proto::agent::agent_link_client::AgentLinkClient::new(ch)
                 .register(orrery_proto::agent::RegisterRequest {
+                    version: String::new(),
+                    incarnation: String::new(),
                     agent_id: String::new(),
                     info: Some(orrery_proto::agent::AgentInfo {
                         hostname: "h2".into(),

@@ -77,6 +77,19 @@ struct JobFile {
     update_strategy: Option<UpdateFile>,
     #[serde(default)]
     restart_policy: Option<RestartFile>,
+    #[serde(default)]
+    partition_policy: Option<PartitionFile>,
+}
+
+/// `[partition_policy]`: Aurora's policy for an instance whose agent is
+/// unreachable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartitionFile {
+    #[serde(default = "yes")]
+    reschedule: bool,
+    #[serde(default = "zero_s")]
+    delay: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -243,7 +256,15 @@ pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
             })
         }
     };
+    let partition_policy = match &f.partition_policy {
+        None => None,
+        Some(p) => Some(pb::PartitionPolicy {
+            reschedule: p.reschedule,
+            delay_ms: duration("partition_policy.delay", &p.delay)?,
+        }),
+    };
     Ok(pb::JobSpec {
+        partition_policy,
         restart_policy,
         update_strategy,
         health_check,

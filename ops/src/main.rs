@@ -49,6 +49,15 @@ struct Cli {
     /// ADDR[,ADDR...].
     #[arg(long, global = true, env = "ORRERY_MASTER")]
     master: Option<String>,
+    /// How long to wait for a master's connection (TCP, TLS, HTTP/2): a
+    /// master that is frozen or cut off costs at most this, then the
+    /// leader is asked of all masters at once.
+    #[arg(long, global = true, env = "ORRERY_CONNECT_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
+    connect_timeout: std::time::Duration,
+    /// How long to wait for a master's answer to one call before asking
+    /// the others who leads.
+    #[arg(long, global = true, env = "ORRERY_CALL_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    call_timeout: std::time::Duration,
     #[command(flatten)]
     creds: creds::CredFlags,
     #[command(subcommand)]
@@ -164,9 +173,23 @@ enum BenchCmd {
     Overload(bench_overload::BenchOverloadArgs),
 }
 
+/// A duration flag (`500ms`, `15s`, `2h`) longer than zero.
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration (like 500ms, 15s, 2h): {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     creds::init(cli.creds.clone());
+    orrery_gateway::client::set_deadlines(orrery_gateway::client::Deadlines {
+        connect: cli.connect_timeout,
+        call: cli.call_timeout,
+    });
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(&args, cli.json),
         Cmd::Master(cmd) => match (&cmd.sub, &cmd.run) {

@@ -56,6 +56,8 @@ async fn replay_rebuilds_past_states_and_check_catches_an_edited_log() {
         |ch| async move {
             AgentLinkClient::new(ch)
                 .register(ap::RegisterRequest {
+                    version: String::new(),
+                    incarnation: String::new(),
                     agent_id: String::new(),
                     info: Some(ap::AgentInfo {
                         hostname: "host-r".into(),

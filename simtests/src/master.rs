@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use orrery_actors::effects::{effects_of, Effect};
-use orrery_events::command::{Command, ElectLeader, FrameworkSubscription};
+use orrery_events::command::{Command, ElectLeader};
 use orrery_events::pb::envelope::Payload;
 use orrery_events::state::{AgentState, Domain, HostState, MasterConfig};
 use orrery_events::{decide, envelopes, jobs, AgentId, Cluster, FrameworkId, TaskKey};
@@ -879,21 +879,7 @@ impl Sim {
                 .as_ref()
                 .is_none_or(|fw| c.frameworks.get(fw).is_none_or(|f| f.removed));
         if wants_jobs {
-            let existing = c
-                .frameworks
-                .values()
-                .find(|f| f.name == jobs::FRAMEWORK_NAME && !f.removed)
-                .map(|f| f.id.clone());
-            cmds.push(Command::Subscribe(FrameworkSubscription {
-                framework_id: existing,
-                name: jobs::FRAMEWORK_NAME.into(),
-                role: jobs::FRAMEWORK_ROLE.into(),
-                region_aware: true,
-                partition_aware: false,
-                checkpoint: true,
-                failover_timeout_ms: orrery_events::decide::limits::DURATION_MS_MAX,
-                principal: String::new(),
-            }));
+            cmds.push(Command::Subscribe(jobs::subscription(c)));
         }
         if held {
             self.stats.removals_held += 1;

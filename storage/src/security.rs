@@ -464,6 +464,7 @@ pub fn tls_incoming(
                 }
             };
             let _ = stream.set_nodelay(true);
+            crate::serve::set_tcp_keepalive(&stream);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -32,6 +32,28 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// [`MAX_STREAMS_PER_CONNECTION`] streams can hold).
 pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 
+/// HTTP/2 PING interval on every server connection (and every Orrery
+/// client channel): a peer that stops answering — frozen, paused, cut off
+/// without a reset — has its connection closed after [`KEEPALIVE_TIMEOUT`]
+/// more, which ends its streams (an agent's `Attach`, a framework's
+/// `Subscribe`) instead of leaving them open to nobody.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a keepalive PING may go unanswered.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// TCP keepalive on every accepted and opened socket: the kernel's probes
+/// find a peer whose host is gone even on a connection with nothing due.
+pub const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// TCP keepalive on an accepted connection (tokio's socket has no setter).
+pub fn set_tcp_keepalive(s: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE);
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "TCP keepalive not set on an accepted connection");
+    }
+}
+
 /// Serves `routes` on `listener` until `stop` fires (or its sender is
 /// dropped). With `tls`, every connection is mutual TLS (see
 /// [`crate::security`]) and the raft and log services answer masters only.
@@ -52,6 +74,7 @@ pub fn spawn_routes(
             |s| {
                 if let Ok(s) = &s {
                     let _ = s.set_nodelay(true);
+                    set_tcp_keepalive(s);
                 }
                 s
             },
@@ -92,6 +115,8 @@ async fn serve<IO>(
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop.await;

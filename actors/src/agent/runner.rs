@@ -80,6 +80,31 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long recovery waits for an executor that is running but has not
 /// recorded itself yet.
 const EXECUTOR_RECORD_WAIT: Duration = Duration::from_secs(3);
+/// Every call the agent makes to a master: 1 s to connect, 5 s for the
+/// answer (a registration or a status update waits for one commit, which
+/// takes milliseconds; a master silent for 5 s is frozen or cut off, and
+/// the call goes to the leader found among all masters instead).
+const CALL_DEADLINES: crate::client::Deadlines = crate::client::Deadlines {
+    connect: Duration::from_secs(1),
+    call: Duration::from_secs(5),
+};
+/// The ping timeout when the master announces none (an older master):
+/// Mesos' default, 15 s × 5.
+const PING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(75);
+
+/// How long the agent waits on its stream for any message (the master pings
+/// every `ping_interval_ms`) before it takes the master for gone and looks
+/// for the leader again: the master's interval times its budget of missed
+/// pings, as Mesos' agent computes its ping timeout.
+pub fn ping_timeout(resp: &ap::RegisterResponse) -> Duration {
+    if resp.ping_interval_ms == 0 {
+        return PING_TIMEOUT_DEFAULT;
+    }
+    Duration::from_millis(
+        resp.ping_interval_ms
+            .saturating_mul(u64::from(resp.max_ping_timeouts.max(1))),
+    )
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -227,14 +252,20 @@ struct Shared {
     sends: tokio::sync::Semaphore,
     /// Attached to the active master's message stream right now.
     attached: std::sync::atomic::AtomicBool,
+    /// Random per process: sent at registration so that a master tells a
+    /// second process under this agent id (a copied work dir) from this one.
+    incarnation: String,
+    /// The master whose stream the agent holds now (`/state`).
+    master: Mutex<Option<String>>,
 }
 
-/// Clears `attached` when a session ends, however it ends.
-struct Attached<'a>(&'a std::sync::atomic::AtomicBool);
+/// Clears `attached` and `master` when a session ends, however it ends.
+struct Attached<'a>(&'a Shared);
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::SeqCst);
+        self.0.attached.store(false, Ordering::SeqCst);
+        *self.0.master.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -507,6 +538,8 @@ pub async fn run(
         wake: tokio::sync::Notify::new(),
         sends: tokio::sync::Semaphore::new(SENDS_MAX),
         attached: std::sync::atomic::AtomicBool::new(false),
+        incarnation: uuid::Uuid::new_v4().to_string(),
+        master: Mutex::new(None),
     });
     touch_heartbeat(&cfg.work_dir);
     let mut jobs = tokio::task::JoinSet::new();
@@ -522,9 +555,11 @@ pub async fn run(
         let _ = crate::telemetry::prometheus();
         crate::telemetry::describe_agent();
         let router = admin_router(shared.clone());
-        jobs.spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        jobs.spawn(crate::http_serve::serve(
+            listener,
+            router,
+            std::future::pending::<()>(),
+        ));
     }
     let outcome = tokio::select! {
         _ = stop => Ok(()),
@@ -678,12 +713,17 @@ async fn send_one(
         exit_code: rec.exit_code,
         healthy: rec.healthy,
     };
-    let r =
-        crate::client::with_leader(&cfg.transport, &cfg.masters, Duration::from_secs(2), |ch| {
+    let r = crate::client::with_leader_within(
+        &cfg.transport,
+        &cfg.masters,
+        Duration::from_secs(2),
+        CALL_DEADLINES,
+        |ch| {
             let req = req.clone();
             async move { AgentLinkClient::new(ch).update_status(req).await }
-        })
-        .await;
+        },
+    )
+    .await;
     match r {
         Ok(_) => Ok(true),
         Err(s)
@@ -796,11 +836,14 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
         agent_id: agent_id.clone(),
         info: Some(info.clone()),
         tasks,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        incarnation: shared.incarnation.clone(),
     };
-    let registered = crate::client::with_leader(
+    let registered = crate::client::with_leader_within(
         &shared.cfg.transport,
         &shared.cfg.masters,
         Duration::from_secs(10),
+        CALL_DEADLINES,
         |ch| {
             let r = req.clone();
             async move { AgentLinkClient::new(ch).register(r).await }
@@ -840,6 +883,18 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
             *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
+        Err(s)
+            if s.metadata()
+                .get("orrery-rejection")
+                .and_then(|v| v.to_str().ok())
+                == Some("agent_id_in_use") =>
+        {
+            // Another live process holds this id (a copied work dir):
+            // refused, and asked again later in case that one is the
+            // process that died (its stream not yet seen closed).
+            tracing::error!(agent_id, reason = "agent_id_in_use", error = %s.message(), "the master refused this agent: its id is in use by another live agent process");
+            return Err(SessionEnd::Retry(s.message().to_owned()));
+        }
         Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
             return Err(SessionEnd::Refused(s.message().to_owned()))
         }
@@ -860,24 +915,41 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
     tracing::info!(agent_id = %resp.agent_id, master = %addr, term = resp.term, "registered");
     shared.wake.notify_one();
     let retry = |s: tonic::Status| SessionEnd::Retry(s.message().to_owned());
-    let ch = crate::client::connect(&shared.cfg.transport, &addr)
+    let ch = crate::client::connect_within(&shared.cfg.transport, &addr, CALL_DEADLINES)
         .await
         .map_err(retry)?;
     let mut client = AgentLinkClient::new(ch);
-    let mut stream = client
-        .attach(ap::AttachRequest {
-            agent_id: resp.agent_id.clone(),
-        })
+    let attach = client.attach(ap::AttachRequest {
+        agent_id: resp.agent_id.clone(),
+    });
+    let mut stream = tokio::time::timeout(CALL_DEADLINES.call, attach)
         .await
+        .map_err(|_| {
+            SessionEnd::Retry(format!(
+                "{addr} did not open the message stream within {:?}",
+                CALL_DEADLINES.call
+            ))
+        })?
         .map_err(retry)?
         .into_inner();
     shared.attached.store(true, Ordering::SeqCst);
-    let _attached = Attached(&shared.attached);
+    *shared.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr.clone());
+    let _attached = Attached(shared);
+    let silence = ping_timeout(&resp);
     loop {
-        let m = match stream.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(SessionEnd::Retry("the master closed the stream".into())),
-            Err(s) => return Err(retry(s)),
+        let m = match tokio::time::timeout(silence, stream.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Err(SessionEnd::Retry("the master closed the stream".into())),
+            Ok(Err(s)) => return Err(retry(s)),
+            Err(_) => {
+                // Frozen, paused or cut off without a reset: its kernel may
+                // still hold the connection open. Look for the leader again.
+                crate::client::forget_leader(&shared.cfg.masters);
+                metrics::counter!(crate::telemetry::AGENT_PING_TIMEOUTS).increment(1);
+                return Err(SessionEnd::Retry(format!(
+                    "no message from the master at {addr} for {silence:?} (its ping interval times its budget of missed pings): taking it for gone and looking for the leader"
+                )));
+            }
         };
         let newest = shared.newest_term.load(Ordering::SeqCst);
         if m.term < newest {
@@ -895,12 +967,16 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
                 kill_task(shared, (k.framework_id, k.task_id))
             }
             Some(ap::master_message::Message::Ping(p)) => {
-                let _ = client
-                    .pong(ap::PongRequest {
-                        agent_id: resp.agent_id.clone(),
-                        seq: p.seq,
-                    })
-                    .await;
+                // Answered on the side: a master slow to take the pong must
+                // not stop the agent reading its stream.
+                let mut client = client.clone();
+                let pong = ap::PongRequest {
+                    agent_id: resp.agent_id.clone(),
+                    seq: p.seq,
+                };
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(CALL_DEADLINES.call, client.pong(pong)).await;
+                });
             }
             None => {}
         }
@@ -1121,6 +1197,7 @@ fn state_json(shared: &Shared) -> serde_json::Value {
         "hostname": shared.cfg.hostname,
         "work_dir": shared.cfg.work_dir.display().to_string(),
         "attached": shared.attached.load(Ordering::SeqCst),
+        "master": shared.master.lock().map(|m| m.clone()).unwrap_or(None),
         "resources": shared.cfg.resources.to_string(),
         "tasks": tasks,
     })

@@ -180,6 +180,22 @@ pub(super) fn reregister(
                 "the agent reregistered without this task",
                 now_ms,
             )),
+            // A job instance placed again while its agent was away (its
+            // partition policy): this copy ends, and the shell's
+            // reconciliation kills its process.
+            Some(s)
+                if task.state == TaskState::TaskUnreachable
+                    && !is_terminal(*s)
+                    && crate::jobs::replaced(c, task) =>
+            {
+                events.push(master_status(
+                    task,
+                    TaskState::TaskKilled,
+                    TaskReason::ReasonReconciliation,
+                    "replaced while its agent was unreachable (the job's partition policy); killed now that the agent is back",
+                    now_ms,
+                ))
+            }
             Some(s) if task.state == TaskState::TaskUnreachable && !is_terminal(*s) => {
                 events.push(master_status(
                     task,

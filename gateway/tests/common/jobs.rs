@@ -42,6 +42,7 @@ pub fn spec(name: &str, instances: u32, constraints: &[[&str; 3]]) -> pb::JobSpe
         update_strategy: None,
         restart_policy: None,
         start_before_kill: false,
+        partition_policy: None,
     }
 }
 

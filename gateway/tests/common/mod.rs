@@ -396,6 +396,8 @@ async fn agent_loop(masters: Vec<String>, info: ap::AgentInfo, shared: Arc<Agent
             })
             .collect();
         let req = ap::RegisterRequest {
+            version: String::new(),
+            incarnation: String::new(),
             agent_id,
             info: Some(info.clone()),
             tasks,

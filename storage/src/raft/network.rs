@@ -79,9 +79,16 @@ pub fn client(addr: &str, tls: Option<&Tls>) -> Result<RaftClient<Channel>, Stri
         None => Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?,
     };
+    // Keepalives as on every Orrery channel (see `crate::serve`): a peer
+    // frozen without a reset is found by its silence, not by a TCP timeout
+    // minutes later.
     let endpoint = endpoint
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(crate::serve::TCP_KEEPALIVE))
+        .http2_keep_alive_interval(crate::serve::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::serve::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     Ok(RaftClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))

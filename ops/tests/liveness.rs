@@ -1,0 +1,298 @@
+//! Liveness on every link, with real processes: a leader frozen (SIGSTOP —
+//! a hung machine, a VM pause, a cut without a reset) must cost no task.
+//! Agents notice the silence by their ping timeout, find the new leader
+//! among all masters and reregister with their tasks before its
+//! reregistration deadline; the CLI answers within its deadline with one
+//! master frozen; resuming the old leader changes nothing. Also here: a
+//! second agent process under a live agent's id is refused by name.
+
+mod common;
+
+#[path = "../../gateway/tests/common/framework.rs"]
+mod framework;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::agent::{pids_in, AgentProc};
+use common::*;
+use framework::eventually;
+use orrery_events::pb::{envelope::Payload, TaskState};
+use serde_json::Value;
+
+type Cli = dyn Fn(&[&str]) -> (Option<i32>, String, String);
+
+/// Pings every 1 s, 3 missed make an agent's ping timeout (3 s); a new
+/// leader waits 5 s for agents to reregister.
+fn flags() -> Vec<&'static str> {
+    vec![
+        "--allocation-interval",
+        "100ms",
+        "--agent-ping-timeout",
+        "1s",
+        "--max-agent-ping-timeouts",
+        "3",
+        "--agent-reregister-timeout",
+        "5s",
+        "--default-refuse",
+        "0s",
+    ]
+}
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+const REREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(40);
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn agent_state(http: &str) -> Value {
+    try_http(http, "GET", "/state", "")
+        .and_then(|r| serde_json::from_str(body(&r)).ok())
+        .unwrap_or_default()
+}
+
+fn running(orrery: &Cli) -> Vec<String> {
+    let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/web"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut ids: Vec<String> = v["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["state"] == "TASK_RUNNING")
+                .map(|i| i["task_id"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// The task processes under the agents' sandboxes.
+fn task_pids(agents: &[AgentProc]) -> BTreeSet<u32> {
+    agents
+        .iter()
+        .flat_map(|a| pids_in(&a.work().join("sandboxes")))
+        .collect()
+}
+
+/// Events in the log that would mean a task was lost or replaced.
+async fn losses(m: &Masters, from: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in m.read_all(from).await {
+        let Ok(env) = orrery_events::codec::decode(&e.payload) else {
+            continue;
+        };
+        match env.payload {
+            Some(Payload::AgentUnreachable(u)) => {
+                out.push(format!("AgentUnreachable {}", u.agent_id))
+            }
+            Some(Payload::TaskStatusUpdated(u))
+                if u.state != TaskState::TaskRunning as i32
+                    && u.state != TaskState::TaskStarting as i32
+                    && u.state != TaskState::TaskStaging as i32 =>
+            {
+                out.push(format!("{} {}", u.task_id, u.state().as_str_name()))
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(3, &flags());
+    m.start_all();
+    let (first, _) = m
+        .leader_among(&[1, 2, 3], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let webs: Vec<String> = free_ports(2)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let mut agents: Vec<AgentProc> = (1..=2)
+        .map(|i| AgentProc::on_host(&m, &format!("host-{i}")))
+        .collect();
+    for (a, web) in agents.iter_mut().zip(&webs) {
+        a.start(&["--http", web], &[]);
+    }
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
+         constraints = [[\"hostname\", \"UNIQUE\"]]\n[resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let tasks = eventually("two instances RUNNING, one per host", WAIT, || {
+        let r = running(&orrery);
+        async move { (r.len() == 2).then_some(r) }
+    })
+    .await;
+    let pids = eventually("the two task processes", WAIT, || {
+        let p = task_pids(&agents);
+        async move { (p.len() == 2).then_some(p) }
+    })
+    .await;
+
+    // Freeze the leader: its kernel still holds every connection open.
+    let frozen_at = Instant::now();
+    m.signal(first, "-STOP");
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != first).collect();
+    let (leader, _) = m
+        .leader_among(&others, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no new leader\n{}", m.logs()));
+    let elected = frozen_at.elapsed();
+    let new_addr = m.addrs[&leader].clone();
+    let reattached = eventually("both agents on the new leader's stream", WAIT, || {
+        let on_new = webs
+            .iter()
+            .all(|w| agent_state(w)["master"].as_str() == Some(new_addr.as_str()));
+        async move { on_new.then(|| frozen_at.elapsed()) }
+    })
+    .await;
+    eprintln!("leader {first} frozen: master {leader} elected after {elected:?}, both agents reattached after {reattached:?}");
+    // The ping timeout, then an election (already over) and a registration.
+    assert!(
+        reattached < PING_TIMEOUT + elected.max(PING_TIMEOUT) + Duration::from_secs(2)
+            && reattached < REREGISTER_TIMEOUT + elected,
+        "agents took {reattached:?} to find the new leader (elected after {elected:?})\n{}",
+        agents.iter().map(|a| a.logs()).collect::<String>()
+    );
+
+    // The CLI, given all three masters (the frozen one first in its list),
+    // answers within its call deadline.
+    let all = m.addrs.values().cloned().collect::<Vec<_>>();
+    let mut listed = vec![m.addrs[&first].clone()];
+    listed.extend(all.iter().filter(|a| **a != m.addrs[&first]).cloned());
+    let frozen_first = cli_at(listed.join(","));
+    let asked = Instant::now();
+    let (code, out, err) = frozen_first(&["--call-timeout", "2s", "--json", "agent", "list"]);
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("host-1") && out.contains("host-2"), "{out}");
+    assert!(
+        took < Duration::from_secs(3),
+        "agent list took {took:?} with a master frozen"
+    );
+
+    // Frozen for three reregistration timeouts in all.
+    let until = frozen_at + 3 * REREGISTER_TIMEOUT;
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    assert_eq!(running(&orrery), tasks, "the same two tasks RUNNING");
+    assert_eq!(task_pids(&agents), pids, "the same two processes");
+    let lost = losses(&m, leader).await;
+    assert!(
+        lost.is_empty(),
+        "tasks or agents lost while the leader was frozen: {lost:?}"
+    );
+
+    // The old leader resumes: it steps down, and nothing changes.
+    m.signal(first, "-CONT");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (now_leads, _) = m
+        .leader_among(&[1, 2, 3], Duration::from_secs(10))
+        .await
+        .expect("a leader");
+    assert_ne!(now_leads, first, "the resumed old leader must not lead");
+    assert_eq!(
+        running(&orrery),
+        tasks,
+        "the same two tasks RUNNING after SIGCONT"
+    );
+    assert_eq!(
+        task_pids(&agents),
+        pids,
+        "the same two processes after SIGCONT"
+    );
+    for w in &webs {
+        assert_eq!(
+            agent_state(w)["master"].as_str(),
+            Some(m.addrs[&now_leads].as_str()),
+            "{w} attached to the leader"
+        );
+    }
+    let lost = losses(&m, now_leads).await;
+    assert!(lost.is_empty(), "lost after SIGCONT: {lost:?}");
+    m.converged(&[1, 2, 3], Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_a_live_agents_id_is_refused_by_name() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(1, &flags());
+    let web = format!("127.0.0.1:{}", free_port());
+    m.start(1, &["--http", &web]);
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let mut first = AgentProc::on_host(&m, "host-1");
+    first.start(&[], &[]);
+    let orrery = cli(&m);
+    let agent_ids = |orrery: &Cli| {
+        let (_, out, _) = orrery(&["--json", "agent", "list"]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                (
+                    a["id"].as_str().unwrap_or("?").to_owned(),
+                    a["state"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let id = eventually("the first agent registered", WAIT, || {
+        let ids = agent_ids(&orrery);
+        async move { (ids.len() == 1).then(|| ids[0].0.clone()) }
+    })
+    .await;
+    // Its work dir copied to a second machine (same hostname, same id).
+    let copy = AgentProc::on_host(&m, "host-1");
+    std::fs::create_dir_all(copy.work().join("meta")).unwrap();
+    copy_dir(&first.work().join("meta"), &copy.work().join("meta")).unwrap();
+    let mut copy = copy;
+    copy.start(&[], &[]);
+    let refused = eventually("the copy refused by name", WAIT, || {
+        let l = copy.logs();
+        async move { l.contains("agent_id_in_use").then_some(l) }
+    })
+    .await;
+    assert!(refused.contains(&id), "{refused}");
+    // A while later: still one agent, the first, registered; no flapping.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = agent_ids(&orrery);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].0, id);
+    assert!(now[0].1.contains("REGISTERED"), "{now:?}");
+    let metrics = http(&web, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("orrery_agent_registrations_refused_total{reason=\"agent_id_in_use\"}"),
+        "{metrics}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else if e.file_name() != "lock" {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
