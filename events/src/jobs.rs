@@ -306,6 +306,37 @@ fn on_draining_host(c: &Cluster, t: &crate::state::Task) -> bool {
         .is_some_and(|h| h.state == crate::state::HostState::Draining)
 }
 
+/// An instance placed again while its task was unreachable (its partition
+/// policy) has two live tasks once that agent is back; the older one is
+/// killed, so that no instance runs twice. Not a drain's replacement
+/// started before its kill (`start_before_kill`: the older one is on a
+/// draining host, and [`drain_step`] kills it once the new one runs), and
+/// not a task still unreachable (its kill goes when its agent returns:
+/// [`replaced`]).
+fn superseded_step(c: &Cluster, job_tasks: &[&crate::state::Task], plan: &mut Plan) {
+    let mut newest: BTreeMap<u32, &crate::state::Task> = BTreeMap::new();
+    let order = |t: &crate::state::Task| (t.launched_at_ms, t.key.task_id.0.clone());
+    for t in job_tasks.iter().copied().filter(|t| !t.is_terminal()) {
+        match newest.get(&t.instance) {
+            Some(n) if order(n) >= order(t) => {}
+            _ => {
+                newest.insert(t.instance, t);
+            }
+        }
+    }
+    for t in job_tasks.iter().copied().filter(|t| !t.is_terminal()) {
+        let is_newest = newest.get(&t.instance).is_some_and(|n| n.key == t.key);
+        if !is_newest
+            && !t.kill_requested
+            && t.state != TaskState::TaskUnreachable
+            && !on_draining_host(c, t)
+            && !plan.kills.contains(&t.key.task_id)
+        {
+            plan.kills.push(t.key.task_id.clone());
+        }
+    }
+}
+
 /// Draining hosts (Peloton): a job's tasks there are killed — and so
 /// rescheduled elsewhere, as a draining host gets no offers — never more at
 /// once than the job's SLA allows: at most `max_unavailable` instances (at
@@ -519,6 +550,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
         plan.updating |= update_step(key, job_tasks, job, now_ms, &mut plan);
         let mut surge = std::collections::BTreeSet::new();
         plan.updating |= drain_step(c, job_tasks, job, &mut plan, &mut surge);
+        superseded_step(c, job_tasks, &mut plan);
         if plan.rollbacks.last().is_some_and(|(k, _)| k == key) {
             continue;
         }

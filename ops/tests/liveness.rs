@@ -104,7 +104,13 @@ async fn losses(m: &Masters, from: u64) -> Vec<String> {
 async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
     let _serial = SERIAL.lock().await;
     let m = Masters::new(3, &flags());
-    m.start_all();
+    let http: Vec<String> = free_ports(3)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    for id in 1..=3u64 {
+        m.start(id, &["--http", &http[id as usize - 1]]);
+    }
     let (first, _) = m
         .leader_among(&[1, 2, 3], Duration::from_secs(20))
         .await
@@ -140,6 +146,21 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
         async move { (p.len() == 2).then_some(p) }
     })
     .await;
+
+    // A client that declares a body and never sends it, held open on a
+    // master that stays up: the master closes it after its body timeout
+    // (10 s), well within this test.
+    let silent_master = [1u64, 2, 3]
+        .into_iter()
+        .find(|i| *i != first)
+        .expect("another master");
+    let mut silent = std::net::TcpStream::connect(&http[silent_master as usize - 1]).unwrap();
+    std::io::Write::write_all(
+        &mut silent,
+        b"POST /api/v1/scheduler HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    let silent_since = Instant::now();
 
     // Freeze the leader: its kernel still holds every connection open.
     let frozen_at = Instant::now();
@@ -193,6 +214,18 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
         lost.is_empty(),
         "tasks or agents lost while the leader was frozen: {lost:?}"
     );
+    // The never-sent body: answered 408 and closed by now.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let read = std::io::Read::read_to_string(&mut silent, &mut answer);
+    assert!(
+        read.is_ok(),
+        "the connection with a never-sent body is still open after {:?}: {read:?}",
+        silent_since.elapsed()
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // The old leader resumes: it steps down, and nothing changes.
     m.signal(first, "-CONT");
@@ -295,4 +328,120 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+/// Each direction of the agent's link to the master cut alone, through a
+/// proxy, healed before and after the ping budget (Mesos'
+/// `OneWayPartitionTest`). The job's partition policy waits 60 s, longer
+/// than any cut: the same task keeps running, one process, never replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_cuts_of_the_agent_link_heal_with_no_task_lost_or_duplicated() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(1, &flags());
+    m.start_all();
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let orrery = cli(&m);
+    // Serving first: a master that is not yet names itself as the leader,
+    // by its own address, and the agent would follow that past the proxy.
+    eventually("the master serving", WAIT, || {
+        let (code, _, _) = orrery(&["agent", "list"]);
+        async move { (code == Some(0)).then_some(()) }
+    })
+    .await;
+    let proxy = common::proxy::Proxy::start(m.addrs[&1].clone()).await;
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut agent = AgentProc::on_host(&m, "host-1");
+    agent.masters = proxy.addr.clone();
+    agent.start(&["--http", &web], &[]);
+    eventually("the agent attached through the proxy", WAIT, || {
+        let through = agent_state(&web)["master"].as_str() == Some(proxy.addr.as_str());
+        async move { through.then_some(()) }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
+         [resources]\ncpus = 0.1\nmem = 16\n[partition_policy]\ndelay = \"60s\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let tasks = eventually("the instance RUNNING", WAIT, || {
+        let r = running(&orrery);
+        async move { (r.len() == 1).then_some(r) }
+    })
+    .await;
+    let agents = [agent];
+    let pids = eventually("its process", WAIT, || {
+        let p = task_pids(&agents);
+        async move { (p.len() == 1).then_some(p) }
+    })
+    .await;
+    let cuts = [
+        (
+            "master -> agent",
+            &proxy.down_cut,
+            Duration::from_millis(1500),
+        ),
+        ("master -> agent", &proxy.down_cut, Duration::from_secs(8)),
+        (
+            "agent -> master",
+            &proxy.up_cut,
+            Duration::from_millis(1500),
+        ),
+        ("agent -> master", &proxy.up_cut, Duration::from_secs(8)),
+    ];
+    for (what, cut, long) in cuts {
+        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(long).await;
+        cut.store(false, std::sync::atomic::Ordering::SeqCst);
+        eventually(
+            &format!("after a {long:?} cut of {what}: the agent attached, its task RUNNING"),
+            WAIT,
+            || {
+                let attached = agent_state(&web)["attached"] == true;
+                let r = running(&orrery);
+                let want = tasks.clone();
+                async move { (attached && r == want).then_some(()) }
+            },
+        )
+        .await;
+        assert_eq!(
+            task_pids(&agents),
+            pids,
+            "after a {long:?} cut of {what}: the same one process"
+        );
+        let (_, out, _) = orrery(&["--json", "job", "status", "www/prod/web"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_default();
+        assert_eq!(
+            v["instances"].as_array().map_or(0, |a| a.len()),
+            1,
+            "after a {long:?} cut of {what}: {out}"
+        );
+    }
+    // The long cuts passed the ping budget: the master marked the agent
+    // unreachable and took it back, and no task ended on the way.
+    let events = m.read_all(1).await;
+    let names: Vec<String> = events
+        .iter()
+        .filter_map(|e| orrery_events::codec::decode(&e.payload).ok())
+        .filter_map(|env| {
+            env.payload
+                .map(|p| orrery_events::codec::event_name(&p).to_owned())
+        })
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "AgentUnreachable"),
+        "a cut past the ping budget marks the agent unreachable: {names:?}"
+    );
+    let lost = losses(&m, 1).await;
+    assert!(
+        lost.iter()
+            .all(|l| l.starts_with("AgentUnreachable") || l.ends_with("TASK_UNREACHABLE")),
+        "no task ended: {lost:?}"
+    );
 }
