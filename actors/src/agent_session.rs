@@ -75,6 +75,10 @@ pub struct AgentSession {
     misses: u32,
     reported: bool,
     reports: Reports,
+    /// When the last ping tick ran: a tick far later than its interval
+    /// means this master itself was stalled (frozen, paused, starved), and
+    /// the pings it did not send are not the agent's misses.
+    last_tick: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for AgentSession {
@@ -110,6 +114,7 @@ impl AgentSession {
             misses: 0,
             reported: false,
             reports,
+            last_tick: None,
         }
     }
 
@@ -137,6 +142,22 @@ impl AgentSession {
     }
 
     fn ping(&mut self) {
+        let now = std::time::Instant::now();
+        let tick = Tick::of(
+            self.last_tick.map(|t| now.duration_since(t)),
+            self.ping_interval,
+        );
+        if tick == Tick::CatchUp {
+            return;
+        }
+        self.last_tick = Some(now);
+        if tick == Tick::AfterStall && !self.reported {
+            // This master did not run for a while (a SIGSTOP, a VM pause):
+            // the agent could not answer pings never sent. Count afresh.
+            tracing::info!(agent_id = %self.agent_id, "this master was stalled; the agent's ping budget starts again");
+            self.awaiting = None;
+            self.misses = 0;
+        }
         if self.awaiting.is_some() {
             self.misses += 1;
             if self.misses >= self.max_misses && !self.reported {
@@ -154,6 +175,29 @@ impl AgentSession {
             self.send(ap::master_message::Message::Ping(ap::Ping {
                 seq: self.seq,
             }));
+        }
+    }
+}
+
+/// What a ping tick is, by the time since the one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tick {
+    /// On time: a ping interval the agent had to answer in.
+    OnTime,
+    /// Far later than its interval: this master itself did not run (a
+    /// SIGSTOP, a VM pause), and sent no pings meanwhile.
+    AfterStall,
+    /// Far earlier: a missed tick fired in a burst as tokio's interval
+    /// catches up; no interval passed.
+    CatchUp,
+}
+
+impl Tick {
+    fn of(since_last: Option<Duration>, interval: Duration) -> Tick {
+        match since_last {
+            Some(d) if d < interval / 2 => Tick::CatchUp,
+            Some(d) if d > interval * 2 => Tick::AfterStall,
+            _ => Tick::OnTime,
         }
     }
 }
@@ -215,5 +259,22 @@ impl Handler<Close> for AgentSession {
             let _ = tx.try_send(Err(msg.0));
         }
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_after_a_stall_of_this_master_or_in_a_catch_up_burst_count_no_miss() {
+        let i = Duration::from_secs(1);
+        assert_eq!(Tick::of(None, i), Tick::OnTime);
+        assert_eq!(
+            Tick::of(Some(Duration::from_millis(1_010)), i),
+            Tick::OnTime
+        );
+        assert_eq!(Tick::of(Some(Duration::from_secs(20)), i), Tick::AfterStall);
+        assert_eq!(Tick::of(Some(Duration::from_millis(1)), i), Tick::CatchUp);
     }
 }

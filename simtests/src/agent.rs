@@ -70,7 +70,23 @@ pub struct SimAgent {
     /// agent) only once its old agent is out of the cluster, unreachable
     /// or retired by the operator.
     pub repair_of: Option<AgentId>,
+    /// When it last heard from its master (a reply or a stream message):
+    /// silence past [`PING_TIMEOUT_MS`] sends it to look for the leader
+    /// elsewhere, as the real agent's ping timeout does.
+    heard_at: Ms,
+    /// Until then the agent had a fault of its own (down, or cut off from
+    /// the masters in some direction, and the time to come back from it):
+    /// losing its tasks is then the fault's doing, not a master's.
+    pub excused_until: Ms,
 }
+
+/// The agent's ping timeout: the master's ping interval times its budget
+/// (the real agent takes it from the registration's answer).
+pub const PING_TIMEOUT_MS: Ms = crate::master::AGENT_SILENCE_MS;
+/// How long after its own fault ends an agent may still be marked
+/// unreachable for it: its ping budget, a reregistration deadline, a margin.
+pub const EXCUSE_MS: Ms =
+    crate::master::AGENT_SILENCE_MS + crate::master::REREGISTER_TIMEOUT_MS + 10_000;
 
 impl SimAgent {
     pub fn new(idx: usize, cfg: &Config) -> Self {
@@ -101,7 +117,14 @@ impl SimAgent {
             lost_one: false,
             repair_of: None,
             ghosts: Default::default(),
+            heard_at: 0,
+            excused_until: 0,
         }
+    }
+
+    /// The agent has a fault of its own until `until`.
+    pub fn excuse(&mut self, until: Ms) {
+        self.excused_until = self.excused_until.max(until.saturating_add(EXCUSE_MS));
     }
 
     pub fn has_queued_updates(&self) -> bool {
@@ -181,6 +204,7 @@ impl Sim {
             Msg::Timer(Timer::AgentTick) => self.agent_tick(a),
             Msg::Reply { id, outcome } => self.agent_reply(a, id, outcome),
             Msg::ToAgent { session, msg } if session == self.agents[a].session && session != 0 => {
+                self.agents[a].heard_at = self.now;
                 self.agent_message(a, *msg);
             }
             _ => {}
@@ -190,6 +214,20 @@ impl Sim {
     fn agent_tick(&mut self, a: usize) {
         self.schedule(TICK_MS, Node::Agent(a), Msg::Timer(Timer::AgentTick));
         let now = self.now;
+        if now >= self.agents[a].heard_at + PING_TIMEOUT_MS
+            && self.sabotage != Some(crate::sabotage::Sabotage::AgentIgnoresPingTimeout)
+        {
+            // Its master is silent (frozen, crashed, cut off): the real
+            // agent asks every master at once who leads; here, the next
+            // one, whose answer names the leader.
+            let n = self.masters.len();
+            let ag = &mut self.agents[a];
+            ag.master = (ag.master + 1) % n;
+            ag.session = 0;
+            ag.registering_since = None;
+            ag.heard_at = now;
+            self.stats.agent_ping_timeouts += 1;
+        }
         if self.agents[a].session == 0 {
             let ag = &self.agents[a];
             if ag
@@ -264,6 +302,7 @@ impl Sim {
             return;
         };
         let ag = &mut self.agents[a];
+        ag.heard_at = self.now;
         if let Outcome::NotLeader(hint) = outcome {
             ag.master = hint.unwrap_or((ag.master + 1) % self.masters.len());
             ag.session = 0;
@@ -479,7 +518,12 @@ impl Sim {
             }
             self.agents[a].repair_of = None;
         }
-        self.agents[a].up = true;
+        let ag = &mut self.agents[a];
+        ag.up = true;
+        ag.heard_at = self.now;
+        // Down until now: its ping budget and a reregistration to come
+        // back in (while it was down, its own state says so).
+        ag.excuse(self.now);
         self.schedule(1, Node::Agent(a), Msg::Timer(Timer::AgentTick));
     }
 }

@@ -48,6 +48,12 @@ pub struct Faults {
     /// (promotes a learner, or removes a voter that does not lead), keeping
     /// 3 to 5 voters.
     pub membership_change_per_s: f64,
+    /// Per second: a master freezes (SIGSTOP, a VM pause) for
+    /// `master_freeze_ms`: it processes nothing and sends nothing, and its
+    /// links stay open (what reaches it waits); then it goes on from where
+    /// it was, stale. Three times in four it is the serving leader.
+    pub master_freeze_per_s: f64,
+    pub master_freeze_ms: (Ms, Ms),
 }
 
 impl Faults {
@@ -70,6 +76,8 @@ impl Faults {
             bad_input_per_s: 0.0,
             rack_blip_per_s: 0.0,
             membership_change_per_s: 0.0,
+            master_freeze_per_s: 0.0,
+            master_freeze_ms: (0, 0),
         }
     }
 }
@@ -140,6 +148,18 @@ impl Config {
     /// replicas of which three bootstrap it and two start as learners; the
     /// operator promotes and removes voters (one at a time, 3 to 5 of
     /// them) while masters crash and partitions come and go.
+    /// Frozen masters and one-way links (`--liveness`): leaders freeze for
+    /// up to three reregistration timeouts while links are cut one way
+    /// only; agents must find the new leader by their ping timeout, and no
+    /// task is lost while its agent and process live.
+    pub fn liveness() -> Self {
+        let mut c = Config::ci();
+        c.faults.master_freeze_per_s = 0.03;
+        c.faults.master_freeze_ms = (3_000, 60_000);
+        c.faults.master_crash_per_s = 0.0;
+        c
+    }
+
     pub fn membership() -> Self {
         let mut c = Config::ci();
         c.masters = 5;
@@ -185,6 +205,8 @@ impl Config {
                 bad_input_per_s: 0.1,
                 rack_blip_per_s: 0.0,
                 membership_change_per_s: 0.0,
+                master_freeze_per_s: 0.0,
+                master_freeze_ms: (0, 0),
             },
             check_every: 1,
             digest_every: 16,
@@ -231,6 +253,8 @@ impl Config {
                 bad_input_per_s: 0.2,
                 rack_blip_per_s: 0.0,
                 membership_change_per_s: 0.0,
+                master_freeze_per_s: 0.0,
+                master_freeze_ms: (0, 0),
             },
             // About once per simulated minute: each check reads (and the
             // core invariants copy) the whole 100,000-task state.

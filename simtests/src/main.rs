@@ -45,6 +45,10 @@ struct Args {
     /// three voters at first, voters promoted and removed during the faults.
     #[arg(long, conflicts_with_all = ["scale", "valves"])]
     membership: bool,
+    /// Frozen masters and one-way links (`Config::liveness`): leaders
+    /// freeze (SIGSTOP) with their links open while links are cut one way.
+    #[arg(long, conflicts_with_all = ["scale", "valves", "membership"])]
+    liveness: bool,
     /// Override the number of agents (with --scale: tasks and instances
     /// shrink in proportion).
     #[arg(long)]
@@ -89,6 +93,8 @@ fn config(args: &Args) -> Config {
         Config::valves()
     } else if args.membership {
         Config::membership()
+    } else if args.liveness {
+        Config::liveness()
     } else {
         Config::ci()
     };

@@ -236,6 +236,27 @@ impl Sim {
         if f.membership_change_per_s > 0.0 && self.rng.random_bool(f.membership_change_per_s) {
             self.change_masters();
         }
+        if f.master_freeze_per_s > 0.0 && self.rng.random_bool(f.master_freeze_per_s) {
+            self.master_freeze();
+        }
+    }
+
+    /// SIGSTOP of a master (the leader, three times in four): it stops
+    /// processing without closing its links, then goes on, stale.
+    fn master_freeze(&mut self) {
+        let leader = (0..self.masters.len()).find(|&m| self.masters[m].is_serving());
+        let m = match leader {
+            Some(l) if self.rng.random_bool(0.75) => l,
+            _ => self.pick(self.masters.len()),
+        };
+        let (lo, hi) = self.cfg.faults.master_freeze_ms;
+        let until = self.now + self.rng.random_range(lo..=hi.max(lo));
+        let r = &mut self.masters[m];
+        if r.frozen_since == 0 {
+            r.frozen_since = self.now;
+        }
+        r.frozen_until = r.frozen_until.max(until);
+        self.stats.master_freezes += 1;
     }
 
     fn partition(&mut self) {
@@ -256,6 +277,9 @@ impl Sim {
         };
         let masters: Vec<Node> = (0..self.masters.len()).map(Node::Master).collect();
         for g in group {
+            if let Node::Agent(a) = g {
+                self.agents[a].excuse(until);
+            }
             for &m in &masters {
                 if g == m {
                     continue;
@@ -286,6 +310,7 @@ impl Sim {
             .filter(|a| a % self.cfg.zones.max(1) == zone)
             .collect();
         for &a in &rack {
+            self.agents[a].excuse(until);
             for &m in &masters {
                 self.net.block(m, Node::Agent(a), until);
                 self.net.block(Node::Agent(a), m, until);

@@ -58,6 +58,10 @@ pub struct Replica {
     pub configs: Vec<(u64, BTreeSet<usize>)>,
     /// The voters the group was bootstrapped with.
     pub initial_voters: BTreeSet<usize>,
+    /// Frozen (SIGSTOP) until then: what reaches it waits, it does nothing.
+    pub frozen_until: Ms,
+    /// When the freeze began (0: not frozen).
+    pub frozen_since: Ms,
 }
 
 impl Replica {
@@ -78,6 +82,8 @@ impl Replica {
             election_epoch: 0,
             configs: Vec::new(),
             initial_voters: BTreeSet::new(),
+            frozen_until: 0,
+            frozen_since: 0,
         }
     }
 

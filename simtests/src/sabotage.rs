@@ -31,10 +31,13 @@ pub enum Sabotage {
     IgnoreRemovalLimit,
     /// The master decides a retried keyed call again.
     IgnoreIdempotencyKeys,
+    /// Agents have no ping timeout: they stay with a master gone silent
+    /// (frozen) and never look for the new leader.
+    AgentIgnoresPingTimeout,
 }
 
 impl Sabotage {
-    pub const ALL: [Sabotage; 12] = [
+    pub const ALL: [Sabotage; 13] = [
         Sabotage::VoteIgnoresLog,
         Sabotage::FollowerForgetsAcks,
         Sabotage::InflateLaunch,
@@ -47,6 +50,7 @@ impl Sabotage {
         Sabotage::JobSchedulerStops,
         Sabotage::IgnoreRemovalLimit,
         Sabotage::IgnoreIdempotencyKeys,
+        Sabotage::AgentIgnoresPingTimeout,
     ];
 
     /// The oracle that must catch it.
@@ -65,6 +69,7 @@ impl Sabotage {
             Sabotage::JobSchedulerStops => liveness::NAME,
             Sabotage::IgnoreRemovalLimit => removal_limit::NAME,
             Sabotage::IgnoreIdempotencyKeys => idempotency::NAME,
+            Sabotage::AgentIgnoresPingTimeout => no_loss_while_alive::NAME,
         }
     }
 

@@ -175,6 +175,11 @@ pub struct Stats {
     pub membership_changes: u64,
     /// Elections won by a master that was not among the bootstrap voters.
     pub joined_leaders: u64,
+    /// Masters frozen (SIGSTOP) for a while, links open.
+    pub master_freezes: u64,
+    /// Times an agent's master went silent past its ping timeout and the
+    /// agent looked for the leader elsewhere.
+    pub agent_ping_timeouts: u64,
     /// Wall time the leader spent in the core: decide, and apply (with
     /// effects) of what it decided. Measured only; it never steers a run.
     pub core_ns: u64,
@@ -254,6 +259,8 @@ pub struct Report {
     pub valves: bool,
     /// Run with [`Config::membership`].
     pub membership: bool,
+    /// Run with [`Config::liveness`].
+    pub liveness: bool,
 }
 
 impl Report {
@@ -264,10 +271,11 @@ impl Report {
     /// The command that replays this run.
     pub fn reproduce(&self) -> String {
         format!(
-            "cargo run -p orrery-simtests -- --seed {}{}{}",
+            "cargo run -p orrery-simtests -- --seed {}{}{}{}",
             self.seed,
             if self.valves { " --valves" } else { "" },
-            if self.membership { " --membership" } else { "" }
+            if self.membership { " --membership" } else { "" },
+            if self.liveness { " --liveness" } else { "" }
         )
     }
 }
@@ -481,6 +489,7 @@ impl Sim {
         let report = Report {
             valves: self.cfg.keyed_retries,
             membership: self.cfg.faults.membership_change_per_s > 0.0,
+            liveness: self.cfg.faults.master_freeze_per_s > 0.0,
             seed: self.seed,
             stats: self.stats.clone(),
             sim_ms: self.now - EPOCH_MS,
@@ -522,6 +531,9 @@ impl Sim {
                 self.schedule(1, Node::Master(m), Msg::Timer(Timer::MasterRestart));
             }
             self.masters[m].clock_offset_ms = 0;
+            if self.masters[m].frozen_until > self.now {
+                self.masters[m].frozen_until = self.now;
+            }
         }
         for a in 0..self.agents.len() {
             if !self.agents[a].up {
@@ -530,7 +542,36 @@ impl Sim {
         }
     }
 
+    /// A frozen master goes on. Its clock ran while it was stopped, but it
+    /// heard nothing because it listened to nothing: its ping budgets and
+    /// its reregistration deadline count only the time it ran (as the real
+    /// master's sessions do: a gap between two of its ping ticks restarts
+    /// the count).
+    fn thaw(&mut self, m: usize) {
+        let r = &mut self.masters[m];
+        let stopped = self.now.saturating_sub(r.frozen_since);
+        r.frozen_since = 0;
+        r.frozen_until = 0;
+        if let Some(shell) = r.shell() {
+            for heard in shell.last_heard.values_mut() {
+                *heard = heard.saturating_add(stopped);
+            }
+            shell.elected_at = shell.elected_at.saturating_add(stopped);
+        }
+    }
+
     fn deliver(&mut self, node: Node, msg: Msg) {
+        if let Node::Master(m) = node {
+            let until = self.masters[m].frozen_until;
+            if until > self.now {
+                // Frozen: it waits, in order, for the master to go on.
+                self.schedule(until - self.now, node, msg);
+                return;
+            }
+            if self.masters[m].frozen_since != 0 {
+                self.thaw(m);
+            }
+        }
         match node {
             Node::Master(m) => self.on_master(m, msg),
             Node::Agent(a) => self.on_agent(a, msg),

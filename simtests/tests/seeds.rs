@@ -133,6 +133,40 @@ fn membership_seeds_grow_and_shrink_the_group_and_keep_every_oracle() {
     assert!(s.2 > 0, "elections won by a joined master: {}", s.2);
 }
 
+/// Frozen masters and one-way links (`Config::liveness`): leaders freeze
+/// with their links open for up to three reregistration timeouts while
+/// links are cut one way; agents find the next leader by their ping
+/// timeout, and no task is lost while its agent and process live.
+#[test]
+fn liveness_seeds_freeze_leaders_and_lose_no_live_task() {
+    const LIVENESS_SEEDS: std::ops::Range<u64> = 300..316;
+    let reports = run_seeds(LIVENESS_SEEDS, Config::liveness());
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
+    let s = reports.iter().fold((0, 0, 0, 0), |acc, r| {
+        (
+            acc.0 + r.stats.master_freezes,
+            acc.1 + r.stats.agent_ping_timeouts,
+            acc.2 + r.stats.elections,
+            acc.3 + r.stats.partitions,
+        )
+    });
+    eprintln!(
+        "{} liveness seeds: {} master freezes, {} agent ping timeouts, {} elections, {} partitions",
+        LIVENESS_SEEDS.end - LIVENESS_SEEDS.start,
+        s.0,
+        s.1,
+        s.2,
+        s.3
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert!(
+        s.0 > LIVENESS_SEEDS.end - LIVENESS_SEEDS.start,
+        "freezes: {}",
+        s.0
+    );
+    assert!(s.1 > 0, "agent ping timeouts: {}", s.1);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let a = run(7, Config::ci(), None);
@@ -253,6 +287,15 @@ fn oracle_keyed_calls_catches_a_master_that_ignores_keys() {
             ..Config::valves()
         },
     );
+}
+
+#[test]
+fn oracle_no_loss_while_alive_catches_agents_without_a_ping_timeout() {
+    let mut cfg = Config::liveness();
+    // Leaders frozen longer than the reregistration deadline, often.
+    cfg.faults.master_freeze_per_s = 0.05;
+    cfg.faults.master_freeze_ms = (30_000, 60_000);
+    caught(Sabotage::AgentIgnoresPingTimeout, cfg);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod job_sla;
 pub mod liveness;
 pub mod maintenance_placement;
+pub mod no_loss_while_alive;
 pub mod no_silent_loss;
 pub mod overcommit;
 pub mod remote_offers;
@@ -45,6 +46,7 @@ pub fn all(cfg: &crate::Config) -> Vec<Box<dyn Oracle>> {
         Box::new(overcommit::Overcommit),
         Box::new(single_placement::SinglePlacement),
         Box::new(no_silent_loss::NoSilentLoss),
+        Box::new(no_loss_while_alive::NoLossWhileAlive::default()),
         Box::new(maintenance_placement::MaintenancePlacement),
         Box::new(remote_offers::RemoteOffers),
         Box::new(job_sla::JobSla),
