@@ -83,6 +83,10 @@ pub struct SimAgent {
 /// The agent's ping timeout: the master's ping interval times its budget
 /// (the real agent takes it from the registration's answer).
 pub const PING_TIMEOUT_MS: Ms = crate::master::AGENT_SILENCE_MS;
+/// A cut of an agent's link (either direction) shorter than this never
+/// excuses a lost task: the master's budget (5 s) outlasts it with a ping
+/// tick and a lost ping to spare.
+pub const SHORT_CUT_MS: Ms = 2_000;
 /// How long after its own fault ends an agent may still be marked
 /// unreachable for it: its ping budget, a reregistration deadline, a margin.
 pub const EXCUSE_MS: Ms =

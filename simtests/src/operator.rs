@@ -277,8 +277,13 @@ impl Sim {
         };
         let masters: Vec<Node> = (0..self.masters.len()).map(Node::Master).collect();
         for g in group {
+            // A cut shorter than a ping budget's worth (with a tick and a
+            // lost ping to spare) must cost no task, one way or both: only
+            // a longer one excuses the agent.
             if let Node::Agent(a) = g {
-                self.agents[a].excuse(until);
+                if until - self.now >= crate::agent::SHORT_CUT_MS {
+                    self.agents[a].excuse(until);
+                }
             }
             for &m in &masters {
                 if g == m {
