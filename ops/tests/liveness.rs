@@ -162,6 +162,24 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
     .unwrap();
     let silent_since = Instant::now();
 
+    // A framework subscribed to the leader over gRPC: its stream must end
+    // by keepalive once the leader freezes, and it resubscribes elsewhere.
+    let all_masters: Vec<String> = m.addrs.values().cloned().collect();
+    let info = framework::framework_info("watcher", "watch", &[]);
+    let transport = orrery_gateway::client::Transport::Plain;
+    let (mut events, subscribed) = framework::subscribe_once(&transport, &all_masters, &info)
+        .await
+        .expect("subscribed");
+    let stream_end = tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                _ => return started.elapsed(),
+            }
+        }
+    });
+
     // Freeze the leader: its kernel still holds every connection open.
     let frozen_at = Instant::now();
     m.signal(first, "-STOP");
@@ -187,6 +205,22 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
         "agents took {reattached:?} to find the new leader (elected after {elected:?})\n{}",
         agents.iter().map(|a| a.logs()).collect::<String>()
     );
+
+    let ended = tokio::time::timeout(Duration::from_secs(15), stream_end)
+        .await
+        .expect("the framework's stream to the frozen leader ended")
+        .expect("the watcher ran");
+    assert!(
+        ended < Duration::from_secs(10),
+        "the stream ended only after {ended:?}"
+    );
+    let mut again = info.clone();
+    again.framework_id = subscribed.framework_id.clone();
+    let (_events, resubscribed) = framework::subscribe_once(&transport, &all_masters, &again)
+        .await
+        .expect("resubscribed with the new leader");
+    assert_eq!(resubscribed.framework_id, subscribed.framework_id);
+    eprintln!("the framework's stream ended {ended:?} after the freeze; resubscribed");
 
     // The CLI, given all three masters (the frozen one first in its list),
     // answers within its call deadline.
