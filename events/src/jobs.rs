@@ -69,6 +69,30 @@ pub fn subscription(c: &Cluster) -> crate::command::FrameworkSubscription {
     }
 }
 
+/// The launch of a job's instance: its `n`th task (task id
+/// `ROLE.ENV.NAME.INSTANCE.N`).
+pub fn task_spec(
+    key: &JobKey,
+    spec: &pb::JobSpec,
+    version: u64,
+    instance: u32,
+    n: u32,
+    resources: &Resources,
+) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId::new(format!(
+            "{}.{}.{}.{instance}.{n}",
+            key.role, key.env, key.name
+        )),
+        name: format!("{key}/{instance}"),
+        resources: resources.clone(),
+        command: spec.command.clone().unwrap_or_default(),
+        job: Some(key.clone()),
+        instance,
+        job_version: version,
+    }
+}
+
 /// The partition policy of a job: (reschedule, delay in ms). Absent:
 /// replaced at once (Aurora's default).
 pub fn partition_policy(spec: &pb::JobSpec) -> (bool, u64) {
@@ -598,6 +622,17 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
                 }
                 _ => continue,
             }
+            let n = h.map_or(0, |h| h.launched) + 1;
+            let launch = task_spec(key, spec, job.version, instance, n, &resources);
+            // Checked with the launch's own rules first: one instance that
+            // could never launch waits with its reason, and takes no offer
+            // from the others.
+            let task_key = crate::ids::TaskKey::new(framework_id.clone(), launch.task_id.clone());
+            if let Err(e) = crate::decide::validate_launch(&task_key, &launch) {
+                plan.pending
+                    .insert((key.clone(), instance), format!("cannot be launched: {e}"));
+                continue;
+            }
             let mut why: Vec<String> = Vec::new();
             let mut placed = false;
             for (i, offer) in offers.iter().enumerate() {
@@ -638,19 +673,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
                             .or_default() += 1;
                     }
                 }
-                let n = h.map_or(0, |h| h.launched) + 1;
-                used[i].push(TaskSpec {
-                    task_id: TaskId::new(format!(
-                        "{}.{}.{}.{instance}.{n}",
-                        key.role, key.env, key.name
-                    )),
-                    name: format!("{key}/{instance}"),
-                    resources: resources.clone(),
-                    command: spec.command.clone().unwrap_or_default(),
-                    job: Some(key.clone()),
-                    instance,
-                    job_version: job.version,
-                });
+                used[i].push(launch.clone());
                 placed = true;
                 break;
             }

@@ -1414,3 +1414,97 @@ fn accept_rechecks_the_region() {
         "{r:?}"
     );
 }
+
+#[test]
+fn job_fields_a_launch_would_refuse_are_refused_at_create_by_name() {
+    let s = Scenario::with_leader();
+    let field_of = |r: Rejection| match r {
+        Rejection::InvalidField { field, problem } => (field, problem),
+        r => panic!("{r:?}"),
+    };
+    for (bad_name, why) in [
+        ("a b", "holds ' '"),
+        ("..", "is not a name"),
+        ("café", "holds 'é'"),
+        ("a/b", "holds '/'"),
+    ] {
+        let mut spec = job_spec(bad_name);
+        spec.key.as_mut().unwrap().name = bad_name.into();
+        let (field, problem) = field_of(rejected(&s, Command::CreateJob(spec)));
+        assert_eq!(field, "name", "{bad_name:?}");
+        assert!(problem.contains(why), "{bad_name:?}: {problem}");
+    }
+    let mut spec = job_spec("big");
+    spec.command = Some(orrery_events::testkit::shell(&"x".repeat(1 << 20)));
+    let (field, problem) = field_of(rejected(&s, Command::CreateJob(spec)));
+    assert_eq!(field, "task");
+    assert!(problem.contains("too large"), "{problem}");
+    for name in ["", "A=B"] {
+        let mut spec = job_spec("env");
+        spec.command
+            .as_mut()
+            .unwrap()
+            .environment
+            .push(pb::EnvironmentVariable {
+                name: name.into(),
+                value: "v".into(),
+            });
+        let (field, problem) = field_of(rejected(&s, Command::CreateJob(spec)));
+        assert_eq!(field, "task", "{name:?}");
+        assert!(problem.contains("environment variable"), "{problem}");
+    }
+    let mut spec = job_spec("regex");
+    spec.constraints.push(pb::Constraint {
+        field: "rack".into(),
+        operator: "LIKE".into(),
+        value: "r[".into(),
+    });
+    match rejected(&s, Command::CreateJob(spec)) {
+        Rejection::InvalidConstraint {
+            position, problem, ..
+        } => {
+            assert_eq!(position, 2);
+            assert!(problem.contains("not a regular expression"), "{problem}");
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+/// A job already in a log from before names were checked (here committed
+/// as a bare event) cannot take the offers of the others: its instances
+/// wait with the launch's refusal, the valid job is placed.
+#[test]
+fn one_job_that_can_never_launch_does_not_stop_the_others() {
+    let mut s = Scenario::with_leader();
+    s.agent("h1", "cpus:8;mem:8192", None);
+    let fw = s.framework(orrery_events::jobs::subscription(&s.cluster));
+    let mut bad = job_spec("bad");
+    bad.key.as_mut().unwrap().name = "a b".into();
+    bad.constraints.clear();
+    s.commit(vec![orrery_events::decide::Event::JobCreated(
+        pb::JobCreated { spec: Some(bad) },
+    )]);
+    let mut good = job_spec("good");
+    good.constraints.clear();
+    s.given(Command::CreateJob(good));
+    s.run_jobs(&fw, 3);
+    let running = |job: &str| {
+        s.cluster
+            .tasks
+            .values()
+            .filter(|t| {
+                t.job.as_ref().is_some_and(|k| k.name == job) && t.state == TaskState::TaskRunning
+            })
+            .count()
+    };
+    assert_eq!(running("good"), 3);
+    let plan = orrery_events::jobs::plan(&s.cluster, &fw, s.now_ms);
+    let why = plan
+        .pending
+        .iter()
+        .find(|((k, _), _)| k.name == "a b")
+        .map(|(_, why)| why.clone())
+        .expect("the bad job's instances wait");
+    assert!(why.starts_with("cannot be launched:"), "{why}");
+    assert!(why.contains("whitespace"), "{why}");
+}

@@ -164,6 +164,9 @@ fn yes() -> bool {
 /// Parses a job file into the spec the master validates.
 pub fn parse_job(text: &str, origin: &str) -> Result<pb::JobSpec> {
     let f: JobFile = toml::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    if f.instances == 0 {
+        bail!("{origin}: instances must be at least 1");
+    }
     let command = match (&f.command, &f.argv) {
         (Some(c), None) => pb::CommandInfo {
             shell: c.clone(),
@@ -539,6 +542,27 @@ mem = 128
         assert_eq!(s.constraints.len(), 2);
         assert_eq!(s.constraints[1].value, "");
 
+        let e = parse_job(
+            &GOOD.replace("instances = 3", "instances = 0"),
+            "hello.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("hello.toml") && e.contains("instances"), "{e}");
+        let s = parse_job(
+            &format!("{GOOD}\n[partition_policy]\ndelay = \"5m\"\n"),
+            "f",
+        )
+        .unwrap();
+        let p = s.partition_policy.unwrap();
+        assert_eq!((p.reschedule, p.delay_ms), (true, 300_000));
+        let e = parse_job(
+            &format!("{GOOD}\n[partition_policy]\ndelay = \"later\"\n"),
+            "f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("partition_policy.delay"), "{e}");
         let typo = GOOD.replace("instances = 3", "instanses = 3");
         let e = parse_job(&typo, "hello.toml").unwrap_err().to_string();
         assert!(e.contains("hello.toml") && e.contains("instanses"), "{e}");

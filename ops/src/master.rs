@@ -132,9 +132,10 @@ pub struct MasterArgs {
     #[arg(long, value_name = "FILE")]
     tokens: Option<std::path::PathBuf>,
     /// Requests per second each client principal may make (bursts of twice
-    /// as many).
-    #[arg(long, default_value_t = 500)]
-    client_rate: u32,
+    /// as many); 500 when not given. Needs TLS (it limits authenticated
+    /// principals; --insecure has none).
+    #[arg(long)]
+    client_rate: Option<u32>,
 }
 
 /// The master's security, from the global --ca/--cert/--key (or
@@ -145,6 +146,9 @@ fn security(args: &MasterArgs) -> Result<Option<Arc<orrery_gateway::auth::Securi
     let Some(tls) = flags.tls()? else {
         if args.policy.is_some() || args.tokens.is_some() {
             bail!("--policy and --tokens need TLS: they cannot be used with --insecure");
+        }
+        if args.client_rate.is_some() {
+            bail!("--client-rate limits each authenticated client; with --insecure there are none, so it would do nothing");
         }
         return Ok(None);
     };
@@ -165,12 +169,13 @@ fn security(args: &MasterArgs) -> Result<Option<Arc<orrery_gateway::auth::Securi
         Some(t) => Tokens::load(t).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Tokens::default(),
     };
-    if args.client_rate == 0 {
+    let client_rate = args.client_rate.unwrap_or(500);
+    if client_rate == 0 {
         bail!("--client-rate must be at least 1");
     }
     let rate = RateLimit {
-        per_sec: f64::from(args.client_rate),
-        burst: 2.0 * f64::from(args.client_rate),
+        per_sec: f64::from(client_rate),
+        burst: 2.0 * f64::from(client_rate),
     };
     Ok(Some(Security::new(tls, policy, tokens, rate)))
 }

@@ -483,6 +483,8 @@ fn bad_agent_flags_are_refused_with_the_flag_named() {
             vec!["--resources", "gpus:1;gpus:2"],
             "`gpus` is given twice",
         ),
+        (vec!["--resources", ""], "offers no cpus and no mem"),
+        (vec!["--resources", ";;;"], "offers no cpus and no mem"),
         (vec!["--attributes", "rack"], "--attributes"),
         (vec!["--domain", "{"], "--domain is not JSON"),
         (
@@ -500,6 +502,22 @@ fn bad_agent_flags_are_refused_with_the_flag_named() {
     }
     let (code, _) = run(&["--recover", "sometimes"]);
     assert_eq!(code, Some(2), "a bad enum value is bad usage");
+    // A master address with a scheme: refused at once, by name, not after
+    // a DNS lookup's timeout.
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .env("ORRERY_INSECURE", "1")
+        .args(["--master", "http://127.0.0.1:5050", "agent", "list"])
+        .output()
+        .expect("run the cli");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not HOST:PORT"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

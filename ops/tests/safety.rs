@@ -177,6 +177,8 @@ fn bad_removal_flags_are_refused_with_the_flag_named() {
         ("--recovery-agent-removal-limit", "most"),
         ("--agent-removal-rate-limit", "1/soon"),
         ("--agent-removal-rate-limit", "0/10s"),
+        // A limit on authenticated clients, on a master that has none.
+        ("--client-rate", "10"),
     ] {
         let m = Masters::new(1, &[flag, value]);
         let mut cmd = m.command(1, &[]);

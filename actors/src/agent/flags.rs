@@ -7,7 +7,16 @@ use orrery_events::Resources;
 
 /// `--resources 'cpus:4;mem:8192;disk:20000;ports:[31000-32000]'`.
 pub fn resources(text: &str) -> Result<Resources, String> {
-    Resources::parse(text).map_err(|e| format!("--resources {text:?}: {e}"))
+    let r = Resources::parse(text).map_err(|e| format!("--resources {text:?}: {e}"))?;
+    if r.cpus_milli == 0 && r.mem_mb == 0 {
+        // An agent with nothing to offer is never what was meant (an empty
+        // variable in a unit file, a stray `;`): say so rather than
+        // register it.
+        return Err(format!(
+            "--resources {text:?} offers no cpus and no mem; give them (cpus:4;mem:8192), or leave the flag out to use what the machine has"
+        ));
+    }
+    Ok(r)
 }
 
 /// `--attributes 'rack:r1;os:linux'`.
@@ -85,6 +94,10 @@ mod tests {
         assert!(resources("cpus:lots")
             .unwrap_err()
             .starts_with("--resources"));
+        for empty in ["", ";;;", "disk:100"] {
+            let e = resources(empty).unwrap_err();
+            assert!(e.contains("offers no cpus and no mem"), "{empty:?}: {e}");
+        }
         assert_eq!(
             attributes("rack:r1; os:linux").unwrap(),
             vec![("rack".into(), "r1".into()), ("os".into(), "linux".into())]

@@ -4,7 +4,7 @@
 
 use orrery_proto::events::{self as pb, TaskReason};
 
-use super::{check_count, check_name, limits, Event};
+use super::{check_count, limits, Event};
 use crate::rejection::Rejection;
 use crate::resources::Resources;
 use crate::state::{Cluster, JobKey};
@@ -72,6 +72,16 @@ fn check_constraints(constraints: &[pb::Constraint]) -> Result<(), Rejection> {
         if con.value.len() > limits::NAME_LEN_MAX {
             return Err(err("the value is too long".to_owned()));
         }
+        // Compiled as placement will compile it: a bad pattern is refused
+        // here, not found at every placement (PENDING for ever).
+        if matches!(con.operator.as_str(), "LIKE" | "UNLIKE") {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{})$", con.value)) {
+                return Err(err(format!(
+                    "{:?} is not a regular expression: {e}",
+                    con.value
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -114,19 +124,46 @@ fn check_health_check(hc: &pb::HealthCheck) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The longest role, env or name: a task id (`ROLE.ENV.NAME.I.N`) stays
+/// well within the 256 bytes of an id.
+pub const JOB_PART_LEN_MAX: usize = 64;
+
+/// A job key's part (Aurora's rule): ASCII letters, digits, `_`, `-` and
+/// `.`, not `.` or `..`, at most [`JOB_PART_LEN_MAX`] bytes. The parts name
+/// task ids, and task ids name sandbox directories on agents: a space, a
+/// `/`, `..` or a non-ASCII letter would be refused at every launch (and
+/// once stalled the job scheduler), so they are refused here.
+fn check_job_part(field: &'static str, v: &str) -> Result<(), Rejection> {
+    let problem = if v.is_empty() {
+        Some("is empty".to_owned())
+    } else if v.len() > JOB_PART_LEN_MAX {
+        Some(format!("is longer than {JOB_PART_LEN_MAX} bytes"))
+    } else if v == "." || v == ".." {
+        Some(format!("{v:?} is not a name"))
+    } else if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        Some(format!(
+            "{:?} holds {c:?}: only ASCII letters, digits, '_', '-' and '.' are allowed",
+            crate::ids::truncate_for_message(v)
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Rejection::InvalidField { field, problem }),
+        None => Ok(()),
+    }
+}
+
 fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
     let key = spec.key.as_ref().ok_or(Rejection::InvalidField {
         field: "job key",
         problem: "is missing".to_owned(),
     })?;
     for (field, v) in [("role", &key.role), ("env", &key.env), ("name", &key.name)] {
-        check_name(field, v, false)?;
-        if v.contains('/') {
-            return Err(Rejection::InvalidField {
-                field,
-                problem: format!("{v:?} may not contain '/'"),
-            });
-        }
+        check_job_part(field, v)?;
     }
     if spec.instances == 0 || spec.instances > limits::JOB_INSTANCES_MAX {
         return Err(Rejection::InvalidField {
@@ -161,6 +198,22 @@ fn validate(spec: &pb::JobSpec) -> Result<JobKey, Rejection> {
         });
     }
     check_constraints(&spec.constraints)?;
+    // The task every instance will launch, held to the launch's own rules
+    // now (its longest id: the last instance, the largest task count), so
+    // that nothing is found only at launch.
+    let key_now = JobKey::from_proto(Some(key));
+    let probe = crate::jobs::task_spec(&key_now, spec, 0, spec.instances - 1, u32::MAX, &resources);
+    super::offers::validate_task(
+        &crate::ids::TaskKey::new(
+            crate::ids::FrameworkId::new(crate::jobs::FRAMEWORK_NAME.to_owned()),
+            probe.task_id.clone(),
+        ),
+        &probe,
+    )
+    .map_err(|e| Rejection::InvalidField {
+        field: "task",
+        problem: format!("every launch would be refused: {e}"),
+    })?;
     if let Some(hc) = &spec.health_check {
         check_health_check(hc)?;
     }

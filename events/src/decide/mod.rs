@@ -28,6 +28,14 @@ use crate::state::Cluster;
 
 pub use tasks::master_update_uuid;
 
+/// The rules every launch is held to (see `offers::validate_task`).
+pub fn validate_launch(
+    key: &crate::ids::TaskKey,
+    spec: &crate::command::TaskSpec,
+) -> Result<(), Rejection> {
+    offers::validate_task(key, spec)
+}
+
 /// An event as decide returns it: the envelope's payload. The shell wraps it
 /// with index, term and time when it proposes.
 pub type Event = Payload;

@@ -195,7 +195,9 @@ pub(super) fn accept(
     Ok(events)
 }
 
-fn validate_task(key: &TaskKey, spec: &TaskSpec) -> Result<(), Rejection> {
+/// The rules every launch is held to (the job scheduler checks its own
+/// with them before it places, and `job create` before it accepts a job).
+pub(crate) fn validate_task(key: &TaskKey, spec: &TaskSpec) -> Result<(), Rejection> {
     spec.task_id.validate()?;
     check_name("task name", &spec.name, true)?;
     spec.resources.validate()?;
