@@ -140,16 +140,15 @@ fn check_job_part(field: &'static str, v: &str) -> Result<(), Rejection> {
         Some(format!("is longer than {JOB_PART_LEN_MAX} bytes"))
     } else if v == "." || v == ".." {
         Some(format!("{v:?} is not a name"))
-    } else if let Some(c) = v
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
-    {
-        Some(format!(
-            "{:?} holds {c:?}: only ASCII letters, digits, '_', '-' and '.' are allowed",
-            crate::ids::truncate_for_message(v)
-        ))
     } else {
-        None
+        v.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+            .map(|c| {
+                format!(
+                    "{:?} holds {c:?}: only ASCII letters, digits, '_', '-' and '.' are allowed",
+                    crate::ids::truncate_for_message(v)
+                )
+            })
     };
     match problem {
         Some(problem) => Err(Rejection::InvalidField { field, problem }),
