@@ -93,6 +93,20 @@ pub fn task_spec(
     }
 }
 
+/// When the allocator's pause after a leader change ends at the latest, if
+/// it is holding offers back now.
+fn holding_back_until(c: &Cluster, now_ms: u64) -> Option<u64> {
+    if !crate::allocator::holding_back(c, now_ms) {
+        return None;
+    }
+    let leader = c.leader.as_ref()?;
+    Some(
+        leader
+            .elected_at_ms
+            .saturating_add(leader.config.agent_reregister_timeout_ms),
+    )
+}
+
 /// The partition policy of a job: (reschedule, delay in ms). Absent:
 /// replaced at once (Aurora's default).
 pub fn partition_policy(spec: &pb::JobSpec) -> (bool, u64) {
@@ -679,7 +693,15 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
             }
             if !placed {
                 let reason = if offers.is_empty() {
-                    "no offers: every agent is in use, filtered, or none is registered".to_owned()
+                    match holding_back_until(c, now_ms) {
+                        Some(until) => format!(
+                            "no offers: held back after the leader change until 80% of the agents known then reregister ({}‰ have) or until the reregistration deadline, in {} s",
+                            crate::projections::recovery::reregistered_milli(c),
+                            until.saturating_sub(now_ms).div_ceil(1_000)
+                        ),
+                        None => "no offers: every agent is in use, filtered, or none is registered"
+                            .to_owned(),
+                    }
                 } else {
                     why.sort();
                     why.dedup();

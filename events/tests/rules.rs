@@ -1508,3 +1508,62 @@ fn one_job_that_can_never_launch_does_not_stop_the_others() {
     assert!(why.starts_with("cannot be launched:"), "{why}");
     assert!(why.contains("whitespace"), "{why}");
 }
+
+/// Mesos' allocation pause after a leader change waits for the agents
+/// expected back; an agent that came back and then disconnected (a normal
+/// disconnect) does not stop offers to every other agent.
+#[test]
+fn a_disconnect_after_reregistering_does_not_hold_back_every_offer() {
+    let mut s = Scenario::with_leader();
+    let hosts = ["h1", "h2", "h3", "h4", "h5"];
+    let agents: Vec<AgentId> = hosts
+        .iter()
+        .map(|h| s.agent(h, "cpus:4;mem:4096", None))
+        .collect();
+    let fw = s.framework(Scenario::subscription("web", "prod"));
+    s.elect(2, Some(("r1", "z1")));
+    // One back of five: offers held, and the job scheduler's why-pending
+    // names the pause and when it ends.
+    s.given(Command::ReregisterAgent {
+        agent_id: agents[0].clone(),
+        registration: Scenario::registration(hosts[0], "cpus:4;mem:4096", None),
+        tasks: vec![],
+    });
+    assert!(orrery_events::allocator::holding_back(&s.cluster, s.now_ms));
+    let jobs_fw = s.framework(orrery_events::jobs::subscription(&s.cluster));
+    let mut job = job_spec("held");
+    job.constraints.clear();
+    s.given(Command::CreateJob(job));
+    let plan = orrery_events::jobs::plan(&s.cluster, &jobs_fw, s.now_ms);
+    let why = plan.pending.values().next().expect("pending").clone();
+    assert!(why.contains("held back after the leader change"), "{why}");
+    assert!(
+        why.contains("in 600 s") || why.contains("in 599 s"),
+        "{why}"
+    );
+    for (a, h) in agents.iter().zip(hosts).skip(1) {
+        s.given(Command::ReregisterAgent {
+            agent_id: a.clone(),
+            registration: Scenario::registration(h, "cpus:4;mem:4096", None),
+            tasks: vec![],
+        });
+    }
+    for a in &agents[..2] {
+        s.given(Command::DisconnectAgent {
+            agent_id: a.clone(),
+        });
+    }
+    assert!(
+        !orrery_events::allocator::holding_back(&s.cluster, s.now_ms),
+        "all five came back in this term; two disconnected since"
+    );
+    let offers = s.allocate();
+    let offered: std::collections::BTreeSet<&str> =
+        offers.iter().map(|o| o.agent_id.as_str()).collect();
+    assert_eq!(
+        offered,
+        agents[2..].iter().map(|a| a.as_str()).collect(),
+        "the three connected agents are offered"
+    );
+    let _ = fw;
+}

@@ -3,7 +3,7 @@
 //! these lists when they become leader and re-drive each item.
 
 use crate::ids::{AgentId, TaskKey};
-use crate::state::{AgentState, Cluster, TaskState};
+use crate::state::{Cluster, TaskState};
 
 /// Agents known to the log that have not reregistered with the current
 /// leader; they are marked unreachable if the reregistration timeout passes.
@@ -23,14 +23,18 @@ pub fn known_agents(c: &Cluster) -> usize {
 }
 
 /// The fraction of recoverable agents that are back, in thousandths
-/// (1000 when there is none to wait for).
+/// (1000 when there is none to wait for). An agent is back once it
+/// registered or reregistered in this term, even if it disconnected since:
+/// the allocation pause waits for the agents expected after a leader change
+/// (Mesos' rule), not for every agent to be connected at once — a normal
+/// disconnect early in a term must not stop offers to everyone else.
 pub fn reregistered_milli(c: &Cluster) -> u64 {
     let term = c.term();
     let (mut back, mut total) = (0u64, 0u64);
     for a in c.agents.values() {
         if a.state.is_known() {
             total += 1;
-            if a.reregistered_term == term && a.state == AgentState::Registered {
+            if a.reregistered_term == term {
                 back += 1;
             }
         }
