@@ -479,3 +479,70 @@ async fn one_way_cuts_of_the_agent_link_heal_with_no_task_lost_or_duplicated() {
         "no task ended: {lost:?}"
     );
 }
+
+/// Kill -9 an agent, wipe its work dir, start it again with the same flags:
+/// it registers as a new agent and the instance is replaced — and the old
+/// executor and its task do not run on, unknown, beside the replacement
+/// (the executor sees its task dir gone; the new agent stops executors its
+/// checkpoint does not know).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_work_dir_leaves_no_second_copy_of_a_task_running() {
+    let _serial = SERIAL.lock().await;
+    let m = Masters::new(1, &flags());
+    m.start_all();
+    m.leader_among(&[1], Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no leader\n{}", m.logs()));
+    let mut agent = AgentProc::on_host(&m, "host-1");
+    agent.start(&[], &[]);
+    let orrery = cli(&m);
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.toml");
+    std::fs::write(
+        &job,
+        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
+         [resources]\ncpus = 0.1\nmem = 16\n",
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let first = eventually("the instance RUNNING", WAIT, || {
+        let r = running(&orrery);
+        async move { (r.len() == 1).then_some(r) }
+    })
+    .await;
+    let agents = [agent];
+    eventually("its process", WAIT, || {
+        let p = pids_in(agents[0].dir.path());
+        async move { (!p.is_empty()).then_some(()) }
+    })
+    .await;
+    let [mut agent] = agents;
+    agent.kill9();
+    std::fs::remove_dir_all(agent.work()).unwrap();
+    agent.start(&[], &[]);
+    let second = eventually("a replacement RUNNING", WAIT, || {
+        let r = running(&orrery);
+        let first = first.clone();
+        async move { (r.len() == 1 && r != first).then_some(r) }
+    })
+    .await;
+    // One process of the instance under the agent's dir: the replacement's.
+    let agents = [agent];
+    eventually("exactly one task process under the agent", WAIT, || {
+        let sleeping: Vec<u32> = pids_in(agents[0].dir.path())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("sleep"))
+            })
+            .collect();
+        async move { (sleeping.len() == 1).then_some(()) }
+    })
+    .await;
+    let old_executors = orrery_actors::agent::procinfo::find_by_cmdline(&first[0]);
+    assert!(
+        old_executors.is_empty(),
+        "the old task's executor still runs: {old_executors:?} (new task {second:?})"
+    );
+}

@@ -386,6 +386,13 @@ async fn supervise(
                     if tokio::time::Instant::now() >= deadline {
                         if let Some(g) = pgid { let _ = killpg(g, Signal::SIGKILL); }
                     }
+                } else if !args.task_dir.exists() {
+                    // The agent's work dir was wiped (or this task's record
+                    // removed): no agent will ever know this task again, so
+                    // it must not run on, unknown, beside its replacement.
+                    eprintln!("orrery executor: the task dir {} is gone (the agent's work dir was wiped); killing the task", args.task_dir.display());
+                    killing = Some((TaskReason::ReasonExecutorTerminated, "the agent's work dir was wiped", tokio::time::Instant::now() + args.kill_grace));
+                    if let Some(g) = pgid { let _ = killpg(g, Signal::SIGTERM); }
                 } else if heartbeat_age(&args.heartbeat, started) > args.recovery_timeout {
                     eprintln!("orrery executor: the agent has been gone longer than the recovery timeout ({:?}); killing the task", args.recovery_timeout);
                     killing = Some((TaskReason::ReasonExecutorRecoveryTimeout, "the agent did not come back within the recovery timeout", tokio::time::Instant::now() + args.kill_grace));

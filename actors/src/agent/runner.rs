@@ -530,6 +530,7 @@ pub async fn run(
         return Ok(());
     }
     tracing::info!(tasks = tasks.len(), agent_id = ?agent_id, "recovered");
+    kill_unknown_executors(&cfg, &tasks);
     let shared = Arc::new(Shared {
         cfg: cfg.clone(),
         tasks: Mutex::new(tasks),
@@ -568,6 +569,40 @@ pub async fn run(
     jobs.abort_all();
     drop(lock);
     outcome
+}
+
+/// Executors under this work dir that the checkpoint does not know (Mesos
+/// kills unknown containers on recovery): after the work dir was wiped, or
+/// a task's record lost, they would run on unknown to the cluster beside
+/// their replacements. Each is told to kill its task (SIGTERM) and exit.
+fn kill_unknown_executors(cfg: &AgentConfig, tasks: &BTreeMap<Key, Task>) {
+    let tasks_dir = cfg.work_dir.join("meta").join("tasks");
+    let known: BTreeSet<String> = tasks
+        .values()
+        .map(|t| t.paths.dir.display().to_string())
+        .collect();
+    let needle = format!("--task-dir {}/", tasks_dir.display());
+    for pid in procinfo::find_by_cmdline(&needle) {
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_executor = args.iter().any(|a| a == "executor");
+        let dir = args
+            .iter()
+            .position(|a| a == "--task-dir")
+            .and_then(|i| args.get(i + 1));
+        let (true, Some(dir)) = (is_executor, dir) else {
+            continue;
+        };
+        if !known.contains(dir) && pid != std::process::id() {
+            tracing::warn!(pid, task_dir = %dir, "an executor this agent's checkpoint does not know runs under its work dir (was the work dir wiped?); stopping it and its task");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
 }
 
 fn lock_work_dir(work_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
