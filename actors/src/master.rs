@@ -1231,6 +1231,39 @@ impl Master {
         }
     }
 
+    /// A newcomer claiming the hostname of a live agent (another id, its
+    /// stream open, another process) is refused: a live, reachable agent is
+    /// never replaced by a second one on its host. Once the first one's
+    /// stream is gone (it died), the newcomer takes its place as before.
+    fn check_hostname_free(
+        &self,
+        agent_id: Option<&AgentId>,
+        hostname: &str,
+        incarnation: &str,
+    ) -> Result<(), MasterError> {
+        let live = self.agents.iter().find(|(id, link)| {
+            Some(*id) != agent_id
+                && link.attached
+                && link.incarnation != incarnation
+                && self
+                    .cluster
+                    .agents
+                    .get(*id)
+                    .is_some_and(|a| a.hostname == hostname && a.state.is_known())
+        });
+        match live {
+            Some((id, _)) => Err(MasterError::AgentRefused {
+                name: "hostname_in_use",
+                message: format!(
+                    "host {hostname} already runs live agent {id}, attached now; a second agent \
+                     on one hostname is refused (stop the first one, or give this one another \
+                     --hostname)"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// After a (re)registration: what `effects::reconcile_agent` says the
     /// agent must hear again.
     fn reconcile_agent(&mut self, agent_id: &AgentId, reported: &BTreeSet<TaskKey>) {
@@ -1635,6 +1668,11 @@ impl Handler<RegisterAgent> for Master {
         let term = match self.serving().and_then(|t| {
             check_agent_version(&msg.registration.hostname, &msg.version)?;
             self.check_agent_identity(msg.agent_id.as_ref(), &msg.incarnation)?;
+            self.check_hostname_free(
+                msg.agent_id.as_ref(),
+                &msg.registration.hostname,
+                &msg.incarnation,
+            )?;
             Ok(t)
         }) {
             Ok(t) => t,

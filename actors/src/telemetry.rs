@@ -265,7 +265,7 @@ pub fn describe() {
     );
     describe_counter!(
         AGENTS_REFUSED,
-        "Agent registrations refused before anything was decided, by reason (agent_id_in_use: a second live process under one agent id; agent_too_old; agent_version_invalid)."
+        "Agent registrations refused before anything was decided, by reason (agent_id_in_use: a second live process under one agent id; hostname_in_use: a second agent on a live agent's hostname; agent_too_old; agent_version_invalid)."
     );
     describe_counter!(
         INVERSE_OFFERS_SENT,

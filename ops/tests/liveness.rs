@@ -294,7 +294,7 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_under_a_live_agents_id_is_refused_by_name() {
+async fn a_second_process_under_a_live_agents_id_or_hostname_is_refused_by_name() {
     let _serial = SERIAL.lock().await;
     let m = Masters::new(1, &flags());
     let web = format!("127.0.0.1:{}", free_port());
@@ -343,11 +343,30 @@ async fn a_second_process_under_a_live_agents_id_is_refused_by_name() {
     assert_eq!(now.len(), 1, "{now:?}");
     assert_eq!(now[0].0, id);
     assert!(now[0].1.contains("REGISTERED"), "{now:?}");
+    // A second agent (its own, fresh work dir) claiming the live agent's
+    // hostname: refused by name too, and the first is not evicted.
+    let mut second = AgentProc::on_host(&m, "host-1");
+    second.start(&[], &[]);
+    let refused = eventually("the second agent on host-1 refused by name", WAIT, || {
+        let l = second.logs();
+        async move { l.contains("hostname_in_use").then_some(l) }
+    })
+    .await;
+    assert!(refused.contains("already runs live agent"), "{refused}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let now = agent_ids(&orrery);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_eq!(now[0].0, id);
+    assert!(now[0].1.contains("REGISTERED"), "{now:?}");
     let metrics = http(&web, "GET", "/metrics", "");
-    assert!(
-        metrics.contains("orrery_agent_registrations_refused_total{reason=\"agent_id_in_use\"}"),
-        "{metrics}"
-    );
+    for reason in ["agent_id_in_use", "hostname_in_use"] {
+        assert!(
+            metrics.contains(&format!(
+                "orrery_agent_registrations_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {

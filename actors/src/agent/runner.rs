@@ -922,12 +922,22 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
             if s.metadata()
                 .get("orrery-rejection")
                 .and_then(|v| v.to_str().ok())
-                == Some("agent_id_in_use") =>
+                == Some("agent_id_in_use")
+                || s.metadata()
+                    .get("orrery-rejection")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("hostname_in_use") =>
         {
             // Another live process holds this id (a copied work dir):
             // refused, and asked again later in case that one is the
             // process that died (its stream not yet seen closed).
-            tracing::error!(agent_id, reason = "agent_id_in_use", error = %s.message(), "the master refused this agent: its id is in use by another live agent process");
+            let reason = s
+                .metadata()
+                .get("orrery-rejection")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            tracing::error!(agent_id, reason, error = %s.message(), "the master refused this agent: another live agent process holds its id or its hostname");
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
         Err(s) if matches!(s.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
