@@ -58,7 +58,8 @@ pub struct SimAgent {
     /// The checkpointed status update streams.
     pub updates: BTreeMap<TaskKey, VecDeque<StatusUpdate>>,
     sent_at: BTreeMap<TaskKey, Ms>,
-    calls: BTreeMap<u64, Inflight>,
+    /// Calls in flight, with the master each went to.
+    calls: BTreeMap<u64, (Inflight, usize)>,
     next_call: u64,
     next_uuid: u64,
     next_end: u64,
@@ -156,7 +157,7 @@ impl Sim {
         let ag = &mut self.agents[a];
         ag.next_call += 1;
         let id = ag.next_call;
-        ag.calls.insert(id, kind);
+        ag.calls.insert(id, (kind, ag.master));
         let to = Node::Master(ag.master);
         self.send(
             Node::Agent(a),
@@ -222,11 +223,14 @@ impl Sim {
             && self.sabotage != Some(crate::sabotage::Sabotage::AgentIgnoresPingTimeout)
         {
             // Its master is silent (frozen, crashed, cut off): the real
-            // agent asks every master at once who leads; here, the next
-            // one, whose answer names the leader.
+            // agent asks every master at once who leads, each with a short
+            // deadline, and the one that serves and can be reached answers
+            // first; when none does, it asks again (here: the next one,
+            // whose answer may name the leader).
             let n = self.masters.len();
+            let serving = self.discover(a);
             let ag = &mut self.agents[a];
-            ag.master = (ag.master + 1) % n;
+            ag.master = serving.unwrap_or((ag.master + 1) % n);
             ag.session = 0;
             ag.registering_since = None;
             ag.heard_at = now;
@@ -240,6 +244,13 @@ impl Sim {
             {
                 return;
             }
+            // Every registration attempt asks who leads first (the real
+            // agent's `with_leader`: all masters at once, short deadlines),
+            // so a retry does not wait on a master that went silent.
+            if let Some(m) = self.discover(a) {
+                self.agents[a].master = m;
+            }
+            let ag = &self.agents[a];
             let reg = ag.registration();
             let cmd = match &ag.agent_id {
                 None => Command::RegisterAgent(reg),
@@ -275,6 +286,19 @@ impl Sim {
         self.send_updates(a);
     }
 
+    /// The master that serves and that agent `a` can reach both ways now,
+    /// if any: what asking every master at once finds.
+    fn discover(&self, a: usize) -> Option<usize> {
+        let now = self.now;
+        (0..self.masters.len()).find(|&m| {
+            let r = &self.masters[m];
+            r.up && r.frozen_until <= now
+                && r.is_serving()
+                && !self.net.blocked(Node::Agent(a), Node::Master(m), now)
+                && !self.net.blocked(Node::Master(m), Node::Agent(a), now)
+        })
+    }
+
     /// Sends the head of each task's stream, unless one is in flight.
     fn send_updates(&mut self, a: usize) {
         let now = self.now;
@@ -302,11 +326,19 @@ impl Sim {
     }
 
     fn agent_reply(&mut self, a: usize, id: u64, outcome: Outcome) {
-        let Some(kind) = self.agents[a].calls.remove(&id) else {
+        let Some((kind, to)) = self.agents[a].calls.remove(&id) else {
             return;
         };
         let ag = &mut self.agents[a];
-        ag.heard_at = self.now;
+        if to != ag.master && matches!(outcome, Outcome::NotLeader(_) | Outcome::NoSession) {
+            // A late answer of a master the agent has left (the real
+            // agent's call timed out and its connection is gone): it says
+            // nothing of the session with the master it has now.
+            return;
+        }
+        if to == ag.master {
+            ag.heard_at = self.now;
+        }
         if let Outcome::NotLeader(hint) = outcome {
             ag.master = hint.unwrap_or((ag.master + 1) % self.masters.len());
             ag.session = 0;

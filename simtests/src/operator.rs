@@ -514,17 +514,69 @@ impl Sim {
                     2
                 ],
             },
-            // A job with zero-length key parts and a broken constraint.
-            _ => Command::CreateJob(pb::JobSpec {
-                key: Some(pb::JobKey::default()),
-                instances: u32::MAX,
-                constraints: vec![pb::Constraint {
-                    field: "@zone".into(),
-                    operator: "LIKE".into(),
-                    value: "(".into(),
-                }],
-                ..Default::default()
-            }),
+            // A job with zero-length key parts and a broken constraint; or
+            // a job valid but for one field that only its launches would
+            // have refused (once they stalled the job scheduler): a name
+            // with a space, a LIKE that is no regular expression, an
+            // environment variable named `A=B`.
+            _ => {
+                let good = pb::JobSpec {
+                    key: Some(pb::JobKey {
+                        role: "www".into(),
+                        env: "prod".into(),
+                        name: "bad".into(),
+                    }),
+                    instances: 1,
+                    command: Some(pb::CommandInfo {
+                        shell: "sim:service".into(),
+                        ..Default::default()
+                    }),
+                    resources: Some(Resources::new(200, 64, 0).to_proto()),
+                    service: true,
+                    ..Default::default()
+                };
+                // Taken in turn, not drawn: the run's random draws stay
+                // those of the seeds before these cases were added.
+                let spec = match self.stats.bad_inputs % 4 {
+                    0 => pb::JobSpec {
+                        key: Some(pb::JobKey {
+                            name: "a b".into(),
+                            ..good.key.clone().unwrap_or_default()
+                        }),
+                        ..good
+                    },
+                    1 => pb::JobSpec {
+                        constraints: vec![pb::Constraint {
+                            field: "rack".into(),
+                            operator: "LIKE".into(),
+                            value: "rack-[".into(),
+                        }],
+                        ..good
+                    },
+                    2 => pb::JobSpec {
+                        command: Some(pb::CommandInfo {
+                            shell: "sim:service".into(),
+                            environment: vec![pb::EnvironmentVariable {
+                                name: "A=B".into(),
+                                value: "v".into(),
+                            }],
+                            ..Default::default()
+                        }),
+                        ..good
+                    },
+                    _ => pb::JobSpec {
+                        key: Some(pb::JobKey::default()),
+                        instances: u32::MAX,
+                        constraints: vec![pb::Constraint {
+                            field: "@zone".into(),
+                            operator: "LIKE".into(),
+                            value: "(".into(),
+                        }],
+                        ..Default::default()
+                    },
+                };
+                Command::CreateJob(spec)
+            }
         };
         self.operator_call(cmd, true);
     }

@@ -62,6 +62,12 @@ pub struct Replica {
     pub frozen_until: Ms,
     /// When the freeze began (0: not frozen).
     pub frozen_since: Ms,
+    /// Entries acknowledged when this replica last stood for election:
+    /// what a win of that term must hold. An entry acknowledged later may
+    /// be missing from a stale winner (its votes were cast before, and
+    /// counted late, as after a freeze), which Raft allows: that leader's
+    /// term is behind every majority's and it commits nothing.
+    pub campaign_acked: usize,
 }
 
 impl Replica {
@@ -84,6 +90,7 @@ impl Replica {
             initial_voters: BTreeSet::new(),
             frozen_until: 0,
             frozen_since: 0,
+            campaign_acked: 0,
         }
     }
 
@@ -274,7 +281,9 @@ impl Sim {
             return;
         }
         // Stand for election.
+        let acked = self.truth.log.len();
         let r = &mut self.masters[m];
+        r.campaign_acked = acked;
         r.term += 1;
         r.voted_for = Some(m);
         r.role = Role::Candidate {
@@ -367,7 +376,8 @@ impl Sim {
     fn check_leader_log(&mut self, m: usize) {
         let r = &self.masters[m];
         let truth = &self.truth.log;
-        if let Some(i) = (0..truth.len()).find(|&i| r.log.get(i) != Some(&truth[i])) {
+        let due = truth.len().min(r.campaign_acked);
+        if let Some(i) = (0..due).find(|&i| r.log.get(i) != Some(&truth[i])) {
             let detail = format!(
                 "master {m} won term {} without committed entry {} (its log ends at {}, {} entries were acknowledged)",
                 r.term,
