@@ -38,15 +38,10 @@ pub enum Transport {
     Tls(Arc<Tls>),
 }
 
-/// HTTP/2 PING interval on every client channel: a connection whose peer
-/// stops answering is closed after [`KEEPALIVE_TIMEOUT`] more, which ends
+/// The keepalives of every Orrery channel, client and server alike: a
+/// connection whose peer stops answering HTTP/2 PINGs is closed, which ends
 /// every stream on it (an agent's `Attach`, a framework's `Subscribe`).
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// How long a keepalive PING may go unanswered.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// TCP keepalive on every client socket (the kernel's probes find a peer
-/// whose host is gone even when no HTTP/2 frame is due).
-pub const TCP_KEEPALIVE: Duration = Duration::from_secs(10);
+pub use orrery_storage::serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TCP_KEEPALIVE};
 
 impl Transport {
     fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
