@@ -809,6 +809,13 @@ fn acked(shared: &Shared, key: &Key, uuid: &str, outcome: Result<bool, tonic::St
     }
 }
 
+/// The name of the master's refusal (`orrery-rejection`), if it gave one.
+fn rejection(s: &tonic::Status) -> Option<&str> {
+    s.metadata()
+        .get("orrery-rejection")
+        .and_then(|v| v.to_str().ok())
+}
+
 /// Why a session ended: retry, or stop the agent (the masters refuse it for
 /// good, e.g. a fault domain a domain-less master cannot take).
 enum SessionEnd {
@@ -894,21 +901,11 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
             *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
-        Err(s)
-            if s.metadata()
-                .get("orrery-rejection")
-                .and_then(|v| v.to_str().ok())
-                == Some("host_in_maintenance") =>
-        {
+        Err(s) if rejection(&s) == Some("host_in_maintenance") => {
             // DOWN for maintenance: wait for `host maintenance complete`.
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
-        Err(s)
-            if s.metadata()
-                .get("orrery-rejection")
-                .and_then(|v| v.to_str().ok())
-                == Some("agent_gone") =>
-        {
+        Err(s) if rejection(&s) == Some("agent_gone") => {
             // This id was retired (its host went DOWN): come back as a new
             // agent.
             tracing::warn!(
@@ -918,25 +915,11 @@ async fn session(shared: &Arc<Shared>, info: &ap::AgentInfo) -> Result<(), Sessi
             *shared.agent_id.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
-        Err(s)
-            if s.metadata()
-                .get("orrery-rejection")
-                .and_then(|v| v.to_str().ok())
-                == Some("agent_id_in_use")
-                || s.metadata()
-                    .get("orrery-rejection")
-                    .and_then(|v| v.to_str().ok())
-                    == Some("hostname_in_use") =>
-        {
-            // Another live process holds this id (a copied work dir):
-            // refused, and asked again later in case that one is the
-            // process that died (its stream not yet seen closed).
-            let reason = s
-                .metadata()
-                .get("orrery-rejection")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+        Err(s) if matches!(rejection(&s), Some("agent_id_in_use" | "hostname_in_use")) => {
+            // Another live process holds this id (a copied work dir) or
+            // this hostname: refused, and asked again later in case that
+            // one is the process that died (its stream not yet seen closed).
+            let reason = rejection(&s).unwrap_or_default().to_owned();
             tracing::error!(agent_id, reason, error = %s.message(), "the master refused this agent: another live agent process holds its id or its hostname");
             return Err(SessionEnd::Retry(s.message().to_owned()));
         }
