@@ -140,8 +140,9 @@ pub enum MasterError {
     /// The agent must (re)register before this call.
     NotRegistered(AgentId),
     /// An agent's registration refused before anything was decided: a
-    /// second live process under one agent id (`agent_id_in_use`), or an
-    /// agent older than this master supports (`agent_too_old`).
+    /// second live process under one agent id (`agent_id_in_use`) or on a
+    /// live agent's hostname (`hostname_in_use`), or an agent older than
+    /// this master supports (`agent_too_old`, `agent_version_invalid`).
     AgentRefused { name: &'static str, message: String },
     /// The log did not acknowledge; the outcome is unknown (retry).
     Unavailable(String),
