@@ -43,13 +43,20 @@ pub enum Transport {
 /// every stream on it (an agent's `Attach`, a framework's `Subscribe`).
 pub use orrery_storage::serve::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, TCP_KEEPALIVE};
 
+/// Refuses at once a master address that cannot be one (a scheme, or
+/// nothing), rather than after a name lookup's timeout.
+fn check_addr(addr: &str) -> Result<(), Status> {
+    if addr.contains("://") || addr.trim().is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "master address {addr:?} is not HOST:PORT (no scheme: the transport is chosen by --insecure or the certificates)"
+        )));
+    }
+    Ok(())
+}
+
 impl Transport {
     fn endpoint(&self, addr: &str) -> Result<Endpoint, Status> {
-        if addr.contains("://") || addr.trim().is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "master address {addr:?} is not HOST:PORT (no scheme: the transport is chosen by --insecure or the certificates)"
-            )));
-        }
+        check_addr(addr)?;
         match self {
             Transport::Plain => Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| Status::invalid_argument(format!("{addr:?} is not HOST:PORT: {e}"))),
@@ -317,8 +324,10 @@ where
     if masters.is_empty() {
         return Err(Status::invalid_argument("no master address given"));
     }
+    // The address check only: building each endpoint here (for TLS, its
+    // certificates) would cost every call, status updates included.
     for m in masters {
-        transport.endpoint(m)?;
+        check_addr(m)?;
     }
     let deadline = tokio::time::Instant::now() + patience;
     let mut hint: Option<String> = None;
