@@ -1242,18 +1242,24 @@ impl Master {
         hostname: &str,
         incarnation: &str,
     ) -> Result<(), MasterError> {
-        let live = self.agents.iter().find(|(id, link)| {
+        // The agents the log knows on this host (its index), not a scan of
+        // every session: registrations come by the thousand after a
+        // failover.
+        let on_host = self.cluster.agents_by_host.get(hostname);
+        let live = on_host.into_iter().flatten().find(|id| {
             Some(*id) != agent_id
-                && link.attached
-                && link.incarnation != incarnation
+                && self
+                    .agents
+                    .get(*id)
+                    .is_some_and(|link| link.attached && link.incarnation != incarnation)
                 && self
                     .cluster
                     .agents
                     .get(*id)
-                    .is_some_and(|a| a.hostname == hostname && a.state.is_known())
+                    .is_some_and(|a| a.state.is_known())
         });
         match live {
-            Some((id, _)) => Err(MasterError::AgentRefused {
+            Some(id) => Err(MasterError::AgentRefused {
                 name: "hostname_in_use",
                 message: format!(
                     "host {hostname} already runs live agent {id}, attached now; a second agent \
