@@ -121,13 +121,22 @@ pub fn replaced(c: &Cluster, task: &crate::state::Task) -> bool {
     let Some(job) = &task.job else {
         return false;
     };
-    c.tasks.values().any(|t| {
-        t.job.as_ref() == Some(job)
-            && t.instance == task.instance
-            && t.key != task.key
-            && !t.is_terminal()
-            && (t.launched_at_ms, &t.key.task_id.0) > (task.launched_at_ms, &task.key.task_id.0)
-    })
+    // Every task of the instance is named `ROLE.ENV.NAME.INSTANCE.N`
+    // ([`task_spec`]) under the job scheduler's framework: a range of the
+    // ordered task table, not a scan of every task (this runs for each
+    // unreachable task of a reregistering agent).
+    let prefix = format!("{}.{}.{}.{}.", job.role, job.env, job.name, task.instance);
+    let found = c
+        .tasks
+        .of_framework_with_prefix(&task.key.framework_id, &prefix)
+        .any(|t| {
+            t.job.as_ref() == Some(job)
+                && t.instance == task.instance
+                && t.key != task.key
+                && !t.is_terminal()
+                && (t.launched_at_ms, &t.key.task_id.0) > (task.launched_at_ms, &task.key.task_id.0)
+        });
+    found
 }
 
 /// What one instance's tasks say.

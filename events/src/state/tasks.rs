@@ -98,6 +98,19 @@ impl TaskTable {
             .take_while(move |k| k.framework_id == *framework_id)
             .map(|k| &self.by_key[k])
     }
+
+    /// The tasks of one framework whose id starts with `prefix`, in task-id
+    /// order (a range of the ordered keys, not a scan).
+    pub fn of_framework_with_prefix<'a>(
+        &'a self,
+        framework_id: &'a FrameworkId,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a Task> + 'a {
+        self.order
+            .range(TaskKey::new(framework_id.clone(), TaskId::new(prefix.to_owned()))..)
+            .take_while(move |k| k.framework_id == *framework_id && k.task_id.0.starts_with(prefix))
+            .map(|k| &self.by_key[k])
+    }
 }
 
 impl std::ops::Index<&TaskKey> for TaskTable {
@@ -141,6 +154,28 @@ mod tests {
             .map(|t| t.key.task_id.as_str())
             .collect();
         assert_eq!(f1, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_prefix_range_finds_exactly_the_tasks_it_names() {
+        let mut t = TaskTable::default();
+        for (f, k) in [
+            ("F1", "w.p.web.1.1"),
+            ("F1", "w.p.web.1.2"),
+            ("F1", "w.p.web.10.1"),
+            ("F1", "w.p.web.2.1"),
+            ("F2", "w.p.web.1.3"),
+        ] {
+            let key = TaskKey::new(f, k);
+            t.order.insert(key.clone());
+            t.by_key.insert(key, dummy(f, k));
+        }
+        let f1 = FrameworkId::from("F1");
+        let found: Vec<&str> = t
+            .of_framework_with_prefix(&f1, "w.p.web.1.")
+            .map(|t| t.key.task_id.as_str())
+            .collect();
+        assert_eq!(found, ["w.p.web.1.1", "w.p.web.1.2"]);
     }
 
     fn dummy(f: &str, k: &str) -> Task {
