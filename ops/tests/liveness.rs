@@ -68,6 +68,28 @@ fn running(orrery: &Cli) -> Vec<String> {
     ids
 }
 
+/// Creates the job `www/prod/web` (`instances` of `sleep 1000`, plus the
+/// TOML `more`) and waits until that many instances run; their task ids.
+async fn create_web(orrery: &Cli, instances: usize, more: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("web.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = {instances}\n\
+             argv = [\"sleep\", \"1000\"]\n{more}[resources]\ncpus = 0.1\nmem = 16\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    eventually(&format!("{instances} instance(s) RUNNING"), WAIT, || {
+        let r = running(orrery);
+        async move { (r.len() == instances).then_some(r) }
+    })
+    .await
+}
+
 /// The task processes under the agents' sandboxes.
 fn task_pids(agents: &[AgentProc]) -> BTreeSet<u32> {
     agents
@@ -126,21 +148,7 @@ async fn a_leader_frozen_for_three_reregistration_timeouts_loses_no_task() {
         a.start(&["--http", web], &[]);
     }
     let orrery = cli(&m);
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("web.toml");
-    std::fs::write(
-        &job,
-        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 2\nargv = [\"sleep\", \"1000\"]\n\
-         constraints = [[\"hostname\", \"UNIQUE\"]]\n[resources]\ncpus = 0.1\nmem = 16\n",
-    )
-    .unwrap();
-    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let tasks = eventually("two instances RUNNING, one per host", WAIT, || {
-        let r = running(&orrery);
-        async move { (r.len() == 2).then_some(r) }
-    })
-    .await;
+    let tasks = create_web(&orrery, 2, "constraints = [[\"hostname\", \"UNIQUE\"]]\n").await;
     let pids = eventually("the two task processes", WAIT, || {
         let p = task_pids(&agents);
         async move { (p.len() == 2).then_some(p) }
@@ -413,21 +421,7 @@ async fn one_way_cuts_of_the_agent_link_heal_with_no_task_lost_or_duplicated() {
         async move { through.then_some(()) }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("web.toml");
-    std::fs::write(
-        &job,
-        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
-         [resources]\ncpus = 0.1\nmem = 16\n[partition_policy]\ndelay = \"60s\"\n",
-    )
-    .unwrap();
-    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let tasks = eventually("the instance RUNNING", WAIT, || {
-        let r = running(&orrery);
-        async move { (r.len() == 1).then_some(r) }
-    })
-    .await;
+    let tasks = create_web(&orrery, 1, "[partition_policy]\ndelay = \"60s\"\n").await;
     let agents = [agent];
     let pids = eventually("its process", WAIT, || {
         let p = task_pids(&agents);
@@ -515,21 +509,7 @@ async fn a_wiped_work_dir_leaves_no_second_copy_of_a_task_running() {
     let mut agent = AgentProc::on_host(&m, "host-1");
     agent.start(&[], &[]);
     let orrery = cli(&m);
-    let dir = tempfile::tempdir().unwrap();
-    let job = dir.path().join("web.toml");
-    std::fs::write(
-        &job,
-        "role = \"www\"\nenv = \"prod\"\nname = \"web\"\ninstances = 1\nargv = [\"sleep\", \"1000\"]\n\
-         [resources]\ncpus = 0.1\nmem = 16\n",
-    )
-    .unwrap();
-    let (code, out, err) = orrery(&["job", "create", job.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{out}{err}");
-    let first = eventually("the instance RUNNING", WAIT, || {
-        let r = running(&orrery);
-        async move { (r.len() == 1).then_some(r) }
-    })
-    .await;
+    let first = create_web(&orrery, 1, "").await;
     let agents = [agent];
     eventually("its process", WAIT, || {
         let p = pids_in(agents[0].dir.path());

@@ -20,6 +20,13 @@ fn show(r: &Report) -> String {
     s
 }
 
+/// Every report passed; else each failing seed's report, and the command
+/// that replays it.
+fn assert_all_passed(reports: &[Report]) {
+    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 /// Runs seeds on two threads (CI has two cores).
 fn run_seeds(seeds: impl Iterator<Item = u64> + Clone + Send, cfg: Config) -> Vec<Report> {
     let all: Vec<u64> = seeds.collect();
@@ -41,7 +48,6 @@ fn run_seeds(seeds: impl Iterator<Item = u64> + Clone + Send, cfg: Config) -> Ve
 #[test]
 fn fifty_seeds_keep_every_oracle_and_converge() {
     let reports = run_seeds(0..SEEDS, Config::ci());
-    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
     let s = reports.iter().fold((0, 0, 0, 0, 0, 0), |acc, r| {
         (
             acc.0 + r.stats.committed,
@@ -56,7 +62,7 @@ fn fifty_seeds_keep_every_oracle_and_converge() {
         "{SEEDS} seeds: {} events committed, {} elections, {} agent crashes, {} master crashes, {} partitions, {} drains",
         s.0, s.1, s.2, s.3, s.4, s.5
     );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_all_passed(&reports);
     // The faults did happen (a simulator that injects nothing proves
     // nothing).
     assert!(s.1 > SEEDS, "elections: {}", s.1);
@@ -73,7 +79,6 @@ fn fifty_seeds_keep_every_oracle_and_converge() {
 fn valve_seeds_hold_removals_and_answer_keyed_retries_once() {
     const VALVE_SEEDS: std::ops::Range<u64> = 100..116;
     let reports = run_seeds(VALVE_SEEDS, Config::valves());
-    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
     let s = reports.iter().fold((0, 0, 0, 0, 0), |acc, r| {
         (
             acc.0 + r.stats.rack_blips,
@@ -92,7 +97,7 @@ fn valve_seeds_hold_removals_and_answer_keyed_retries_once() {
         s.3,
         s.4
     );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_all_passed(&reports);
     assert!(s.0 > 0, "rack blips: {}", s.0);
     assert!(s.1 > 0, "ticks with removals held: {}", s.1);
     assert!(s.2 > 0, "agents retired: {}", s.2);
@@ -107,7 +112,6 @@ fn valve_seeds_hold_removals_and_answer_keyed_retries_once() {
 fn membership_seeds_grow_and_shrink_the_group_and_keep_every_oracle() {
     const MEMBERSHIP_SEEDS: std::ops::Range<u64> = 200..216;
     let reports = run_seeds(MEMBERSHIP_SEEDS, Config::membership());
-    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
     let s = reports.iter().fold((0, 0, 0, 0), |acc, r| {
         (
             acc.0 + r.stats.membership_changes,
@@ -124,7 +128,7 @@ fn membership_seeds_grow_and_shrink_the_group_and_keep_every_oracle() {
         s.2,
         s.3
     );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_all_passed(&reports);
     assert!(
         s.0 > MEMBERSHIP_SEEDS.end - MEMBERSHIP_SEEDS.start,
         "changes: {}",
@@ -141,7 +145,6 @@ fn membership_seeds_grow_and_shrink_the_group_and_keep_every_oracle() {
 fn liveness_seeds_freeze_leaders_and_lose_no_live_task() {
     const LIVENESS_SEEDS: std::ops::Range<u64> = 300..316;
     let reports = run_seeds(LIVENESS_SEEDS, Config::liveness());
-    let failed: Vec<String> = reports.iter().filter(|r| !r.passed()).map(show).collect();
     let s = reports.iter().fold((0, 0, 0, 0), |acc, r| {
         (
             acc.0 + r.stats.master_freezes,
@@ -158,7 +161,7 @@ fn liveness_seeds_freeze_leaders_and_lose_no_live_task() {
         s.2,
         s.3
     );
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    assert_all_passed(&reports);
     assert!(
         s.0 > LIVENESS_SEEDS.end - LIVENESS_SEEDS.start,
         "freezes: {}",
