@@ -590,6 +590,9 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
     // Each job's tasks, found once (not by a scan of every task per job).
     let by_job = tasks_by_job(c);
     let mut plan = Plan::default();
+    // The allocation pause, found once (it counts every agent) and only if
+    // an instance is left without offers.
+    let mut held_until: Option<Option<u64>> = None;
     for (key, job) in &c.jobs {
         let spec = &job.spec;
         let job_tasks: &[&crate::state::Task] = by_job.get(key).map_or(&[], |v| v.as_slice());
@@ -702,7 +705,7 @@ pub fn plan(c: &Cluster, framework_id: &FrameworkId, now_ms: u64) -> Plan {
             }
             if !placed {
                 let reason = if offers.is_empty() {
-                    match holding_back_until(c, now_ms) {
+                    match *held_until.get_or_insert_with(|| holding_back_until(c, now_ms)) {
                         Some(until) => format!(
                             "no offers: held back after the leader change until 80% of the agents known then reregister ({}‰ have) or until the reregistration deadline, in {} s",
                             crate::projections::recovery::reregistered_milli(c),
