@@ -42,13 +42,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const REREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(40);
 
-fn body(resp: &str) -> &str {
-    resp.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 fn agent_state(http: &str) -> Value {
     try_http(http, "GET", "/state", "")
-        .and_then(|r| serde_json::from_str(body(&r)).ok())
+        .and_then(|r| serde_json::from_str(body_of(&r)).ok())
         .unwrap_or_default()
 }
 

@@ -145,10 +145,6 @@ async fn three_masters() -> (Masters, Vec<String>) {
     (m, http)
 }
 
-fn body_of(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 fn status_of(response: &str) -> u16 {
     response
         .split_whitespace()

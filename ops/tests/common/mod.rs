@@ -446,6 +446,11 @@ pub fn try_http(addr: &str, method: &str, path: &str, body: &str) -> Option<Stri
     Some(out)
 }
 
+/// The body of a raw HTTP/1.1 response (what [`http`] returns).
+pub fn body_of(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
 /// Runs the CLI against the masters: (exit code, stdout, stderr).
 pub fn cli(m: &Masters) -> impl Fn(&[&str]) -> (Option<i32>, String, String) {
     cli_at(m.addrs.values().cloned().collect::<Vec<_>>().join(","))
